@@ -1,0 +1,1 @@
+"""Offline jobs that build artifacts the stream loads (filled by later issues)."""

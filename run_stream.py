@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""anonymousnet command line.
+
+    python run_stream.py INPUT -o OUTPUT [--mode blur|pixelate|mask] [--config FILE] ...
+    python run_stream.py --demo [-o OUTPUT]           anonymize the built-in clip
+    python run_stream.py models [--fetch] [--verify]  the model zoo
+    python run_stream.py leak INPUT [--mode ...]      leak rate against a full-resolution reference
+
+Errors are one line on stderr and a non-zero exit code (see stream.errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from stream.errors import AnonError, ConfigError
+
+EXIT_INTERNAL = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _colour(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected R,G,B integers, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three values R,G,B, got {text!r}")
+    return values
+
+
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file with any of the options (sections as in stream/config.py)")
+    g = p.add_argument_group("obscuring")
+    g.add_argument("--mode", choices=["blur", "pixelate", "mask"], help="how faces are hidden (blur)")
+    g.add_argument("--shape", choices=["ellipse", "box"], help="shape of the hidden region (ellipse)")
+    g.add_argument("--strength", type=float, help="blur sigma / pixel block as a fraction of face width (0.125)")
+    g.add_argument("--colour", "--color", type=_colour, help="mask colour R,G,B (0,0,0)")
+    g = p.add_argument_group("detection and tracking")
+    g.add_argument("--backend", help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda (cpu)")
+    g.add_argument("--threads", type=int, help="inference threads (0: all cores)")
+    g.add_argument("--min-face", type=int, help="smallest face height to find, px (16; 10 upscales)")
+    g.add_argument("--threshold", type=float, help="lowest detection score kept (0.2)")
+    g.add_argument("--coast-frames", type=int, help="frames a lost face stays hidden at its predicted place (15)")
+    g.add_argument("--margin", type=float, help="box dilation per side, fraction of size (0.25)")
+    g = p.add_argument_group("input and output")
+    live = g.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=None, help="treat input as live")
+    live.add_argument("--no-live", dest="live", action="store_false", help="treat input as a file")
+    g.add_argument("--timeout", type=float, help="network open/read timeout, s (10)")
+    g.add_argument("--rtsp-transport", choices=["tcp", "udp"], help="RTSP transport (tcp)")
+    g.add_argument("--codec", help="video encoder (libx264)")
+    g.add_argument("--crf", type=int, help="encoder quality, lower is better (20)")
+    g.add_argument("--preset", help="x264 preset (veryfast)")
+    g.add_argument("--on-failure", choices=["mask", "stop"], help="when a stage fails on a frame (mask)")
+    g.add_argument("--max-frames", type=int, help="stop after this many input frames")
+
+
+_OPTION_FIELDS = {
+    "mode": ("obscure", "mode"),
+    "shape": ("obscure", "shape"),
+    "strength": ("obscure", "strength"),
+    "colour": ("obscure", "colour"),
+    "backend": ("detect", "backend"),
+    "threads": ("detect", "threads"),
+    "min_face": ("detect", "min_face"),
+    "threshold": ("detect", "threshold"),
+    "coast_frames": ("track", "coast_frames"),
+    "margin": ("track", "margin"),
+    "live": ("source", "live"),
+    "timeout": ("source", "timeout_s"),
+    "rtsp_transport": ("source", "rtsp_transport"),
+    "codec": ("sink", "codec"),
+    "crf": ("sink", "crf"),
+    "preset": ("sink", "preset"),
+    "on_failure": ("runner", "on_failure"),
+    "max_frames": ("runner", "max_frames"),
+}
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from stream.config import build_config
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for option, (section, name) in _OPTION_FIELDS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            overrides.setdefault(section, {})[name] = value
+    return build_config(args.config, overrides)
+
+
+def _progress_printer(quiet: bool) -> Any:
+    """A progress callback: a tqdm bar for files, a status line for live streams."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {}
+
+    def update(stats: Any, total: int, live: bool) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = tqdm(total=total or None, unit="frame", dynamic_ncols=True, file=sys.stderr,
+                       desc="live" if live else "anonymizing")  # fmt: skip
+            state["bar"] = bar
+        bar.n = stats.frames_out
+        postfix = {"faces": stats.faces, "tracks": stats.max_track_id}
+        if live:
+            lat = sorted(stats.latencies)
+            postfix["dropped"] = stats.frames_dropped
+            if lat:
+                postfix["p50ms"] = round(lat[len(lat) // 2] * 1000)
+        bar.set_postfix(postfix, refresh=False)
+        bar.refresh()
+        if stats.finished is not None:
+            bar.close()
+
+    return update
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    lat = summary["latency_ms"]
+    lines = [
+        f"input      {summary['input']}",
+        f"output     {summary['output']}",
+        f"frames     {summary['frames_in']} in, {summary['frames_out']} out, "
+        f"{summary['frames_dropped']} dropped, {summary['frames_masked_whole']} masked whole",
+        f"faces      {summary['faces_detected']} detections in {summary['tracks']} tracks",
+        f"audio      {summary['audio_packets_copied']} packets copied",
+        f"speed      {summary['fps']} frames/s over {summary['seconds']} s ({summary['backend']})",
+    ]
+    if summary["live"]:
+        lines.append(f"latency    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def cmd_anonymize(argv: list[str]) -> int:
+    p = _Parser(prog="run_stream.py", description="Anonymize every face in a video file, stream or camera.")
+    p.add_argument("input", nargs="?", help="video file, URL (rtsp://, http://) or camera index")
+    p.add_argument("-o", "--output", help="output .mp4/.mkv/.mov, a folder for images, or 'null'")
+    p.add_argument("--demo", action="store_true", help="anonymize the built-in demo clip")
+    p.add_argument("--report", type=Path, help="write a JSON run report here")
+    p.add_argument("--regions", type=Path, help="write per-frame obscured boxes here (JSON lines)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    _add_pipeline_options(p)
+    args = p.parse_args(argv)
+
+    from stream.job import RegionLog, run_job, write_report
+
+    if args.demo:
+        from engines.zoo import cache_dir
+        from stream.demo import write_demo_clip
+
+        clip = cache_dir() / "demo" / "astronaut.mp4"
+        if not clip.exists():
+            write_demo_clip(clip)
+        args.input = str(clip)
+        args.output = args.output or "out/demo_anonymized.mp4"
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    if not args.input:
+        p.error("an INPUT is required (or --demo)")
+    if not args.output:
+        p.error("an output is required: -o OUTPUT")
+    config = config_from_args(args)
+    regions_file = open(args.regions, "w") if args.regions else None  # noqa: SIM115
+    try:
+        result = run_job(
+            args.input, args.output, config,
+            progress=_progress_printer(args.quiet),
+            regions=RegionLog(regions_file) if regions_file else None,
+        )  # fmt: skip
+    finally:
+        if regions_file:
+            regions_file.close()
+    if args.report:
+        write_report(args.report, result, config)
+    if not args.quiet:
+        _print_summary(result.summary())
+    if result.damage:
+        print(f"error: {result.damage}; the output holds every frame before it", file=sys.stderr)
+        return 4
+    return 0
+
+
+def cmd_models(argv: list[str]) -> int:
+    from engines import zoo
+
+    p = _Parser(prog="run_stream.py models", description="List, fetch and verify the model zoo.")
+    p.add_argument("--fetch", action="store_true", help="fetch and convert what is missing")
+    p.add_argument("--verify", action="store_true", help="check cached models against their sha256")
+    p.add_argument("names", nargs="*", help="models (default: all)")
+    args = p.parse_args(argv)
+    names = args.names or list(zoo.REGISTRY)
+    failed = 0
+    for name in names:
+        spec = zoo.spec(name)
+        if args.fetch or args.verify:
+            zoo.ensure(name) if args.fetch else None
+            problem = zoo.verify(name)
+            status = "ok" if problem is None else problem
+            failed += problem is not None
+            print(f"{name:12s} {status:10s} {zoo.model_path(name)}")
+        else:
+            print(f"{name:12s} {spec.source.describe()}\n  input:   {spec.inputs}\n  outputs: "
+                  f"{spec.outputs}\n  licence: {spec.license}\n  state:   {zoo.verify(name) or 'ok'}")  # fmt: skip
+    return 1 if failed else 0
+
+
+def cmd_leak(argv: list[str]) -> int:
+    from stream.leak import measure_leak
+
+    p = _Parser(prog="run_stream.py leak",
+                description="Leak rate: reference faces (CenterFace at full resolution, every frame) "
+                            "not covered by an obscured region.")  # fmt: skip
+    p.add_argument("input")
+    p.add_argument("--modes", nargs="+", default=["blur", "pixelate", "mask"], choices=["blur", "pixelate", "mask"])
+    p.add_argument("--min-height", type=float, default=12.0, help="smallest reference face counted, px (12)")
+    p.add_argument("--ref-threshold", type=float, default=0.5, help="reference detector score threshold (0.5)")
+    p.add_argument("--json", type=Path, help="write the figures here")
+    _add_pipeline_options(p)
+    args = p.parse_args(argv)
+    results = measure_leak(args.input, args.modes, lambda mode: config_from_args(_with_mode(args, mode)),
+                           min_height=args.min_height, ref_threshold=args.ref_threshold)  # fmt: skip
+    for r in results:
+        print(f"{r['mode']:9s} leak {100 * r['leak_rate']:.3f}%  ({r['leaked']} of {r['reference_faces']} "
+              f"reference faces, {r['frames']} frames, {r['fps']:.1f} frames/s)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _with_mode(args: argparse.Namespace, mode: str) -> argparse.Namespace:
+    copy = argparse.Namespace(**vars(args))
+    copy.mode = mode
+    return copy
+
+
+COMMANDS = {"models": cmd_models, "leak": cmd_leak}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return command(argv[1:]) if command else cmd_anonymize(argv)
+    except AnonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The streaming pipeline: capture -> detect -> track -> obscure -> output."""

@@ -1,0 +1,270 @@
+"""One frozen, typed config tree, built at the edge from a TOML file and CLI flags.
+
+Each stage receives only its own section. Validation names the field and its
+valid range (``detect.min_face: expected 4..512, got 2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+from .errors import ConfigError
+
+ObscureMode = Literal["blur", "pixelate", "mask"]
+MaskShape = Literal["ellipse", "box"]
+FailPolicy = Literal["mask", "stop"]
+BackendName = Literal["auto", "cpu", "cuda", "tensorrt", "torch-cuda"]
+RtspTransport = Literal["tcp", "udp"]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How inputs are opened.
+
+    live: None decides from the input (URLs and cameras are live, files are not).
+    timeout_s: open and read timeout for network inputs.
+    """
+
+    live: bool | None = None
+    timeout_s: float = 10.0
+    rtsp_transport: RtspTransport = "tcp"
+    camera_width: int = 0
+    camera_height: int = 0
+    camera_fps: float = 0.0
+
+    def validate(self) -> None:
+        _range("source.timeout_s", self.timeout_s, 0.1, 3600)
+        _range("source.camera_width", self.camera_width, 0, 16384)
+        _range("source.camera_height", self.camera_height, 0, 16384)
+        _range("source.camera_fps", self.camera_fps, 0, 1000)
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Face detection (CenterFace).
+
+    min_face: height in pixels of the smallest face to find. The frame is
+    resized for detection so that such a face reaches the detector's
+    reliable size (``model_min_face``, about 13 px for CenterFace): the
+    default 16 finds 16 px faces in 720p at 0.8x; ``min_face = 10``
+    upscales 1.3x and finds 10 px faces.
+    max_side: cap on the detection image's long side (0: no cap); a cap
+    trades small-face recall for speed on very large frames.
+    threshold: lowest score kept (the tracker's low threshold).
+    """
+
+    backend: BackendName = "cpu"
+    threads: int = 0
+    min_face: int = 16
+    model_min_face: float = 13.0
+    max_side: int = 0
+    threshold: float = 0.2
+    nms_iou: float = 0.3
+
+    def validate(self) -> None:
+        _range("detect.threads", self.threads, 0, 256)
+        _range("detect.min_face", self.min_face, 4, 512)
+        _range("detect.model_min_face", self.model_min_face, 4, 64)
+        _range("detect.max_side", self.max_side, 0, 16384)
+        _range("detect.threshold", self.threshold, 0.01, 0.99)
+        _range("detect.nms_iou", self.nms_iou, 0.05, 0.95)
+        if 0 < self.max_side < 64:
+            raise ConfigError(f"detect.max_side: expected 0 or 64..16384, got {self.max_side}")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """ByteTrack-style tracking and coasting.
+
+    high_threshold: detections at or above it take part in the first
+    association and may start tracks; lower ones (down to
+    ``detect.threshold``) only extend existing tracks.
+    coast_frames: frames a lost track keeps being obscured at its predicted
+    position. margin: fraction of the box size added on each side.
+    coast_growth: extra margin per coasted frame, for motion uncertainty.
+    """
+
+    high_threshold: float = 0.4
+    new_track_threshold: float = 0.4
+    match_iou: float = 0.2
+    low_match_iou: float = 0.4
+    coast_frames: int = 15
+    margin: float = 0.25
+    coast_growth: float = 0.05
+
+    def validate(self) -> None:
+        _range("track.high_threshold", self.high_threshold, 0.01, 0.99)
+        _range("track.new_track_threshold", self.new_track_threshold, 0.01, 0.99)
+        _range("track.match_iou", self.match_iou, 0.01, 0.99)
+        _range("track.low_match_iou", self.low_match_iou, 0.01, 0.99)
+        _range("track.coast_frames", self.coast_frames, 0, 10000)
+        _range("track.margin", self.margin, 0.0, 2.0)
+        _range("track.coast_growth", self.coast_growth, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ObscureConfig:
+    """How faces are hidden.
+
+    strength: blur sigma, or pixel block size, as a fraction of the face
+    width (blur: sigma = strength * width; pixelate: block = strength * width).
+    colour: RGB of the mask, and of whole-frame masks under the fail policy.
+    """
+
+    mode: ObscureMode = "blur"
+    shape: MaskShape = "ellipse"
+    strength: float = 0.125
+    colour: tuple[int, int, int] = (0, 0, 0)
+
+    def validate(self) -> None:
+        _range("obscure.strength", self.strength, 0.01, 1.0)
+        if len(self.colour) != 3 or not all(0 <= int(c) <= 255 for c in self.colour):
+            raise ConfigError(f"obscure.colour: expected three values 0..255, got {self.colour}")
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """Output encoding.
+
+    codec: any encoder PyAV's FFmpeg has (libx264 by default).
+    crf: constant-rate-factor quality (lower is better). preset: x264 preset.
+    """
+
+    codec: str = "libx264"
+    crf: int = 20
+    preset: str = "veryfast"
+    pix_fmt: str = "yuv420p"
+    image_format: str = "png"
+
+    def validate(self) -> None:
+        _range("sink.crf", self.crf, 0, 51)
+        presets = (
+            "ultrafast superfast veryfast faster fast medium slow slower veryslow placebo".split()
+        )
+        if self.codec in ("libx264", "libx265") and self.preset not in presets:
+            raise ConfigError(f"sink.preset: expected one of {presets}, got {self.preset!r}")
+        if self.image_format not in ("png", "jpg", "bmp", "tiff"):
+            raise ConfigError(
+                f"sink.image_format: expected png, jpg, bmp or tiff, got {self.image_format!r}"
+            )
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Threads, queues and the fail policy.
+
+    on_failure: ``mask`` emits a frame whose stage failed fully masked and
+    goes on; ``stop`` ends the run with an error. Either way no raw frame is
+    written.
+    """
+
+    queue_size: int = 8
+    on_failure: FailPolicy = "mask"
+    max_frames: int = 0
+
+    def validate(self) -> None:
+        _range("runner.queue_size", self.queue_size, 1, 1024)
+        _range("runner.max_frames", self.max_frames, 0, 10**9)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    obscure: ObscureConfig = field(default_factory=ObscureConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+
+def _range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: expected {lo}..{hi}, got {value}")
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against a field's type hint, converting ints to floats and lists to tuples."""
+    origin = getattr(hint, "__origin__", None)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{name}: expected one of {list(allowed)}, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
+        return tuple(value)
+    args = get_args(hint)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(name, inner, value)
+    raise ConfigError(f"{name}: unsupported option type")  # pragma: no cover
+
+
+def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a table of options, got {values!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{name}.{unknown[0]}: unknown option (known: {', '.join(sorted(known))})"
+        )
+    return cls(**{k: _coerce(f"{name}.{k}", hints[k], v) for k, v in values.items()})
+
+
+def build_config(
+    file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
+) -> Config:
+    """The validated config from an optional TOML file, then CLI overrides on top.
+
+    ``overrides`` maps section name to ``{option: value}``.
+    """
+    tree: dict[str, dict[str, Any]] = {}
+    if file is not None:
+        try:
+            with open(file, "rb") as fh:
+                tree = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: not valid TOML ({exc})") from None
+    for section, values in (overrides or {}).items():
+        tree.setdefault(section, {}).update(values)
+    hints = get_type_hints(Config)
+    sections = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(tree) - sections)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config section (known: {', '.join(sorted(sections))})")
+    built = {name: _section(hints[name], name, values) for name, values in tree.items()}
+    return Config(**built).validate()

@@ -1,0 +1,128 @@
+"""The types that travel through the pipeline.
+
+Coordinates are pixels of the frame as decoded and rotated upright, x to the
+right and y down, boxes as ``(x1, y1, x2, y2)`` with float32 values.
+Images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def _check_rows(name: str, value: NDArray[Any], n: int, tail: tuple[int, ...]) -> None:
+    if value.shape != (n, *tail):
+        raise ValueError(f"{name}: expected shape {(n, *tail)}, got {value.shape}")
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one frame, as struct-of-arrays (``N`` may be 0).
+
+    xyxy: ``(N, 4)`` float32 boxes. confidence: ``(N,)`` float32 in [0, 1].
+    landmarks: ``(N, 5, 2)`` float32 (right eye, left eye, nose, mouth
+    corners, as the detector orders them), x then y.
+    """
+
+    xyxy: NDArray[np.float32]
+    confidence: NDArray[np.float32]
+    landmarks: NDArray[np.float32]
+
+    def __post_init__(self) -> None:
+        n = len(self.xyxy)
+        _check_rows("xyxy", self.xyxy, n, (4,))
+        _check_rows("confidence", self.confidence, n, ())
+        _check_rows("landmarks", self.landmarks, n, (5, 2))
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+        )
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, index: NDArray[Any] | slice) -> Detections:
+        return Detections(self.xyxy[index], self.confidence[index], self.landmarks[index])
+
+    def scaled(self, sx: float, sy: float) -> Detections:
+        """The same detections with x multiplied by ``sx`` and y by ``sy``."""
+        xyxy = self.xyxy * np.array([sx, sy, sx, sy], np.float32)
+        landmarks = self.landmarks * np.array([sx, sy], np.float32)
+        return Detections(xyxy, self.confidence.copy(), landmarks)
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """Tracked faces to obscure in one frame (``N`` may be 0).
+
+    xyxy: ``(N, 4)`` float32 boxes, already dilated by the track margin.
+    track_id: ``(N,)`` int64, stable for a face across frames.
+    coasting: ``(N,)`` bool, True where the box is predicted, not detected.
+    """
+
+    xyxy: NDArray[np.float32]
+    track_id: NDArray[np.int64]
+    coasting: NDArray[np.bool_]
+
+    def __post_init__(self) -> None:
+        n = len(self.xyxy)
+        _check_rows("xyxy", self.xyxy, n, (4,))
+        _check_rows("track_id", self.track_id, n, ())
+        _check_rows("coasting", self.coasting, n, ())
+
+    @classmethod
+    def empty(cls) -> Tracks:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), bool))
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+
+@dataclass
+class FramePacket:
+    """One video frame and what the stages learned about it.
+
+    image: ``(H, W, 3)`` uint8 RGB, upright. ``pts`` is in ``time_base``
+    units of the input stream (stream time, not wall-clock time); ``duration``
+    likewise, or None when unknown. ``capture_time`` is ``time.monotonic()``
+    when the frame was read, for latency figures.
+    ``anonymized`` turns True only when the last stage has obscured every
+    face, or the fail policy masked the whole frame; sinks refuse anything
+    else, so a raw frame cannot be written.
+    """
+
+    index: int
+    image: NDArray[np.uint8]
+    pts: int
+    time_base: Fraction
+    duration: int | None = None
+    capture_time: float = 0.0
+    detections: Detections = field(default_factory=Detections.empty)
+    tracks: Tracks = field(default_factory=Tracks.empty)
+    anonymized: bool = False
+    masked_whole: bool = False
+    failure: str | None = None
+
+    @property
+    def time(self) -> float:
+        """Stream time in seconds."""
+        return float(self.pts * self.time_base)
+
+
+@dataclass(frozen=True)
+class PassthroughPacket:
+    """A compressed packet of a non-video stream (audio), copied to the output as is.
+
+    ``packet`` is a PyAV ``av.Packet``; ``stream_index`` the index of its
+    input stream.
+    """
+
+    packet: Any
+    stream_index: int

@@ -1,0 +1,271 @@
+"""The runner: capture, processing and writing on three threads joined by bounded queues.
+
+All threading, queueing, drop policy, fail policy and shutdown live here.
+Worker exceptions stop the run and are re-raised on the caller's thread;
+every thread is joined; the sink is closed (container finalized) on every
+path, so a partial output stays playable.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RunnerConfig
+from .errors import AnonError, Interrupted, StageError
+from .frames import FramePacket, PassthroughPacket
+from .obscure import Obscurer
+from .sinks import Sink
+from .sources import Source
+from .stages import Stage
+
+_END = object()
+_POLL_S = 0.1
+
+
+@dataclass
+class RunStats:
+    """Counters of one run; written by the worker threads, read by the caller."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    frames_masked_whole: int = 0
+    passthrough_packets: int = 0
+    faces: int = 0
+    max_track_id: int = 0
+    failures: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096))
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def fps(self) -> float:
+        return self.frames_out / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class _Aborted(Exception):
+    """Raised inside a worker when another worker has failed."""
+
+
+class FrameQueue:
+    """A bounded FIFO. ``put`` blocks while full; ``put_latest`` instead drops the
+    oldest video frame (never a passthrough packet) to make room."""
+
+    def __init__(self, size: int, abort: threading.Event) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._size = size
+        self._abort = abort
+        self._cond = threading.Condition()
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            while len(self._items) >= self._size:
+                if self._abort.is_set():
+                    raise _Aborted
+                self._cond.wait(_POLL_S)
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def put_latest(self, item: Any) -> int:
+        """Append without blocking; returns how many video frames were dropped."""
+        dropped = 0
+        with self._cond:
+            while len(self._items) >= self._size:
+                oldest = next((x for x in self._items if isinstance(x, FramePacket)), None)
+                if oldest is None:
+                    break
+                self._items.remove(oldest)
+                dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+        return dropped
+
+    def get(self) -> Any:
+        with self._cond:
+            while not self._items:
+                if self._abort.is_set():
+                    raise _Aborted
+                self._cond.wait(_POLL_S)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+
+FrameCallback = Callable[[FramePacket], None]
+
+
+class Runner:
+    """Runs one source through the stages into one sink.
+
+    ``on_frame`` (optional) is called on the writer thread with each packet
+    after it was written, for reports and measurements.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        stages: Sequence[Stage],
+        sink: Sink,
+        obscurer: Obscurer,
+        config: RunnerConfig,
+        on_frame: FrameCallback | None = None,
+    ) -> None:
+        self.source = source
+        self.stages = list(stages)
+        self.sink = sink
+        self.obscurer = obscurer
+        self.config = config
+        self.on_frame = on_frame
+        self.stats = RunStats()
+        self._stop = threading.Event()  # no more input wanted (end, Ctrl-C)
+        self._abort = threading.Event()  # a worker failed: everyone leaves now
+        self._error: BaseException | None = None
+        self._error_lock = threading.Lock()
+        self._q_in = FrameQueue(config.queue_size, self._abort)
+        self._q_out = FrameQueue(config.queue_size, self._abort)
+
+    # --- workers -----------------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._error_lock:
+            if self._error is None:
+                self._error = exc
+        self._abort.set()
+        self._stop.set()
+
+    def _capture(self) -> None:
+        try:
+            limit = self.config.max_frames
+            for item in self.source.packets():
+                if self._stop.is_set():
+                    break
+                if isinstance(item, FramePacket):
+                    self.stats.frames_in += 1
+                    if self.source.live:
+                        self.stats.frames_dropped += self._q_in.put_latest(item)
+                    else:
+                        self._q_in.put(item)
+                    if limit and self.stats.frames_in >= limit:
+                        break
+                else:
+                    self._q_in.put(item)
+            self._q_in.put(_END)
+        except _Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._fail(exc)
+
+    def process_frame(self, packet: FramePacket) -> FramePacket:
+        """Run every stage on one frame; on failure mask the whole frame, or stop (config)."""
+        stage_name = "?"
+        try:
+            for stage in self.stages:
+                stage_name = stage.name
+                packet = stage.process(packet)
+            if not packet.anonymized:
+                raise StageError(f"no stage marked frame {packet.index} anonymized")
+        except Exception as exc:  # noqa: BLE001 - any stage fault must fail closed
+            message = f"frame {packet.index}: stage {stage_name} failed ({type(exc).__name__}: {exc})"
+            if self.config.on_failure == "stop":
+                raise StageError(message) from exc
+            if len(self.stats.failures) < 100:
+                self.stats.failures.append(message)
+            self.obscurer.mask_whole(packet.image)
+            packet.masked_whole = True
+            packet.failure = message
+            packet.anonymized = True
+            self.stats.frames_masked_whole += 1
+        return packet
+
+    def _process(self) -> None:
+        try:
+            while True:
+                item = self._q_in.get()
+                if isinstance(item, FramePacket):
+                    item = self.process_frame(item)
+                    self.stats.faces += len(item.detections)
+                    if len(item.tracks):
+                        self.stats.max_track_id = max(self.stats.max_track_id, int(item.tracks.track_id.max()))
+                self._q_out.put(item)
+                if item is _END:
+                    return
+        except _Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _write(self) -> None:
+        try:
+            while True:
+                item = self._q_out.get()
+                if item is _END:
+                    return
+                if isinstance(item, PassthroughPacket):
+                    self.sink.write_passthrough(item)
+                    self.stats.passthrough_packets += 1
+                    continue
+                self.sink.write_frame(item)
+                self.stats.frames_out += 1
+                self.stats.latencies.append(time.monotonic() - item.capture_time)
+                if self.on_frame is not None:
+                    self.on_frame(item)
+        except _Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    # --- driver -------------------------------------------------------------------
+
+    def run(self, progress: Callable[[RunStats], None] | None = None) -> RunStats:
+        """Run to the end of the input. Raises the first worker error, or Interrupted
+        on Ctrl-C; the sink is closed in every case."""
+        threads = [
+            threading.Thread(target=self._capture, name="capture", daemon=True),
+            threading.Thread(target=self._process, name="process", daemon=True),
+            threading.Thread(target=self._write, name="write", daemon=True),
+        ]
+        for stage in self.stages:
+            stage.reset()
+        interrupted = False
+        for thread in threads:
+            thread.start()
+        try:
+            while threads[2].is_alive():
+                threads[2].join(0.2)
+                if progress is not None:
+                    progress(self.stats)
+        except KeyboardInterrupt:
+            # Stop reading; what is already queued is processed and written.
+            interrupted = True
+            self._stop.set()
+            try:
+                while threads[2].is_alive():
+                    threads[2].join(0.2)
+            except KeyboardInterrupt:  # a second Ctrl-C: leave now
+                self._abort.set()
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(5.0)
+            try:
+                self.sink.close()
+            except AnonError as exc:
+                self._fail(exc)
+            self.source.close()
+            self.stats.finished = time.monotonic()
+        if progress is not None:
+            progress(self.stats)
+        if self._error is not None:
+            raise self._error
+        if interrupted:
+            raise Interrupted(f"interrupted after {self.stats.frames_out} frames; output finalized")
+        return self.stats

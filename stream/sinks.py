@@ -1,0 +1,222 @@
+"""Outputs: video files through PyAV, image sequences, and a null sink.
+
+Every sink refuses a frame that is not marked anonymized: whatever goes wrong
+upstream, a raw frame cannot reach the output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import SinkConfig
+from .errors import SinkError
+from .frames import FramePacket, PassthroughPacket
+
+# Audio packets held while the video stream is not yet set up (first frame).
+_MAX_HELD_PACKETS = 20000
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v")
+
+
+class Sink(Protocol):
+    description: str
+    frames_written: int
+
+    def write_frame(self, packet: FramePacket) -> None: ...
+
+    def write_passthrough(self, packet: PassthroughPacket) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _refuse_raw(packet: FramePacket) -> None:
+    if not packet.anonymized:
+        raise SinkError(f"frame {packet.index} reached the sink without being anonymized; refusing it")
+
+
+def open_sink(
+    target: str, config: SinkConfig, rate: Fraction | None, audio_templates: list[Any]
+) -> Sink:
+    """A sink for ``target``: ``null``, a folder or ``%``-pattern for images, or a video file."""
+    if target in ("null", "-"):
+        return NullSink()
+    path = Path(target)
+    if "%" in target or target.endswith(os.sep) or path.is_dir():
+        return ImageSequenceSink(path, config)
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise SinkError(
+            f"output {target}: unknown container {path.suffix or '(none)'}; "
+            f"use one of {', '.join(VIDEO_EXTENSIONS)}, a folder for images, or 'null'"
+        )
+    if not path.parent.exists():
+        raise SinkError(f"output {target}: folder {path.parent} does not exist")
+    return VideoFileSink(path, config, rate, audio_templates)
+
+
+class NullSink:
+    """Discards frames (for benchmarks and dry runs), still enforcing the anonymized check."""
+
+    description = "null"
+
+    def __init__(self) -> None:
+        self.frames_written = 0
+
+    def write_frame(self, packet: FramePacket) -> None:
+        _refuse_raw(packet)
+        self.frames_written += 1
+
+    def write_passthrough(self, packet: PassthroughPacket) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class ImageSequenceSink:
+    """One image file per frame: ``folder/frame_000000.png`` or a ``%06d`` pattern."""
+
+    def __init__(self, target: Path, config: SinkConfig) -> None:
+        if "%" in str(target):
+            self._pattern = str(target)
+            folder = target.parent
+        else:
+            folder = target
+            self._pattern = str(target / f"frame_%06d.{config.image_format}")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.description = self._pattern
+        self.frames_written = 0
+
+    def write_frame(self, packet: FramePacket) -> None:
+        import cv2
+
+        _refuse_raw(packet)
+        name = self._pattern % packet.index
+        if not cv2.imwrite(name, cv2.cvtColor(packet.image, cv2.COLOR_RGB2BGR)):
+            raise SinkError(f"output {name}: cannot write image")
+        self.frames_written += 1
+
+    def write_passthrough(self, packet: PassthroughPacket) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class VideoFileSink:
+    """An MP4/MKV/MOV file written frame by frame, audio streams copied packet for packet.
+
+    The video stream keeps the input's time base and each frame's pts, so
+    frame count, duration and variable frame rate survive. The container is
+    opened at the first frame (its size is known then); audio packets that
+    arrive earlier are held until then. ``close`` flushes the encoder and
+    writes the trailer, also after an error, so a partial file stays playable.
+    """
+
+    def __init__(
+        self, path: Path, config: SinkConfig, rate: Fraction | None, audio_templates: list[Any]
+    ) -> None:
+        self.path = path
+        self.description = str(path)
+        self.config = config
+        self.rate = rate
+        self.frames_written = 0
+        self._templates = {t.index: t for t in audio_templates}
+        self._held: deque[PassthroughPacket] = deque()
+        self._container: Any = None
+        self._video: Any = None
+        self._audio: dict[int, Any] = {}
+        self._closed = False
+
+    def _open(self, first: FramePacket) -> None:
+        import av
+
+        height, width = first.image.shape[:2]
+        try:
+            container = av.open(str(self.path), mode="w")
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SinkError(f"output {self.path}: cannot create ({exc})") from None
+        try:
+            cfg = self.config
+            options = {}
+            if cfg.codec in ("libx264", "libx265"):
+                options = {"crf": str(cfg.crf), "preset": cfg.preset}
+            stream = container.add_stream(cfg.codec, rate=self.rate, options=options)
+            # 4:2:0 needs even sizes; odd frames get one replicated row or column.
+            stream.width = width + width % 2
+            stream.height = height + height % 2
+            stream.pix_fmt = cfg.pix_fmt
+            stream.time_base = first.time_base
+            stream.codec_context.time_base = first.time_base
+            for index, template in self._templates.items():
+                self._audio[index] = container.add_stream_from_template(template)
+        except (av.error.FFmpegError, ValueError) as exc:
+            container.close()
+            raise SinkError(f"output {self.path}: cannot set up encoder {self.config.codec} ({exc})") from None
+        self._container = container
+        self._video = stream
+        while self._held:
+            self._mux_passthrough(self._held.popleft())
+
+    def write_frame(self, packet: FramePacket) -> None:
+        import av
+
+        _refuse_raw(packet)
+        if self._container is None:
+            self._open(packet)
+        image = packet.image
+        if image.shape[0] % 2 or image.shape[1] % 2:
+            image = np.pad(image, ((0, image.shape[0] % 2), (0, image.shape[1] % 2), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = packet.pts
+        frame.time_base = packet.time_base
+        if packet.duration:
+            frame.duration = packet.duration
+        try:
+            for out in self._video.encode(frame):
+                self._container.mux(out)
+        except av.error.FFmpegError as exc:
+            raise SinkError(f"output {self.path}: encoding frame {packet.index} failed ({exc})") from None
+        self.frames_written += 1
+
+    def write_passthrough(self, packet: PassthroughPacket) -> None:
+        if packet.stream_index not in self._templates:
+            return
+        if self._container is None:
+            if len(self._held) >= _MAX_HELD_PACKETS:
+                raise SinkError(
+                    f"output {self.path}: {_MAX_HELD_PACKETS} audio packets arrived before any video frame"
+                )
+            self._held.append(packet)
+            return
+        self._mux_passthrough(packet)
+
+    def _mux_passthrough(self, packet: PassthroughPacket) -> None:
+        import av
+
+        pkt = packet.packet
+        pkt.stream = self._audio[packet.stream_index]
+        try:
+            self._container.mux(pkt)
+        except av.error.FFmpegError as exc:
+            raise SinkError(f"output {self.path}: writing an audio packet failed ({exc})") from None
+
+    def close(self) -> None:
+        """Flush the encoder and finalize the container; safe to call twice."""
+        if self._closed or self._container is None:
+            self._closed = True
+            return
+        self._closed = True
+        import av
+
+        try:
+            for out in self._video.encode(None):
+                self._container.mux(out)
+        except av.error.FFmpegError as exc:
+            raise SinkError(f"output {self.path}: flushing the encoder failed ({exc})") from None
+        finally:
+            self._container.close()

@@ -1,0 +1,195 @@
+"""A ByteTrack-style multi-object tracker for faces, as a pure state machine.
+
+Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every
+Detection Box" (ECCV 2022): a constant-velocity Kalman filter per track and a
+two-stage association, confident detections first against every track, then
+low-score detections against the tracks still unmatched, which keeps faces
+through blur and partial occlusion. For privacy, a lost track keeps being
+reported (coasting) at its predicted position for ``coast_frames`` frames,
+with a margin that grows while it coasts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import linear_sum_assignment
+
+from .config import TrackConfig
+from .frames import Detections, Tracks
+
+_STD_POSITION = 1.0 / 20
+_STD_VELOCITY = 1.0 / 160
+
+
+class KalmanBoxFilter:
+    """Constant-velocity Kalman filter over ``(cx, cy, w, h)`` and their velocities.
+
+    Noise scales with the box size, as in ByteTrack / BoT-SORT.
+    """
+
+    def __init__(self, box: NDArray[np.float32]) -> None:
+        z = _xyxy_to_cxcywh(box)
+        self.x = np.concatenate([z, np.zeros(4)])
+        size = np.array([z[2], z[3], z[2], z[3]])
+        std = np.concatenate([2 * _STD_POSITION * size, 10 * _STD_VELOCITY * size])
+        self.p = np.diag(std**2)
+
+    _F = np.eye(8) + np.eye(8, k=4)
+    _H = np.eye(4, 8)
+
+    def predict(self) -> None:
+        size = np.array([self.x[2], self.x[3], self.x[2], self.x[3]])
+        q = np.diag(np.concatenate([_STD_POSITION * size, _STD_VELOCITY * size]) ** 2)
+        self.x = self._F @ self.x
+        self.p = self._F @ self.p @ self._F.T + q
+        self.x[2:4] = np.maximum(self.x[2:4], 1.0)
+
+    def update(self, box: NDArray[np.float32]) -> None:
+        z = _xyxy_to_cxcywh(box)
+        size = np.array([self.x[2], self.x[3], self.x[2], self.x[3]])
+        r = np.diag((_STD_POSITION * size) ** 2)
+        s = self._H @ self.p @ self._H.T + r
+        k = np.linalg.solve(s, self._H @ self.p).T
+        self.x = self.x + k @ (z - self._H @ self.x)
+        self.p = (np.eye(8) - k @ self._H) @ self.p
+
+    def box(self) -> NDArray[np.float32]:
+        cx, cy, w, h = self.x[:4]
+        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
+
+
+def _xyxy_to_cxcywh(box: NDArray[np.float32]) -> NDArray[np.float64]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return np.array([(x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, 1.0), max(y2 - y1, 1.0)])
+
+
+def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Pairwise IoU of boxes ``a`` ``(N, 4)`` and ``b`` ``(M, 4)`` -> ``(N, M)``."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return (inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)).astype(np.float32)
+
+
+def _associate(
+    track_boxes: NDArray[np.float32], det_boxes: NDArray[np.float32], min_iou: float
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Optimal one-to-one matching by IoU; pairs below ``min_iou`` stay unmatched."""
+    iou = iou_matrix(track_boxes, det_boxes)
+    pairs: list[tuple[int, int]] = []
+    if iou.size:
+        rows, cols = linear_sum_assignment(-iou)
+        pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
+    matched_t = {t for t, _ in pairs}
+    matched_d = {d for _, d in pairs}
+    return (
+        pairs,
+        [t for t in range(len(track_boxes)) if t not in matched_t],
+        [d for d in range(len(det_boxes)) if d not in matched_d],
+    )
+
+
+@dataclass
+class _Track:
+    track_id: int
+    filter: KalmanBoxFilter
+    last_box: NDArray[np.float32]
+    lost_for: int = 0
+    hits: int = 1
+
+
+class FaceTracker:
+    """ByteTrack over face detections; ``update`` once per frame, in frame order.
+
+    Track IDs count from 1 per tracker instance.
+    """
+
+    def __init__(self, config: TrackConfig) -> None:
+        self.config = config
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+
+    def reset(self) -> None:
+        self._tracks = []
+        self._next_id = 1
+
+    def update(self, detections: Detections | None) -> Tracks:
+        """Advance one frame. ``None`` means the detector did not run on this
+        frame: every track coasts on its prediction."""
+        cfg = self.config
+        for track in self._tracks:
+            track.filter.predict()
+        if detections is None:
+            detections = Detections.empty()
+            matched: set[int] = set()
+        else:
+            matched = self._match(detections)
+        alive = []
+        for track in self._tracks:
+            if id(track) not in matched:
+                track.lost_for += 1
+            if track.lost_for <= cfg.coast_frames:
+                alive.append(track)
+        self._tracks = alive
+        return self._report()
+
+    def _match(self, detections: Detections) -> set[int]:
+        cfg = self.config
+        high = np.flatnonzero(detections.confidence >= cfg.high_threshold)
+        low = np.flatnonzero(detections.confidence < cfg.high_threshold)
+        predicted = np.array([t.filter.box() for t in self._tracks], np.float32).reshape(-1, 4)
+        matched: set[int] = set()
+
+        pairs, free_tracks, free_high = _associate(predicted, detections.xyxy[high], cfg.match_iou)
+        for t, d in pairs:
+            self._hit(self._tracks[t], detections.xyxy[high[d]])
+            matched.add(id(self._tracks[t]))
+
+        # Second stage: low-score boxes only extend tracks that were live last frame.
+        recent = [t for t in free_tracks if self._tracks[t].lost_for == 0]
+        pairs, _, _ = _associate(predicted[recent], detections.xyxy[low], cfg.low_match_iou)
+        for t, d in pairs:
+            self._hit(self._tracks[recent[t]], detections.xyxy[low[d]])
+            matched.add(id(self._tracks[recent[t]]))
+
+        for d in free_high:
+            if detections.confidence[high[d]] >= cfg.new_track_threshold:
+                box = detections.xyxy[high[d]]
+                track = _Track(self._next_id, KalmanBoxFilter(box), box.copy())
+                self._next_id += 1
+                self._tracks.append(track)
+                matched.add(id(track))
+        return matched
+
+    @staticmethod
+    def _hit(track: _Track, box: NDArray[np.float32]) -> None:
+        track.filter.update(box)
+        track.last_box = box.copy()
+        track.lost_for = 0
+        track.hits += 1
+
+    def _report(self) -> Tracks:
+        if not self._tracks:
+            return Tracks.empty()
+        cfg = self.config
+        boxes = []
+        for track in self._tracks:
+            # A matched track reports the detected box itself; a coasting one its prediction.
+            box = track.last_box if track.lost_for == 0 else track.filter.box()
+            margin = cfg.margin + cfg.coast_growth * track.lost_for
+            w, h = box[2] - box[0], box[3] - box[1]
+            boxes.append(box + np.array([-w, -h, w, h], np.float32) * margin)
+        return Tracks(
+            np.array(boxes, np.float32),
+            np.array([t.track_id for t in self._tracks], np.int64),
+            np.array([t.lost_for > 0 for t in self._tracks], bool),
+        )
