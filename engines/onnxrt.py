@@ -34,6 +34,9 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle pool threads would spin-wait between calls and starve the
+        # decode and encode threads that share the cores with inference.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(model), options, providers=[provider])
         except Exception as exc:  # ORT raises its own untyped errors

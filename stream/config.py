@@ -49,21 +49,26 @@ class DetectConfig:
 
     min_face: height in pixels of the smallest face to find. The frame is
     resized for detection so that such a face reaches the detector's
-    reliable size (``model_min_face``, about 13 px for CenterFace): the
-    default 16 finds 16 px faces in 720p at 0.8x; ``min_face = 10``
-    upscales 1.3x and finds 10 px faces.
+    reliable size (``model_min_face``, 16 px for CenterFace on real video):
+    the default 16 detects at the native resolution; ``min_face = 10``
+    upscales 1.6x and finds 10 px faces.
     max_side: cap on the detection image's long side (0: no cap); a cap
     trades small-face recall for speed on very large frames.
     threshold: lowest score kept (the tracker's low threshold).
+    every: full-resolution detection on one frame in ``every``; the frames
+    between get a pass at ``inter_scale`` times that resolution (0: none,
+    the tracker predicts), which still catches new large faces and cuts.
     """
 
     backend: BackendName = "cpu"
     threads: int = 0
     min_face: int = 16
-    model_min_face: float = 13.0
+    model_min_face: float = 16.0
     max_side: int = 0
     threshold: float = 0.2
     nms_iou: float = 0.3
+    every: int = 2
+    inter_scale: float = 0.5
 
     def validate(self) -> None:
         _range("detect.threads", self.threads, 0, 256)
@@ -72,6 +77,8 @@ class DetectConfig:
         _range("detect.max_side", self.max_side, 0, 16384)
         _range("detect.threshold", self.threshold, 0.01, 0.99)
         _range("detect.nms_iou", self.nms_iou, 0.05, 0.95)
+        _range("detect.every", self.every, 1, 60)
+        _range("detect.inter_scale", self.inter_scale, 0.0, 1.0)
         if 0 < self.max_side < 64:
             raise ConfigError(f"detect.max_side: expected 0 or 64..16384, got {self.max_side}")
 
@@ -88,8 +95,8 @@ class TrackConfig:
     coast_growth: extra margin per coasted frame, for motion uncertainty.
     """
 
-    high_threshold: float = 0.4
-    new_track_threshold: float = 0.4
+    high_threshold: float = 0.3
+    new_track_threshold: float = 0.3
     match_iou: float = 0.2
     low_match_iou: float = 0.4
     coast_frames: int = 15

@@ -92,7 +92,9 @@ class FramePacket:
     image: ``(H, W, 3)`` uint8 RGB, upright. ``pts`` is in ``time_base``
     units of the input stream (stream time, not wall-clock time); ``duration``
     likewise, or None when unknown. ``capture_time`` is ``time.monotonic()``
-    when the frame was read, for latency figures.
+    when the frame was read, for latency figures. ``detections`` is None on
+    a frame where the detector did not run; ``full_detection`` is False
+    where it ran at reduced resolution (see ``DetectConfig.every``).
     ``anonymized`` turns True only when the last stage has obscured every
     face, or the fail policy masked the whole frame; sinks refuse anything
     else, so a raw frame cannot be written.
@@ -104,7 +106,8 @@ class FramePacket:
     time_base: Fraction
     duration: int | None = None
     capture_time: float = 0.0
-    detections: Detections = field(default_factory=Detections.empty)
+    detections: Detections | None = field(default_factory=Detections.empty)
+    full_detection: bool = True
     tracks: Tracks = field(default_factory=Tracks.empty)
     anonymized: bool = False
     masked_whole: bool = False

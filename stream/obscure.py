@@ -15,14 +15,25 @@ from numpy.typing import NDArray
 from .config import ObscureConfig
 
 
-def region_mask(width: int, height: int, shape: str) -> NDArray[np.bool_]:
-    """``(height, width)`` bool mask of the region inside its box: all of it, or the inscribed ellipse."""
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+
+
+def region_mask(box: NDArray[np.float32], clipped: tuple[int, int, int, int], shape: str) -> NDArray[np.uint8]:
+    """uint8 mask (255 inside) of ``box``'s region over the ``clipped`` integer window.
+
+    The shape is laid over the whole (unclipped) box, so a face at the frame
+    edge keeps its ellipse; only the window is returned.
+    """
+    x1, y1, x2, y2 = clipped
+    mask = np.zeros((y2 - y1, x2 - x1), np.uint8)
+    one = 1 << _SHIFT
     if shape == "box":
-        return np.ones((height, width), bool)
-    yy, xx = np.ogrid[:height, :width]
-    cy, cx = (height - 1) / 2, (width - 1) / 2
-    ry, rx = max(height / 2, 0.5), max(width / 2, 0.5)
-    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        mask[:] = 255
+        return mask
+    centre = (round(((box[0] + box[2]) / 2 - x1) * one), round(((box[1] + box[3]) / 2 - y1) * one))
+    axes = (max(1, round((box[2] - box[0]) / 2 * one)), max(1, round((box[3] - box[1]) / 2 * one)))
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 255, thickness=-1, lineType=cv2.LINE_8, shift=_SHIFT)
+    return mask
 
 
 def clip_box(box: NDArray[np.float32], width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -68,22 +79,18 @@ class Obscurer:
             clipped = clip_box(box, width, height)
             if clipped is None:
                 continue
-            # The shape is laid over the whole (unclipped) box so a face at the
-            # edge keeps the same ellipse; only the visible part is written.
-            bx1, by1 = math.floor(float(box[0])), math.floor(float(box[1]))
-            bw = max(1, math.ceil(float(box[2])) - bx1)
-            bh = max(1, math.ceil(float(box[3])) - by1)
             x1, y1, x2, y2 = clipped
-            mask = region_mask(bw, bh, cfg.shape)[y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
             roi = image[y1:y2, x1:x2]
+            mask = region_mask(box, clipped, cfg.shape)
+            bw = float(box[2] - box[0])
             if cfg.mode == "mask":
-                roi[mask] = self._colour
-                continue
-            if cfg.mode == "blur":
+                replaced = np.empty_like(roi)
+                replaced[:] = self._colour
+            elif cfg.mode == "blur":
                 replaced = _blurred(roi, cfg.strength * bw)
             else:
                 replaced = _pixelated(roi, max(2.0, cfg.strength * bw))
-            roi[mask] = replaced[mask]
+            cv2.copyTo(replaced, mask, roi)
 
     def mask_whole(self, image: NDArray[np.uint8]) -> None:
         """Cover the whole frame with the mask colour, in place."""

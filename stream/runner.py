@@ -192,7 +192,7 @@ class Runner:
                 item = self._q_in.get()
                 if isinstance(item, FramePacket):
                     item = self.process_frame(item)
-                    self.stats.faces += len(item.detections)
+                    self.stats.faces += len(item.detections) if item.detections is not None else 0
                     if len(item.tracks):
                         self.stats.max_track_id = max(self.stats.max_track_id, int(item.tracks.track_id.max()))
                 self._q_out.put(item)

@@ -38,17 +38,33 @@ class DetectStage:
     def __init__(self, detector: CenterFace, config: DetectConfig) -> None:
         self.detector = detector
         self.config = config
+        self._count = 0
 
     def process(self, packet: FramePacket) -> FramePacket:
+        """Full-resolution detection every ``detect.every`` frames; in between a
+        cheaper pass at ``inter_scale`` of it, which catches new large faces
+        and scene cuts while the tracker carries the small ones."""
         height, width = packet.image.shape[:2]
         cfg = self.config
         scale = detection_scale(width, height, cfg)
+        packet.full_detection = self._count % cfg.every == 0
+        self._count += 1
+        if not packet.full_detection:
+            if cfg.inter_scale == 0:
+                packet.detections = None
+                return packet
+            scale *= cfg.inter_scale
         (faces,) = self.detector.detect([packet.image], scale, cfg.threshold, cfg.nms_iou)
-        packet.detections = Detections(faces.boxes, faces.scores, faces.landmarks)
+        detections = Detections(faces.boxes, faces.scores, faces.landmarks)
+        if not packet.full_detection:
+            # Below the model's reliable size a face's box is too rough to follow.
+            heights = (detections.xyxy[:, 3] - detections.xyxy[:, 1]) * scale
+            detections = detections[heights >= cfg.model_min_face]
+        packet.detections = detections
         return packet
 
     def reset(self) -> None:
-        return None
+        self._count = 0
 
 
 class TrackStage:
@@ -60,7 +76,7 @@ class TrackStage:
         self.tracker = FaceTracker(config)
 
     def process(self, packet: FramePacket) -> FramePacket:
-        packet.tracks = self.tracker.update(packet.detections)
+        packet.tracks = self.tracker.update(packet.detections, precise=packet.full_detection)
         return packet
 
     def reset(self) -> None:

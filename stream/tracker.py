@@ -122,17 +122,17 @@ class FaceTracker:
         self._tracks = []
         self._next_id = 1
 
-    def update(self, detections: Detections | None) -> Tracks:
+    def update(self, detections: Detections | None, precise: bool = True) -> Tracks:
         """Advance one frame. ``None`` means the detector did not run on this
-        frame: every track coasts on its prediction."""
+        frame: every track coasts on its prediction. ``precise=False`` marks
+        detections of a reduced-resolution pass: a track they match reports
+        the box enclosing both the detection and its prediction."""
         cfg = self.config
         for track in self._tracks:
             track.filter.predict()
         if detections is None:
             detections = Detections.empty()
-            matched: set[int] = set()
-        else:
-            matched = self._match(detections)
+        matched = self._match(detections, precise)
         alive = []
         for track in self._tracks:
             if id(track) not in matched:
@@ -142,7 +142,7 @@ class FaceTracker:
         self._tracks = alive
         return self._report()
 
-    def _match(self, detections: Detections) -> set[int]:
+    def _match(self, detections: Detections, precise: bool) -> set[int]:
         cfg = self.config
         high = np.flatnonzero(detections.confidence >= cfg.high_threshold)
         low = np.flatnonzero(detections.confidence < cfg.high_threshold)
@@ -151,14 +151,15 @@ class FaceTracker:
 
         pairs, free_tracks, free_high = _associate(predicted, detections.xyxy[high], cfg.match_iou)
         for t, d in pairs:
-            self._hit(self._tracks[t], detections.xyxy[high[d]])
+            self._hit(self._tracks[t], detections.xyxy[high[d]], precise)
             matched.add(id(self._tracks[t]))
 
-        # Second stage: low-score boxes only extend tracks that were live last frame.
-        recent = [t for t in free_tracks if self._tracks[t].lost_for == 0]
+        # Second stage: low-score boxes only extend tracks seen within the last
+        # two frames (one may have had a reduced-resolution pass that missed it).
+        recent = [t for t in free_tracks if self._tracks[t].lost_for <= 1]
         pairs, _, _ = _associate(predicted[recent], detections.xyxy[low], cfg.low_match_iou)
         for t, d in pairs:
-            self._hit(self._tracks[recent[t]], detections.xyxy[low[d]])
+            self._hit(self._tracks[recent[t]], detections.xyxy[low[d]], precise)
             matched.add(id(self._tracks[recent[t]]))
 
         for d in free_high:
@@ -171,9 +172,13 @@ class FaceTracker:
         return matched
 
     @staticmethod
-    def _hit(track: _Track, box: NDArray[np.float32]) -> None:
+    def _hit(track: _Track, box: NDArray[np.float32], precise: bool) -> None:
+        predicted = track.filter.box()
         track.filter.update(box)
-        track.last_box = box.copy()
+        if precise:
+            track.last_box = box.copy()
+        else:
+            track.last_box = np.concatenate([np.minimum(box[:2], predicted[:2]), np.maximum(box[2:], predicted[2:])])
         track.lost_for = 0
         track.hits += 1
 
