@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from stream.errors import AnonError, ConfigError
+from stream.errors import AnonError
 
 EXIT_INTERNAL = 70
 
@@ -41,18 +41,25 @@ def _colour(text: str) -> list[int]:
 
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML file with any of the options (sections as in stream/config.py)")
+    p.add_argument(
+        "--config", type=Path, help="TOML file with any of the options (sections as in stream/config.py)"
+    )
     g = p.add_argument_group("obscuring")
     g.add_argument("--mode", choices=["blur", "pixelate", "mask"], help="how faces are hidden (blur)")
     g.add_argument("--shape", choices=["ellipse", "box"], help="shape of the hidden region (ellipse)")
-    g.add_argument("--strength", type=float, help="blur sigma / pixel block as a fraction of face width (0.125)")
+    g.add_argument(
+        "--strength", type=float, help="blur sigma / pixel block as a fraction of face width (0.125)"
+    )
     g.add_argument("--colour", "--color", type=_colour, help="mask colour R,G,B (0,0,0)")
     g = p.add_argument_group("detection and tracking")
     g.add_argument("--backend", help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda (cpu)")
-    g.add_argument("--threads", type=int, help="inference threads (0: all cores)")
+    g.add_argument("--threads", type=int, help="inference threads per call (1; 0: all cores)")
+    g.add_argument("--workers", type=int, help="frames detected at once (0: one per core)")
     g.add_argument("--min-face", type=int, help="smallest face height to find, px (16; 10 upscales)")
     g.add_argument("--threshold", type=float, help="lowest detection score kept (0.2)")
-    g.add_argument("--coast-frames", type=int, help="frames a lost face stays hidden at its predicted place (15)")
+    g.add_argument(
+        "--coast-frames", type=int, help="frames a lost face stays hidden at its predicted place (15)"
+    )
     g.add_argument("--margin", type=float, help="box dilation per side, fraction of size (0.25)")
     g = p.add_argument_group("input and output")
     live = g.add_mutually_exclusive_group()
@@ -86,6 +93,7 @@ _OPTION_FIELDS = {
     "preset": ("sink", "preset"),
     "on_failure": ("runner", "on_failure"),
     "max_frames": ("runner", "max_frames"),
+    "workers": ("runner", "workers"),
 }
 
 
@@ -212,8 +220,9 @@ def cmd_models(argv: list[str]) -> int:
             failed += problem is not None
             print(f"{name:12s} {status:10s} {zoo.model_path(name)}")
         else:
-            print(f"{name:12s} {spec.source.describe()}\n  input:   {spec.inputs}\n  outputs: "
-                  f"{spec.outputs}\n  licence: {spec.license}\n  state:   {zoo.verify(name) or 'ok'}")  # fmt: skip
+            state = zoo.verify(name) or "ok"
+            print(f"{name:12s} {spec.source.describe()}\n  input:   {spec.inputs}")
+            print(f"  outputs: {spec.outputs}\n  licence: {spec.license}\n  state:   {state}")
     return 1 if failed else 0
 
 
@@ -224,9 +233,13 @@ def cmd_leak(argv: list[str]) -> int:
                 description="Leak rate: reference faces (CenterFace at full resolution, every frame) "
                             "not covered by an obscured region.")  # fmt: skip
     p.add_argument("input")
-    p.add_argument("--modes", nargs="+", default=["blur", "pixelate", "mask"], choices=["blur", "pixelate", "mask"])
+    p.add_argument(
+        "--modes", nargs="+", default=["blur", "pixelate", "mask"], choices=["blur", "pixelate", "mask"]
+    )
     p.add_argument("--min-height", type=float, default=12.0, help="smallest reference face counted, px (12)")
-    p.add_argument("--ref-threshold", type=float, default=0.5, help="reference detector score threshold (0.5)")
+    p.add_argument(
+        "--ref-threshold", type=float, default=0.5, help="reference detector score threshold (0.5)"
+    )
     p.add_argument("--json", type=Path, help="write the figures here")
     _add_pipeline_options(p)
     args = p.parse_args(argv)
@@ -265,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, the traceback only on request
         if debug:
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr
+        )
         return EXIT_INTERNAL
 
 

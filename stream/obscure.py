@@ -14,11 +14,12 @@ from numpy.typing import NDArray
 
 from .config import ObscureConfig
 
-
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 
 
-def region_mask(box: NDArray[np.float32], clipped: tuple[int, int, int, int], shape: str) -> NDArray[np.uint8]:
+def region_mask(
+    box: NDArray[np.float32], clipped: tuple[int, int, int, int], shape: str
+) -> NDArray[np.uint8]:
     """uint8 mask (255 inside) of ``box``'s region over the ``clipped`` integer window.
 
     The shape is laid over the whole (unclipped) box, so a face at the frame

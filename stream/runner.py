@@ -9,6 +9,7 @@ path, so a partial output stays playable.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +66,7 @@ class FrameQueue:
         self._size = size
         self._abort = abort
         self._cond = threading.Condition()
+        self._taken = 0
 
     def put(self, item: Any) -> None:
         with self._cond:
@@ -90,12 +92,54 @@ class FrameQueue:
         return dropped
 
     def get(self) -> Any:
+        return self.get_numbered()[1]
+
+    def get_numbered(self) -> tuple[int, Any]:
+        """The oldest item and its position in the order items were taken (0, 1, ...)."""
         with self._cond:
             while not self._items:
                 if self._abort.is_set():
                     raise _Aborted
                 self._cond.wait(_POLL_S)
             item = self._items.popleft()
+            seq = self._taken
+            self._taken += 1
+            self._cond.notify_all()
+            return seq, item
+
+
+class Reorder:
+    """Hands items back in sequence order after parallel workers finish them out of order.
+
+    Sequence numbers are consecutive: workers number items as they take them
+    from the input queue (``FrameQueue.get_numbered``).
+    """
+
+    def __init__(self, size: int, abort: threading.Event) -> None:
+        self._items: dict[int, Any] = {}
+        self._size = size
+        self._abort = abort
+        self._cond = threading.Condition()
+        self._next = 0
+
+    def put(self, seq: int, item: Any) -> None:
+        with self._cond:
+            # Never block the item the sequencer waits for, or it would deadlock.
+            while len(self._items) >= self._size and seq != self._next:
+                if self._abort.is_set():
+                    raise _Aborted
+                self._cond.wait(_POLL_S)
+            self._items[seq] = item
+            self._cond.notify_all()
+
+    def next(self) -> Any:
+        with self._cond:
+            while self._next not in self._items:
+                if self._abort.is_set():
+                    raise _Aborted
+                self._cond.wait(_POLL_S)
+            item = self._items.pop(self._next)
+            self._next += 1
             self._cond.notify_all()
             return item
 
@@ -125,6 +169,7 @@ class Runner:
         self.obscurer = obscurer
         self.config = config
         self.on_frame = on_frame
+        self.workers = config.workers or max(1, min(os.cpu_count() or 1, 4))
         self.stats = RunStats()
         self._stop = threading.Event()  # no more input wanted (end, Ctrl-C)
         self._abort = threading.Event()  # a worker failed: everyone leaves now
@@ -132,6 +177,14 @@ class Runner:
         self._error_lock = threading.Lock()
         self._q_in = FrameQueue(config.queue_size, self._abort)
         self._q_out = FrameQueue(config.queue_size, self._abort)
+        self._reorder = Reorder(config.queue_size + 2 * self.workers, self._abort)
+        # Leading stages that declare themselves independent per frame run on
+        # several workers; the rest (tracking onwards) run in input order.
+        split = 0
+        while split < len(self.stages) and getattr(self.stages[split], "parallel", False):
+            split += 1
+        self._parallel_stages = self.stages[:split]
+        self._serial_stages = self.stages[split:]
 
     # --- workers -----------------------------------------------------------------
 
@@ -154,47 +207,78 @@ class Runner:
                         self.stats.frames_dropped += self._q_in.put_latest(item)
                     else:
                         self._q_in.put(item)
-                    if limit and self.stats.frames_in >= limit:
-                        break
                 else:
                     self._q_in.put(item)
+                if limit and self.stats.frames_in >= limit:
+                    break
             self._q_in.put(_END)
         except _Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._fail(exc)
 
-    def process_frame(self, packet: FramePacket) -> FramePacket:
-        """Run every stage on one frame; on failure mask the whole frame, or stop (config)."""
-        stage_name = "?"
-        try:
-            for stage in self.stages:
-                stage_name = stage.name
+    def _run_stages(self, packet: FramePacket, stages: Sequence[Stage]) -> FramePacket:
+        """Run ``stages`` on one frame; a failure is recorded on the packet, not raised."""
+        for stage in stages:
+            if packet.failure is not None:
+                break
+            try:
                 packet = stage.process(packet)
-            if not packet.anonymized:
-                raise StageError(f"no stage marked frame {packet.index} anonymized")
-        except Exception as exc:  # noqa: BLE001 - any stage fault must fail closed
-            message = f"frame {packet.index}: stage {stage_name} failed ({type(exc).__name__}: {exc})"
-            if self.config.on_failure == "stop":
-                raise StageError(message) from exc
-            if len(self.stats.failures) < 100:
-                self.stats.failures.append(message)
-            self.obscurer.mask_whole(packet.image)
-            packet.masked_whole = True
-            packet.failure = message
-            packet.anonymized = True
-            self.stats.frames_masked_whole += 1
+            except Exception as exc:  # noqa: BLE001 - any stage fault must fail closed
+                packet.failure = (
+                    f"frame {packet.index}: stage {stage.name} failed ({type(exc).__name__}: {exc})"
+                )
         return packet
 
-    def _process(self) -> None:
+    def _finish(self, packet: FramePacket) -> FramePacket:
+        """Apply the fail policy: a failed or unanonymized frame is masked whole, or the run stops."""
+        if packet.failure is None and not packet.anonymized:
+            packet.failure = f"frame {packet.index}: no stage marked it anonymized"
+        if packet.failure is None:
+            return packet
+        if self.config.on_failure == "stop":
+            raise StageError(packet.failure)
+        if len(self.stats.failures) < 100:
+            self.stats.failures.append(packet.failure)
+        self.obscurer.mask_whole(packet.image)
+        packet.masked_whole = True
+        packet.anonymized = True
+        self.stats.frames_masked_whole += 1
+        return packet
+
+    def process_frame(self, packet: FramePacket) -> FramePacket:
+        """Every stage on one frame, then the fail policy (single-threaded use)."""
+        return self._finish(self._run_stages(packet, self.stages))
+
+    def _parallel_work(self) -> None:
+        """Worker: the per-frame-independent leading stages (detection), several frames at once."""
         try:
             while True:
-                item = self._q_in.get()
+                seq, item = self._q_in.get_numbered()
+                if item is _END:
+                    self._reorder.put(seq, item)
+                    self._q_in.put(_END)  # for the other workers
+                    return
                 if isinstance(item, FramePacket):
-                    item = self.process_frame(item)
+                    item = self._run_stages(item, self._parallel_stages)
+                self._reorder.put(seq, item)
+        except _Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _process(self) -> None:
+        """Sequencer: takes frames back in input order for the stateful stages (tracking, obscuring)."""
+        try:
+            while True:
+                item = self._reorder.next()
+                if isinstance(item, FramePacket):
+                    item = self._finish(self._run_stages(item, self._serial_stages))
                     self.stats.faces += len(item.detections) if item.detections is not None else 0
                     if len(item.tracks):
-                        self.stats.max_track_id = max(self.stats.max_track_id, int(item.tracks.track_id.max()))
+                        self.stats.max_track_id = max(
+                            self.stats.max_track_id, int(item.tracks.track_id.max())
+                        )
                 self._q_out.put(item)
                 if item is _END:
                     return
@@ -230,17 +314,22 @@ class Runner:
         on Ctrl-C; the sink is closed in every case."""
         threads = [
             threading.Thread(target=self._capture, name="capture", daemon=True),
+            *(
+                threading.Thread(target=self._parallel_work, name=f"worker-{i}", daemon=True)
+                for i in range(self.workers)
+            ),
             threading.Thread(target=self._process, name="process", daemon=True),
             threading.Thread(target=self._write, name="write", daemon=True),
         ]
+        writer = threads[-1]
         for stage in self.stages:
             stage.reset()
         interrupted = False
         for thread in threads:
             thread.start()
         try:
-            while threads[2].is_alive():
-                threads[2].join(0.2)
+            while writer.is_alive():
+                writer.join(0.2)
                 if progress is not None:
                     progress(self.stats)
         except KeyboardInterrupt:
@@ -248,8 +337,8 @@ class Runner:
             interrupted = True
             self._stop.set()
             try:
-                while threads[2].is_alive():
-                    threads[2].join(0.2)
+                while writer.is_alive():
+                    writer.join(0.2)
             except KeyboardInterrupt:  # a second Ctrl-C: leave now
                 self._abort.set()
         finally:

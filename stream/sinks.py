@@ -39,9 +39,7 @@ def _refuse_raw(packet: FramePacket) -> None:
         raise SinkError(f"frame {packet.index} reached the sink without being anonymized; refusing it")
 
 
-def open_sink(
-    target: str, config: SinkConfig, rate: Fraction | None, audio_templates: list[Any]
-) -> Sink:
+def open_sink(target: str, config: SinkConfig, rate: Fraction | None, audio_templates: list[Any]) -> Sink:
     """A sink for ``target``: ``null``, a folder or ``%``-pattern for images, or a video file."""
     if target in ("null", "-"):
         return NullSink()
@@ -156,7 +154,9 @@ class VideoFileSink:
                 self._audio[index] = container.add_stream_from_template(template)
         except (av.error.FFmpegError, ValueError) as exc:
             container.close()
-            raise SinkError(f"output {self.path}: cannot set up encoder {self.config.codec} ({exc})") from None
+            raise SinkError(
+                f"output {self.path}: cannot set up encoder {self.config.codec} ({exc})"
+            ) from None
         self._container = container
         self._video = stream
         while self._held:

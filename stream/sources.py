@@ -131,8 +131,10 @@ class MediaSource:
         self._video = self._container.streams.video[0]
         self._video.thread_type = "AUTO"
         self.audio_templates = list(self._container.streams.audio)
-        self.live = config.live if config.live is not None else (
-            url_scheme in _LIVE_SCHEMES or (network and self._container.duration is None)
+        self.live = (
+            config.live
+            if config.live is not None
+            else (url_scheme in _LIVE_SCHEMES or (network and self._container.duration is None))
         )
         self.stats = SourceStats()
         self.info = self._probe()
@@ -288,4 +290,3 @@ def _frame_step(info: VideoInfo) -> int:
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return re.sub(r"\s*:\s*'[^']*'$", "", text).strip() or type(exc).__name__
-

@@ -15,7 +15,11 @@ from .tracker import FaceTracker
 
 
 class Stage(Protocol):
+    """``parallel`` stages keep no state between frames, so the runner may run
+    them on several frames at once; the others see frames in input order."""
+
     name: str
+    parallel: bool
 
     def process(self, packet: FramePacket) -> FramePacket: ...
 
@@ -34,11 +38,11 @@ class DetectStage:
     """Finds faces with CenterFace at the resolution that ``detect.min_face`` asks for."""
 
     name = "detect"
+    parallel = True
 
     def __init__(self, detector: CenterFace, config: DetectConfig) -> None:
         self.detector = detector
         self.config = config
-        self._count = 0
 
     def process(self, packet: FramePacket) -> FramePacket:
         """Full-resolution detection every ``detect.every`` frames; in between a
@@ -47,8 +51,7 @@ class DetectStage:
         height, width = packet.image.shape[:2]
         cfg = self.config
         scale = detection_scale(width, height, cfg)
-        packet.full_detection = self._count % cfg.every == 0
-        self._count += 1
+        packet.full_detection = packet.index % cfg.every == 0
         if not packet.full_detection:
             if cfg.inter_scale == 0:
                 packet.detections = None
@@ -64,13 +67,14 @@ class DetectStage:
         return packet
 
     def reset(self) -> None:
-        self._count = 0
+        return None
 
 
 class TrackStage:
     """Turns detections into tracks (live and coasting) with dilated boxes."""
 
     name = "track"
+    parallel = False
 
     def __init__(self, config: TrackConfig) -> None:
         self.tracker = FaceTracker(config)
@@ -87,6 +91,7 @@ class ObscureStage:
     """Obscures every live and coasting track; the last stage, it marks the frame anonymized."""
 
     name = "obscure"
+    parallel = False
 
     def __init__(self, config: ObscureConfig) -> None:
         self.obscurer = Obscurer(config)

@@ -178,7 +178,9 @@ class FaceTracker:
         if precise:
             track.last_box = box.copy()
         else:
-            track.last_box = np.concatenate([np.minimum(box[:2], predicted[:2]), np.maximum(box[2:], predicted[2:])])
+            track.last_box = np.concatenate(
+                [np.minimum(box[:2], predicted[:2]), np.maximum(box[2:], predicted[2:])]
+            )
         track.lost_for = 0
         track.hits += 1
 
