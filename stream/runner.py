@@ -173,6 +173,10 @@ class Runner:
         self.stats = RunStats()
         self._stop = threading.Event()  # no more input wanted (end, Ctrl-C)
         self._abort = threading.Event()  # a worker failed: everyone leaves now
+        # Set when the writer has finished. Waiting on it, not on Thread.join,
+        # because a Ctrl-C that lands inside join() can leave the thread
+        # marked as stopped while it still runs (CPython < 3.12).
+        self._written = threading.Event()
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._q_in = FrameQueue(config.queue_size, self._abort)
@@ -289,6 +293,12 @@ class Runner:
 
     def _write(self) -> None:
         try:
+            self._write_loop()
+        finally:
+            self._written.set()
+
+    def _write_loop(self) -> None:
+        try:
             while True:
                 item = self._q_out.get()
                 if item is _END:
@@ -321,15 +331,14 @@ class Runner:
             threading.Thread(target=self._process, name="process", daemon=True),
             threading.Thread(target=self._write, name="write", daemon=True),
         ]
-        writer = threads[-1]
+
         for stage in self.stages:
             stage.reset()
         interrupted = False
         for thread in threads:
             thread.start()
         try:
-            while writer.is_alive():
-                writer.join(0.2)
+            while not self._written.wait(0.2):
                 if progress is not None:
                     progress(self.stats)
         except KeyboardInterrupt:
@@ -337,8 +346,8 @@ class Runner:
             interrupted = True
             self._stop.set()
             try:
-                while writer.is_alive():
-                    writer.join(0.2)
+                while not self._written.wait(0.2):
+                    pass
             except KeyboardInterrupt:  # a second Ctrl-C: leave now
                 self._abort.set()
         finally:

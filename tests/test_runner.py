@@ -1,0 +1,288 @@
+"""The runner: fault injection (no raw frame ever written), stop policy, Ctrl-C, drops, order."""
+
+import random
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import decode_frames
+
+from stream.config import ObscureConfig, RunnerConfig, SinkConfig, build_config
+from stream.errors import Interrupted, SinkError, StageError
+from stream.frames import Detections, FramePacket, PassthroughPacket
+from stream.obscure import Obscurer
+from stream.runner import Runner
+from stream.sinks import open_sink
+from stream.sources import SourceStats, VideoInfo
+from stream.stages import DetectStage, ObscureStage, TrackStage
+
+W, H = 96, 64
+GREEN = (0, 255, 0)
+
+
+class FakeSource:
+    """Noise frames at 25 fps (optionally live, with passthrough packets, or failing)."""
+
+    def __init__(self, count=30, live=False, fail_at=None, pace_s=0.0, passthrough_every=0):
+        self.description = "fake"
+        self.live = live
+        self.audio_templates = []
+        self.stats = SourceStats()
+        self.info = VideoInfo(W, H, Fraction(25), Fraction(1, 25), count, count / 25, "fake")
+        self.count, self.fail_at, self.pace_s, self.passthrough_every = count, fail_at, pace_s, passthrough_every
+        self.passthrough_sent = 0
+
+    def packets(self):
+        rng = np.random.default_rng(0)
+        for i in range(self.count):
+            if i == self.fail_at:
+                raise OSError("connection reset by fake peer")
+            if self.pace_s:
+                time.sleep(self.pace_s)
+            if self.passthrough_every and i % self.passthrough_every == 0:
+                self.passthrough_sent += 1
+                yield PassthroughPacket(packet=None, stream_index=1)
+            yield FramePacket(i, rng.integers(0, 256, (H, W, 3), dtype=np.uint8), i, Fraction(1, 25),
+                              capture_time=time.monotonic())  # fmt: skip
+            self.stats.frames += 1
+
+    def damage(self):
+        return None
+
+    def close(self):
+        pass
+
+
+class ScriptedDetector:
+    """A fake backend-level detector: one fixed face per frame."""
+
+    backend = type("B", (), {"name": "fake"})()
+
+    def detect(self, images, scale=1.0, threshold=0.5, nms_iou=0.3):
+        from engines.centerface import FaceArrays
+
+        return [FaceArrays(np.array([[30, 10, 60, 50]], np.float32), np.array([0.9], np.float32),
+                           np.zeros((1, 5, 2), np.float32)) for _ in images]  # fmt: skip
+
+
+class Faulty:
+    """Wraps a stage and raises on chosen frames."""
+
+    def __init__(self, stage, fail_on):
+        self.stage, self.fail_on = stage, set(fail_on)
+        self.name, self.parallel = stage.name, getattr(stage, "parallel", False)
+
+    def process(self, packet):
+        if packet.index in self.fail_on:
+            raise RuntimeError(f"injected fault in {self.name}")
+        return self.stage.process(packet)
+
+    def reset(self):
+        self.stage.reset()
+
+
+class PaintAll:
+    """A last stage that paints every frame green: any raw (noise) frame in the output is a leak."""
+
+    name, parallel = "paint", False
+
+    def process(self, packet):
+        packet.image[:] = GREEN
+        packet.anonymized = True
+        return packet
+
+    def reset(self):
+        pass
+
+
+class Forgetful:
+    """A stage that returns without marking the frame anonymized on chosen frames."""
+
+    name, parallel = "forgetful", False
+
+    def __init__(self, on):
+        self.on = set(on)
+
+    def process(self, packet):
+        if packet.index in self.on:
+            packet.anonymized = False
+        return packet
+
+    def reset(self):
+        pass
+
+
+def real_stages(obscure=ObscureConfig(mode="mask", shape="box")):
+    config = build_config()
+    return [DetectStage(ScriptedDetector(), config.detect), TrackStage(config.track), ObscureStage(obscure)]
+
+
+def run(stages, tmp_path, source=None, runner_config=RunnerConfig(), progress=None):
+    source = source or FakeSource()
+    out = tmp_path / "out.mp4"
+    sink = open_sink(str(out), SinkConfig(crf=10), Fraction(25), [])
+    runner = Runner(source, stages, sink, Obscurer(ObscureConfig()), runner_config)
+    return runner, out, runner.run(progress) if progress is None else None
+
+
+def is_black(frame):
+    return frame.astype(int).max() < 24
+
+
+def is_green(frame):
+    return frame[..., 1].min() > 200 and frame[..., 0].max() < 60 and frame[..., 2].max() < 60
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_a_fault_in_any_stage_masks_that_frame_whole(tmp_path, where):
+    stages = real_stages()
+    stages[where] = Faulty(stages[where], fail_on={3, 7})
+    runner, out, stats = run(stages, tmp_path)
+    frames = decode_frames(out)
+    assert len(frames) == 30 and stats.frames_masked_whole == 2
+    assert is_black(frames[3]) and is_black(frames[7])
+    assert not is_black(frames[4])
+    assert (frames[4][15:45, 35:55] < 24).all()  # the face box itself is masked on good frames
+    assert all(f"stage {stages[where].name} failed" in m for m in stats.failures)
+
+
+def test_no_raw_frame_is_ever_written_whatever_fails(tmp_path):
+    rng = random.Random(1)
+    config = build_config()
+    stages = [
+        Faulty(DetectStage(ScriptedDetector(), config.detect), rng.sample(range(60), 8)),
+        Faulty(TrackStage(config.track), rng.sample(range(60), 8)),
+        Faulty(PaintAll(), rng.sample(range(60), 8)),
+        Forgetful(rng.sample(range(60), 8)),
+    ]
+    _, out, stats = run(stages, tmp_path, FakeSource(60), RunnerConfig(workers=3))
+    frames = decode_frames(out)
+    assert len(frames) == 60
+    assert all(is_green(f) or is_black(f) for f in frames)
+    assert stats.frames_masked_whole == sum(is_black(f) for f in frames) > 0
+
+
+def test_stop_policy_ends_the_run_and_keeps_a_playable_clean_output(tmp_path):
+    stages = [Faulty(PaintAll(), fail_on={12})]
+    with pytest.raises(StageError, match="frame 12: stage paint failed"):
+        run(stages, tmp_path, runner_config=RunnerConfig(on_failure="stop"))
+    frames = decode_frames(tmp_path / "out.mp4")
+    assert 0 < len(frames) <= 12 and all(is_green(f) for f in frames)
+
+
+def test_sink_fault_stops_the_run_and_finalizes_the_file(tmp_path):
+    out = tmp_path / "out.mp4"
+    sink = open_sink(str(out), SinkConfig(), Fraction(25), [])
+    write = sink.write_frame
+
+    def failing(packet):
+        if packet.index == 5:
+            raise SinkError("disk full (injected)")
+        write(packet)
+
+    sink.write_frame = failing
+    runner = Runner(FakeSource(), [PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig())
+    with pytest.raises(SinkError, match="disk full"):
+        runner.run()
+    assert len(decode_frames(out)) == 5
+
+
+def test_source_fault_mid_stream_keeps_what_was_written(tmp_path):
+    with pytest.raises(OSError, match="connection reset"):
+        run([PaintAll()], tmp_path, FakeSource(30, fail_at=10))
+    frames = decode_frames(tmp_path / "out.mp4")
+    assert 0 < len(frames) <= 10 and all(is_green(f) for f in frames)
+
+
+def test_ctrl_c_finalizes_the_output(tmp_path):
+    out = tmp_path / "out.mp4"
+    sink = open_sink(str(out), SinkConfig(), Fraction(25), [])
+    runner = Runner(FakeSource(400, pace_s=0.005), [PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig())
+    fired = threading.Event()
+
+    def progress(stats):
+        if stats.frames_out >= 5 and not fired.is_set():
+            fired.set()
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="output finalized"):
+        runner.run(progress)
+    frames = decode_frames(out)
+    assert 5 <= len(frames) < 400 and len(frames) == runner.stats.frames_out
+    assert all(is_green(f) for f in frames)
+
+
+class Slow:
+    name, parallel = "slow", False
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def process(self, packet):
+        time.sleep(self.seconds)
+        return packet
+
+    def reset(self):
+        pass
+
+
+class Recorder:
+    """A sink that keeps indexes and passthrough counts."""
+
+    description = "recorder"
+
+    def __init__(self):
+        self.frames_written, self.indexes, self.passthrough = 0, [], 0
+
+    def write_frame(self, packet):
+        assert packet.anonymized
+        self.indexes.append(packet.index)
+        self.frames_written += 1
+
+    def write_passthrough(self, packet):
+        self.passthrough += 1
+
+    def close(self):
+        pass
+
+
+def test_live_sources_drop_the_oldest_frames_but_never_passthrough_packets():
+    source = FakeSource(150, live=True, pace_s=0.001, passthrough_every=5)
+    sink = Recorder()
+    runner = Runner(source, [Slow(0.01), PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig(queue_size=4))
+    stats = runner.run()
+    assert stats.frames_dropped > 0
+    assert stats.frames_out + stats.frames_dropped == stats.frames_in == 150
+    assert sink.indexes == sorted(sink.indexes)
+    assert sink.passthrough == source.passthrough_sent == 30
+
+
+class Jittery:
+    """A parallel stage that takes a random time, so workers finish out of order."""
+
+    name, parallel = "jitter", True
+
+    def __init__(self):
+        self.rng = random.Random(3)
+        self.lock = threading.Lock()
+
+    def process(self, packet):
+        with self.lock:
+            delay = self.rng.random() * 0.004
+        time.sleep(delay)
+        packet.detections = Detections.empty()
+        return packet
+
+    def reset(self):
+        pass
+
+
+def test_parallel_workers_hand_frames_on_in_input_order():
+    source = FakeSource(120, passthrough_every=7)
+    sink = Recorder()
+    runner = Runner(source, [Jittery(), PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig(workers=4))
+    stats = runner.run()
+    assert sink.indexes == list(range(120)) and stats.frames_out == 120
+    assert sink.passthrough == source.passthrough_sent
