@@ -93,17 +93,17 @@ def main() -> None:
 
     deface_fps = frames / statistics.median(walls["deface"])
     rows = []
-    print(f"\n{"tool":22s} {'fps':>7s} {'x deface':>9s} {'leak':>8s}  (wall s, median of {args.repeat})")
+    print(f"\n{'tool':22s} {'fps':>7s} {'x deface':>9s} {'leak':>8s}  (wall s, median of {args.repeat})")
     for mode in args.modes:
         fps = frames / statistics.median(walls[mode])
         leak = ours[mode]["leak_rate"]
         rows.append({"tool": f"anonymousnet {mode}", "fps": fps, "ratio": fps / deface_fps, "leak_rate": leak,
                      "walls": walls[mode]})  # fmt: skip
-        print(f"{"anonymousnet " + mode:22s} {fps:7.1f} {fps / deface_fps:9.2f} {100 * leak:7.2f}%")
+        print(f"{'anonymousnet ' + mode:22s} {fps:7.1f} {fps / deface_fps:9.2f} {100 * leak:7.2f}%")
     deface_leak = leaked / total if total else 0.0
     rows.append({"tool": "deface 1.5.0 blur", "fps": deface_fps, "ratio": 1.0, "leak_rate": deface_leak,
                  "walls": walls["deface"], "frames_with_regions": len(deface_frames)})  # fmt: skip
-    print(f"{"deface 1.5.0 blur":22s} {deface_fps:7.1f} {1.0:9.2f} {100 * deface_leak:7.2f}%")
+    print(f"{'deface 1.5.0 blur':22s} {deface_fps:7.1f} {1.0:9.2f} {100 * deface_leak:7.2f}%")
     print(f"reference faces: {total}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"clip": str(args.clip), "frames": frames, "cores": os.cpu_count(),
