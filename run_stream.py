@@ -164,7 +164,7 @@ def cmd_anonymize(argv: list[str]) -> int:
     _add_pipeline_options(p)
     args = p.parse_args(argv)
 
-    from stream.job import RegionLog, run_job, write_report
+    from stream.job import RegionLog, run_job
 
     if args.demo:
         from engines.zoo import cache_dir
@@ -187,12 +187,11 @@ def cmd_anonymize(argv: list[str]) -> int:
             args.input, args.output, config,
             progress=_progress_printer(args.quiet),
             regions=RegionLog(regions_file) if regions_file else None,
+            report=args.report,
         )  # fmt: skip
     finally:
         if regions_file:
             regions_file.close()
-    if args.report:
-        write_report(args.report, result, config)
     if not args.quiet:
         _print_summary(result.summary())
     if result.damage:

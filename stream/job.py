@@ -103,10 +103,13 @@ def run_job(
     progress: Callable[[RunStats, int, bool], None] | None = None,
     regions: RegionLog | None = None,
     stages: list[Stage] | None = None,
+    report: Path | None = None,
 ) -> JobResult:
     """Anonymize ``input_spec`` into ``output``. Raises AnonError subclasses on failure.
 
-    ``stages`` replaces the default stage list (tests inject faults this way).
+    ``report``: where to write the JSON run report, also when the run fails
+    or is interrupted part-way. ``stages`` replaces the default stage list
+    (tests inject faults this way).
     """
     source = open_source(input_spec, config.source)
     try:
@@ -119,28 +122,37 @@ def run_job(
     runner = Runner(source, stages, sink, Obscurer(config.obscure), config.runner, on_frame=regions)
     total = source.info.frames
 
-    def report(stats: RunStats) -> None:
+    def on_progress(stats: RunStats) -> None:
         if progress is not None:
             progress(stats, total, source.live)
 
-    stats = runner.run(report)
-    if stats.frames_out == 0:
-        raise SourceError(f"input {input_spec}: no video frame could be decoded")
-    result = JobResult(
-        input=input_spec,
-        output=sink.description,
-        stats=stats,
-        info=asdict(source.info) | {"rate": str(source.info.rate), "time_base": str(source.info.time_base)},
-        live=source.live,
-        backend=detector.backend.name,
-        damage=source.damage(),
-    )
+    error: AnonError | None = None
+    try:
+        runner.run(on_progress)
+        if runner.stats.frames_out == 0:
+            raise SourceError(f"input {input_spec}: no video frame could be decoded")
+    except AnonError as exc:
+        error = exc
+        raise
+    finally:
+        result = JobResult(
+            input=input_spec,
+            output=sink.description,
+            stats=runner.stats,
+            info=asdict(source.info)
+            | {"rate": str(source.info.rate), "time_base": str(source.info.time_base)},
+            live=source.live,
+            backend=detector.backend.name,
+            damage=source.damage(),
+        )
+        if report is not None:
+            write_report(report, result, config, error)
     return result
 
 
 def write_report(path: Path, result: JobResult, config: Config, error: AnonError | None = None) -> None:
-    """The JSON run report: config, input, counters, timing and any error."""
-    report = {
+    """The JSON run report: config, input, counters, timing, input damage and any error."""
+    document = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
         "summary": result.summary(),
@@ -148,4 +160,4 @@ def write_report(path: Path, result: JobResult, config: Config, error: AnonError
         "config": asdict(config),
         "error": str(error) if error else None,
     }
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")

@@ -58,7 +58,9 @@ def write_clip(
             samples = int(22050 * seconds)
             tone = (0.2 * np.sin(2 * np.pi * hz * np.arange(samples) / 22050)).astype(np.float32)
             for start in range(0, samples, 1024):
-                chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
+                chunk = av.AudioFrame.from_ndarray(
+                    tone[None, start : start + 1024], format="fltp", layout="mono"
+                )
                 chunk.sample_rate = 22050
                 chunk.pts = start
                 for packet in audio.encode(chunk):

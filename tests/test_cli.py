@@ -40,7 +40,9 @@ def test_url_that_does_not_answer(tmp_path):
 
 
 def test_unknown_option_and_bad_value(tmp_path):
-    one_line_error(cli("x.mp4", "-o", "y.mp4", "--blurriness", "3"), 2, "unrecognized arguments: --blurriness")
+    one_line_error(
+        cli("x.mp4", "-o", "y.mp4", "--blurriness", "3"), 2, "unrecognized arguments: --blurriness"
+    )
     one_line_error(cli("x.mp4", "-o", "y.mp4", "--mode", "smudge"), 2, "invalid choice: 'smudge'")
     clip = write_clip(tmp_path / "c.mp4", noise_frames(3))
     one_line_error(cli(str(clip), "-o", str(tmp_path / "o.mp4"), "--min-face", "1"), 2, "detect.min_face")
@@ -115,8 +117,9 @@ def test_modes_change_the_face_and_only_around_it(tmp_path, demo_clip, detector,
 def test_interrupt_leaves_a_playable_file(tmp_path):
     clip = write_clip(tmp_path / "long.mp4", noise_frames(400, 320, 240))
     out = tmp_path / "o.mp4"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_stream.py"), str(clip), "-o", str(out), "-q"],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_stream.py"), str(clip), "-o", str(out), "-q",
+                             "--report", str(report)], stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 60
     while (not out.exists() or out.stat().st_size < 2000) and time.time() < deadline:
         time.sleep(0.05)
@@ -126,4 +129,5 @@ def test_interrupt_leaves_a_playable_file(tmp_path):
     assert "interrupted" in err and "Traceback" not in err
     frames = decode_frames(out)
     assert 0 < len(frames) < 400
-
+    data = json.loads(report.read_text())
+    assert "interrupted" in data["error"] and data["summary"]["frames_out"] == len(frames)

@@ -93,7 +93,10 @@ def test_demo_clip_keeps_frames_duration_and_audio(tmp_path, demo_clip, detector
 def test_image_sequence_and_null_sinks(tmp_path, detector):
     src = write_clip(tmp_path / "c.mp4", noise_frames(5, 64, 48))
     run_job(str(src), str(tmp_path / "frames") + "/", build_config(), detector=detector)
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir())[:2] == ["frame_000000.png", "frame_000001.png"]
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir())[:2] == [
+        "frame_000000.png",
+        "frame_000001.png",
+    ]
     assert len(list((tmp_path / "frames").iterdir())) == 5
     result = run_job(str(src), "null", build_config(), detector=detector)
     assert result.stats.frames_out == 5
@@ -145,3 +148,32 @@ def test_audio_only_file_is_refused(tmp_path):
             c.mux(p)
     with pytest.raises(SourceError, match="no video stream"):
         open_source(str(path), SourceConfig())
+
+
+def test_http_input_is_read_like_a_file(tmp_path, detector):
+    import functools
+    import http.server
+    import threading
+
+    clip = write_clip(tmp_path / "served.mp4", noise_frames(20, 64, 48), audio_streams=1)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/served.mp4"
+        source = open_source(url, SourceConfig(timeout_s=5))
+        assert not source.live  # a file served over HTTP has a duration: every frame is processed
+        source.close()
+        out = tmp_path / "out.mp4"
+        result = run_job(url, str(out), build_config(), detector=detector)
+        assert result.stats.frames_out == 20 == len(decode_frames(out))
+        assert digest(audio_packets(out)[0]) == digest(audio_packets(clip)[0])
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_missing_camera_is_a_clear_error():
+    with pytest.raises(SourceError, match="camera 9: cannot open"):
+        open_source("9", SourceConfig())

