@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RunnerConfig
-from .errors import AnonError, Interrupted, StageError
+from .errors import AnonError, Interrupted, SinkError, SourceError, StageError
 from .frames import FramePacket, PassthroughPacket
 from .obscure import Obscurer
 from .sinks import Sink
@@ -218,7 +218,15 @@ class Runner:
             self._q_in.put(_END)
         except _Aborted:
             pass
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        except AnonError as exc:
+            self._fail(exc)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, named
+            error = SourceError(
+                f"input {self.source.description}: reading failed after {self.stats.frames_in} frames "
+                f"({type(exc).__name__}: {exc})"
+            )
+            self._fail(error.with_traceback(exc.__traceback__))
+        except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
 
     def _run_stages(self, packet: FramePacket, stages: Sequence[Stage]) -> FramePacket:
@@ -314,6 +322,14 @@ class Runner:
                     self.on_frame(item)
         except _Aborted:
             pass
+        except AnonError as exc:
+            self._fail(exc)
+        except Exception as exc:  # noqa: BLE001
+            error = SinkError(
+                f"output {self.sink.description}: writing failed after {self.stats.frames_out} frames "
+                f"({type(exc).__name__}: {exc})"
+            )
+            self._fail(error.with_traceback(exc.__traceback__))
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import decode_frames
 
 from stream.config import ObscureConfig, RunnerConfig, SinkConfig, build_config
-from stream.errors import Interrupted, SinkError, StageError
+from stream.errors import Interrupted, SinkError, SourceError, StageError
 from stream.frames import Detections, FramePacket, PassthroughPacket
 from stream.obscure import Obscurer
 from stream.runner import Runner
@@ -195,7 +195,7 @@ def test_sink_fault_stops_the_run_and_finalizes_the_file(tmp_path):
 
 
 def test_source_fault_mid_stream_keeps_what_was_written(tmp_path):
-    with pytest.raises(OSError, match="connection reset"):
+    with pytest.raises(SourceError, match=r"input fake: reading failed after \d+ frames .*connection reset"):
         run([PaintAll()], tmp_path, FakeSource(30, fail_at=10))
     frames = decode_frames(tmp_path / "out.mp4")
     assert 0 < len(frames) <= 10 and all(is_green(f) for f in frames)
