@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,7 +13,7 @@ from stream.errors import ModelError
 
 from .base import TensorSpec
 
-_DTYPES = {
+_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(uint8)": np.dtype(np.uint8),
@@ -47,10 +48,10 @@ class OnnxRuntimeBackend:
         self._output_names = [o.name for o in self._outputs]
 
     @staticmethod
-    def _spec(arg: object) -> TensorSpec:
-        shape = tuple(d if isinstance(d, int) else None for d in arg.shape)  # type: ignore[attr-defined]
-        dtype = _DTYPES.get(arg.type, np.dtype(np.float32))  # type: ignore[attr-defined]
-        return TensorSpec(arg.name, shape, dtype)  # type: ignore[attr-defined]
+    def _spec(arg: Any) -> TensorSpec:
+        """From an ``onnxruntime.NodeArg``."""
+        shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+        return TensorSpec(arg.name, shape, _DTYPES.get(arg.type, np.dtype(np.float32)))
 
     def input_spec(self) -> Sequence[TensorSpec]:
         return self._inputs

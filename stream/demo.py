@@ -22,8 +22,8 @@ def demo_frames(count: int = FPS * SECONDS) -> list[NDArray[np.uint8]]:
     from skimage import data
 
     portrait = data.astronaut()
-    background = np.linspace(40, 200, WIDTH, dtype=np.float32)[None, :, None]
-    background = np.broadcast_to(background, (HEIGHT, WIDTH, 3)).astype(np.uint8)
+    ramp = np.linspace(40, 200, WIDTH, dtype=np.float32)[None, :, None]
+    background = np.broadcast_to(ramp, (HEIGHT, WIDTH, 3)).astype(np.uint8)
     frames = []
     for i in range(count):
         t = i / max(count - 1, 1)
@@ -58,12 +58,12 @@ def write_demo_clip(path: Path) -> Path:
         tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(samples) / SAMPLE_RATE)).astype(np.float32)
         chunk = 1024
         for start in range(0, samples, chunk):
-            frame = av.AudioFrame.from_ndarray(
+            chunk_frame = av.AudioFrame.from_ndarray(
                 tone[None, start : start + chunk], format="fltp", layout="mono"
             )
-            frame.sample_rate = SAMPLE_RATE
-            frame.pts = start
-            for packet in audio.encode(frame):
+            chunk_frame.sample_rate = SAMPLE_RATE
+            chunk_frame.pts = start
+            for packet in audio.encode(chunk_frame):
                 container.mux(packet)
         for stream in (video, audio):
             for packet in stream.encode(None):

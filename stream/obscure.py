@@ -7,6 +7,7 @@ of the region width, so a face is equally unreadable at every size.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import cv2
 import numpy as np
@@ -55,14 +56,14 @@ def _blurred(roi: NDArray[np.uint8], sigma: float) -> NDArray[np.uint8]:
     sw, sh = max(1, round(w / factor)), max(1, round(h / factor))
     small = cv2.resize(roi, (sw, sh), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(sigma / factor, 0.5), borderType=cv2.BORDER_REFLECT)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cast(NDArray[np.uint8], cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
 def _pixelated(roi: NDArray[np.uint8], block: float) -> NDArray[np.uint8]:
     h, w = roi.shape[:2]
     sw, sh = max(1, math.ceil(w / block)), max(1, math.ceil(h / block))
     small = cv2.resize(roi, (sw, sh), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+    return cast(NDArray[np.uint8], cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST))
 
 
 class Obscurer:

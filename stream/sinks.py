@@ -143,7 +143,7 @@ class VideoFileSink:
             options = {}
             if cfg.codec in ("libx264", "libx265"):
                 options = {"crf": str(cfg.crf), "preset": cfg.preset}
-            stream = container.add_stream(cfg.codec, rate=self.rate, options=options)
+            stream: Any = container.add_stream(cfg.codec, rate=self.rate, options=options)
             # 4:2:0 needs even sizes; odd frames get one replicated row or column.
             stream.width = width + width % 2
             stream.height = height + height % 2

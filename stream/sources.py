@@ -266,7 +266,7 @@ class CameraSource:
             last_pts = pts
             yield FramePacket(
                 index=self.stats.frames,
-                image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
+                image=np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8),
                 pts=pts,
                 time_base=self.info.time_base,
                 capture_time=now,

@@ -1,0 +1,17 @@
+"""Lint and type checks run with the tests, so CI catches them too."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_ruff():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy():
+    result = subprocess.run([sys.executable, "-m", "mypy", "stream", "engines", "calibration", "run_stream.py"],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
