@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RunnerConfig
-from .errors import AnonError, Interrupted, SinkError, SourceError, StageError
+from .errors import AnonError, InputDamagedError, Interrupted, SinkError, StageError
 from .frames import FramePacket, PassthroughPacket
 from .obscure import Obscurer
 from .sinks import Sink
@@ -178,6 +178,7 @@ class Runner:
         # marked as stopped while it still runs (CPython < 3.12).
         self._written = threading.Event()
         self._error: BaseException | None = None
+        self._input_error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._q_in = FrameQueue(config.queue_size, self._abort)
         self._q_out = FrameQueue(config.queue_size, self._abort)
@@ -218,14 +219,19 @@ class Runner:
             self._q_in.put(_END)
         except _Aborted:
             pass
-        except AnonError as exc:
-            self._fail(exc)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, named
-            error = SourceError(
-                f"input {self.source.description}: reading failed after {self.stats.frames_in} frames "
-                f"({type(exc).__name__}: {exc})"
-            )
-            self._fail(error.with_traceback(exc.__traceback__))
+        except Exception as exc:  # noqa: BLE001 - raised on the caller's thread once drained
+            # The input broke: like an end of stream, everything read so far
+            # is still processed and written, then the run reports the error.
+            if not isinstance(exc, AnonError):
+                exc = InputDamagedError(
+                    f"input {self.source.description}: reading failed after {self.stats.frames_in} frames "
+                    f"({type(exc).__name__}: {exc})"
+                ).with_traceback(exc.__traceback__)
+            self._input_error = exc
+            try:
+                self._q_in.put(_END)
+            except _Aborted:
+                pass
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -380,6 +386,8 @@ class Runner:
             progress(self.stats)
         if self._error is not None:
             raise self._error
+        if self._input_error is not None:
+            raise self._input_error
         if interrupted:
             raise Interrupted(f"interrupted after {self.stats.frames_out} frames; output finalized")
         return self.stats
