@@ -126,8 +126,7 @@ REGISTRY: dict[str, ModelSpec] = {
         convert=_from_tfjs("facemesh"),
         inputs="input_1: (B, 192, 192, 3) float32 RGB 0-1, a square face crop",
         outputs=(
-            "output_mesh: (B, 1404) 468 x (x, y, z) in crop pixels; "
-            "output_faceflag: (B, 1) face probability"
+            "output_mesh: (B, 1404) 468 x (x, y, z) in crop pixels; output_faceflag: (B, 1) face probability"
         ),
         license=_HUMAN_LICENSE + "MediaPipe FaceMesh, Apache-2.0",
     ),
@@ -157,8 +156,7 @@ REGISTRY: dict[str, ModelSpec] = {
         onnx_sha256="9c03a3cc4648ca437677dc55d8464c75174680793b6f11ea63bea471a1e5a27b",
         convert=_from_tfjs("emotion"),
         inputs=(
-            "input_1: (B, 64, 64, 1) float32 grey (0.2989 R + 0.587 G + 0.114 B of 0-1 RGB) "
-            "scaled to [-1, 1]"
+            "input_1: (B, 64, 64, 1) float32 grey (0.2989 R + 0.587 G + 0.114 B of 0-1 RGB) scaled to [-1, 1]"
         ),
         outputs="Identity: (B, 7) softmax over angry, disgust, fear, happy, sad, surprise, neutral",
         license=_HUMAN_LICENSE + "oarriaga/face_classification, MIT",
