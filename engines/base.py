@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,27 +38,80 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-BackendFactory = Callable[[Path, int], Backend]
+@dataclass(frozen=True)
+class BackendOptions:
+    """threads: CPU inference threads per call (0: all cores). precision: TensorRT
+    engine precision (fp16, fp32, int8); int8 needs ``calibration_table``."""
+
+    threads: int = 0
+    precision: str = "fp16"
+    calibration_table: Path | None = None
 
 
-def _onnxruntime_factory(provider: str) -> tuple[Callable[[], bool], BackendFactory]:
-    def available() -> bool:
-        import onnxruntime
+BackendFactory = Callable[[Path, BackendOptions], Backend]
 
-        return provider in onnxruntime.get_available_providers()
 
-    def make(model: Path, threads: int) -> Backend:
+def _ort_has(provider: str) -> bool:
+    import onnxruntime
+
+    return provider in onnxruntime.get_available_providers()
+
+
+def _make_ort(provider: str) -> BackendFactory:
+    def make(model: Path, options: BackendOptions) -> Backend:
         from .onnxrt import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model, provider=provider, threads=threads)
+        return OnnxRuntimeBackend(model, provider=provider, threads=options.threads)
 
-    return available, make
+    return make
+
+
+def _tensorrt_available() -> bool:
+    import importlib.util
+
+    return _ort_has("TensorrtExecutionProvider") and importlib.util.find_spec("tensorrt") is not None
+
+
+def _make_tensorrt(model: Path, options: BackendOptions) -> Backend:
+    from . import tensorrt, zoo
+    from .onnxrt import OnnxRuntimeBackend
+
+    precision = options.precision
+    profiles = tensorrt.default_profiles(model)
+    digest = zoo.sha256_file(model)
+    cache = zoo.cache_dir() / "tensorrt" / f"{model.stem}-{digest[:16]}-{precision}"
+    expected = tensorrt.manifest(digest, precision, profiles)
+    if options.calibration_table is not None:
+        expected["calibration_sha256"] = zoo.sha256_file(options.calibration_table)
+    tensorrt.prepare_engine_cache(cache, expected)
+    provider = tensorrt.provider_options(cache, precision, profiles, options.calibration_table)
+    return OnnxRuntimeBackend(
+        model, "TensorrtExecutionProvider", options.threads, provider, fallback="CUDAExecutionProvider"
+    )
+
+
+def _torch_cuda_available() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _make_torch_cuda(model: Path, options: BackendOptions) -> Backend:
+    from .torch_backend import TorchCudaBackend
+
+    return TorchCudaBackend(model)
 
 
 # name -> (is it available here, how to make it); best first for "auto".
 _BACKENDS: dict[str, tuple[Callable[[], bool], BackendFactory]] = {
-    "cuda": _onnxruntime_factory("CUDAExecutionProvider"),
-    "cpu": _onnxruntime_factory("CPUExecutionProvider"),
+    "tensorrt": (_tensorrt_available, _make_tensorrt),
+    "cuda": (lambda: _ort_has("CUDAExecutionProvider"), _make_ort("CUDAExecutionProvider")),
+    "torch-cuda": (_torch_cuda_available, _make_torch_cuda),
+    "cpu": (lambda: _ort_has("CPUExecutionProvider"), _make_ort("CPUExecutionProvider")),
 }
 
 
@@ -67,24 +121,29 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend_name(requested: str) -> str:
-    """The backend to use for ``requested``; ``auto`` picks the best available.
+    """The backend to use for ``requested``; ``auto`` picks the best available and says which.
 
     Raises BackendUnavailableError naming the available ones.
     """
+    if requested not in (*_BACKENDS, "auto"):
+        raise BackendUnavailableError(f"unknown backend {requested!r} (known: auto, {', '.join(_BACKENDS)})")
+    if requested != "auto" and _BACKENDS[requested][0]():
+        return requested  # checks only the one asked for: no GPU library is loaded for "cpu"
     available = available_backends()
     if requested == "auto":
         if not available:
             raise BackendUnavailableError("no inference backend is available")
+        print(f"backend: auto chose {available[0]} (available: {', '.join(available)})", file=sys.stderr)
         return available[0]
-    if requested not in available:
-        known = ", ".join(available) or "none"
-        raise BackendUnavailableError(
-            f"backend {requested!r} is not available on this machine (available: {known})"
-        )
-    return requested
+    known = ", ".join(available) or "none"
+    raise BackendUnavailableError(
+        f"backend {requested!r} is not available on this machine (available: {known})"
+    )
 
 
-def create_backend(requested: str, model: Path, threads: int = 0) -> Backend:
+def create_backend(
+    requested: str, model: Path, threads: int = 0, options: BackendOptions | None = None
+) -> Backend:
     """A backend for ``model``, chosen by name (see ``resolve_backend_name``)."""
     name = resolve_backend_name(requested)
-    return _BACKENDS[name][1](model, threads)
+    return _BACKENDS[name][1](model, options or BackendOptions(threads=threads))

