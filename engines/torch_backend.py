@@ -99,7 +99,8 @@ def _ops() -> dict[str, Callable[..., Any]]:
         return x[tuple(index)]
 
     def shape(x, **_):
-        return torch.tensor(list(x.shape), dtype=torch.int64, device=x.device)
+        # Shape arithmetic stays on the CPU: no device sync, so CUDA graphs can capture the model.
+        return torch.tensor(list(x.shape), dtype=torch.int64)
 
     def reshape(x, s, **_):
         target = [int(v) for v in s.tolist()]
@@ -143,7 +144,7 @@ def _ops() -> dict[str, Callable[..., Any]]:
         return torch.where(x >= 0, x, x * slope)
 
     def clip(x, lo=None, hi=None, **_):
-        return torch.clamp(x, None if lo is None else lo.item(), None if hi is None else hi.item())
+        return torch.clamp(x, lo, hi)
 
     def cast(x, *, to, **_):
         return x.to(torch.int64) if to == 7 else x.to(torch.float32)
@@ -251,11 +252,12 @@ class TorchCudaBackend:
         self._torch = torch
         self._device = torch.device(device)
         self._dtype = torch.float16 if fp16 else torch.float32
-        module = load_module(model).to(self._device)
-        # Integer buffers (shapes) stay int64; floating ones take the compute precision.
-        for key, buf in module.named_buffers():
+        module = load_module(model)
+        # Weights move to the device in the compute precision; integer constants
+        # (shapes, axes, pads) stay int64 on the CPU with the shape arithmetic.
+        for key, buf in list(module.named_buffers()):
             if buf.is_floating_point():
-                setattr(module, key, buf.to(self._dtype))
+                setattr(module, key, buf.to(self._device, self._dtype))
         self._module = module
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, list[Any]]] = {}
         self._cuda_graphs = cuda_graphs and self._device.type == "cuda"

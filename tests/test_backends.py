@@ -148,3 +148,15 @@ def test_onnx_runtime_gpu_providers_agree_with_cpu(kind):
     got = create_backend(kind, zoo.ensure("faceres")).infer(x)
     for a, b in zip(expected, got):
         assert np.abs(a - b).max() / max(1.0, float(np.abs(a).max())) < 3e-2
+
+
+def test_torch_backend_class_runs_on_the_cpu_too():
+    """The torch-cuda backend's own code path (buffers, specs, output order), on the CPU in FP32."""
+    pytest.importorskip("torch")
+    from engines.torch_backend import TorchCudaBackend
+
+    backend, x = sample_input("facemesh-detection-full")  # has shape arithmetic (Shape/Slice/Reshape)
+    torch_backend = TorchCudaBackend(zoo.ensure("facemesh-detection-full"), device="cpu", fp16=False)
+    assert [s.name for s in torch_backend.input_spec()] == [s.name for s in backend.input_spec()]
+    for a, b in zip(backend.infer(x), torch_backend.infer(x)):
+        assert np.abs(a - b).max() / max(1.0, float(np.abs(a).max())) < 1e-4
