@@ -291,14 +291,24 @@ def verify(name: str) -> str | None:
 
 
 def ensure(name: str) -> Path:
-    """Path of the converted ONNX model, fetching and converting it on first use."""
+    """Path of the converted ONNX model, fetching and converting it on first use
+    (with a progress bar on a terminal)."""
+    from tqdm import tqdm
+
     model = spec(name)
     path = model_path(name)
     if verify(name) is None:
         return path
-    files = _read_members(_fetch_archive(model.source), model.source)
-    _log(f"converting {name} ...")
-    converted = model.convert(files)
+    with tqdm(total=3, desc=f"model {name}", unit="step", disable=not sys.stderr.isatty()) as bar:
+        bar.set_postfix_str("fetch")
+        archive = _fetch_archive(model.source)
+        bar.update()
+        bar.set_postfix_str("verify")
+        files = _read_members(archive, model.source)
+        bar.update()
+        bar.set_postfix_str("convert")
+        converted = model.convert(files)
+        bar.update()
     digest = sha256_bytes(converted)
     if digest != model.onnx_sha256:
         raise ModelError(
@@ -318,4 +328,5 @@ def ensure(name: str) -> Path:
         "license": model.license,
     }
     path.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _log(f"model {name}: converted and cached in {path}")
     return path
