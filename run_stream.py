@@ -72,6 +72,11 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", help="x264 preset (veryfast)")
     g.add_argument("--on-failure", choices=["mask", "stop"], help="when a stage fails on a frame (mask)")
     g.add_argument("--max-frames", type=int, help="stop after this many input frames")
+    g = p.add_argument_group("attributes and privacy")
+    g.add_argument("--attributes", dest="attributes", action="store_true", default=None,
+                   help="estimate every track's attributes; report privacy figures (PPAS)")  # fmt: skip
+    g.add_argument("--report-original-attributes", dest="report_original", action="store_true", default=None,
+                   help="also write original attribute values to the report (off by default)")  # fmt: skip
 
 
 _OPTION_FIELDS = {
@@ -94,6 +99,8 @@ _OPTION_FIELDS = {
     "on_failure": ("runner", "on_failure"),
     "max_frames": ("runner", "max_frames"),
     "workers": ("runner", "workers"),
+    "attributes": ("attributes", "enabled"),
+    "report_original": ("privacy", "report_original"),
 }
 
 
@@ -150,6 +157,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
     ]
     if summary["live"]:
         lines.append(f"latency    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
+    privacy = summary.get("privacy")
+    if privacy:
+        verdict = "yes" if privacy["private"] else "no"
+        lines.append(
+            f"privacy    private: {verdict}; k={privacy['k']} l={privacy['l']} t={privacy['t']} "
+            f"epsilon={privacy['epsilon']} over {privacy['classes']} classes; changes to reach the policy: "
+            f"k {privacy['changes_to_reach_k']}, t {privacy['changes_to_reach_t']}"
+        )
     print("\n".join(lines), file=sys.stderr)
 
 

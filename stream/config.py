@@ -168,6 +168,64 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class AttributesConfig:
+    """Stage I: per-track attribute estimation (see stream/attributes.py).
+
+    enabled: estimate attributes and run PPAS for every track (needed by face
+    replacement; otherwise for the privacy report). every: frames between two
+    estimates of a track. A track freezes after ``min_estimates`` once every
+    estimated attribute is at least ``freeze_confidence`` (2|p - 0.5|) sure,
+    or after ``max_estimates``. hysteresis: how far past 0.5 a fused
+    probability must move to change a decision. forest: a trained
+    random-forest model (calibration/attribute_forest.py), or "".
+    """
+
+    enabled: bool = False
+    every: int = 3
+    hysteresis: float = 0.1
+    freeze_confidence: float = 0.5
+    min_estimates: int = 3
+    max_estimates: int = 10
+    forest: str = ""
+
+    def validate(self) -> None:
+        _range("attributes.every", self.every, 1, 1000)
+        _range("attributes.hysteresis", self.hysteresis, 0.0, 0.5)
+        _range("attributes.freeze_confidence", self.freeze_confidence, 0.0, 1.0)
+        _range("attributes.min_estimates", self.min_estimates, 1, 1000)
+        _range("attributes.max_estimates", self.max_estimates, self.min_estimates, 10000)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Stage II policy: quasi-identifiers, sensitive and preserved attributes, targets k, l, t,
+    epsilon; the global distribution (a CSV of counts, or "" for CelebA's); the seed of the
+    per-track generators. report_original: also write original attribute values to the
+    report (off: only confidences and the released values)."""
+
+    quasi_identifiers: tuple[str, ...] = ("Male", "Young", "Black_Hair", "Blond_Hair", "Eyeglasses")
+    sensitive: tuple[str, ...] = ("Smiling", "Mouth_Slightly_Open", "Narrow_Eyes", "Gray_Hair", "Bald")
+    preserved: tuple[str, ...] = ()
+    k: int = 2
+    l: float = 1.5  # noqa: E741
+    t: float = 0.2
+    epsilon: float = 2.0
+    distribution: str = ""
+    seed: int = 0
+    report_original: bool = False
+
+    def policy(self) -> Any:
+        from .privacy import Policy
+
+        return Policy(
+            self.quasi_identifiers, self.sensitive, self.preserved, self.k, self.l, self.t, self.epsilon
+        )
+
+    def validate(self) -> None:
+        self.policy().validate()
+
+
+@dataclass(frozen=True)
 class RunnerConfig:
     """Threads, queues and the fail policy.
 
@@ -196,6 +254,8 @@ class Config:
     obscure: ObscureConfig = field(default_factory=ObscureConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    attributes: AttributesConfig = field(default_factory=AttributesConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
@@ -233,6 +293,11 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{name}: expected a string, got {value!r}")
         return value
     if origin is tuple:
+        element = get_args(hint)[0]
+        if element is str:
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name}: expected a list of names, got {value!r}")
+            return tuple(value)
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):

@@ -63,21 +63,30 @@ class Tracks:
     xyxy: ``(N, 4)`` float32 boxes, already dilated by the track margin.
     track_id: ``(N,)`` int64, stable for a face across frames.
     coasting: ``(N,)`` bool, True where the box is predicted, not detected.
+    detection: ``(N,)`` int64, the index in the frame's ``Detections`` that
+    the track matched this frame, -1 when coasting.
     """
 
     xyxy: NDArray[np.float32]
     track_id: NDArray[np.int64]
     coasting: NDArray[np.bool_]
+    detection: NDArray[np.int64]
 
     def __post_init__(self) -> None:
         n = len(self.xyxy)
         _check_rows("xyxy", self.xyxy, n, (4,))
         _check_rows("track_id", self.track_id, n, ())
         _check_rows("coasting", self.coasting, n, ())
+        _check_rows("detection", self.detection, n, ())
 
     @classmethod
     def empty(cls) -> Tracks:
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), bool))
+        return cls(
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.int64),
+            np.zeros((0,), bool),
+            np.zeros((0,), np.int64),
+        )
 
     def __len__(self) -> int:
         return len(self.xyxy)
@@ -93,6 +102,7 @@ class FramePacket:
     when the frame was read, for latency figures. ``detections`` is None on
     a frame where the detector did not run; ``full_detection`` is False
     where it ran at reduced resolution (see ``DetectConfig.every``).
+    ``attributes`` maps track id to its ``TrackAttributes`` (Stage I), when enabled.
     ``anonymized`` turns True only when the last stage has obscured every
     face, or the fail policy masked the whole frame; sinks refuse anything
     else, so a raw frame cannot be written.
@@ -107,6 +117,7 @@ class FramePacket:
     detections: Detections | None = field(default_factory=Detections.empty)
     full_detection: bool = True
     tracks: Tracks = field(default_factory=Tracks.empty)
+    attributes: dict[int, Any] = field(default_factory=dict)
     anonymized: bool = False
     masked_whole: bool = False
     failure: str | None = None

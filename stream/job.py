@@ -13,17 +13,20 @@ from typing import Any, TextIO
 import numpy as np
 
 from engines import zoo
-from engines.base import BackendOptions, create_backend
+from engines.base import Backend, BackendOptions, create_backend
 from engines.centerface import CenterFace
+from engines.facemodels import Emotion, FaceMesh, FaceRes
 
+from .attributes import BuiltinEstimator, Estimator, ForestEstimator
 from .config import Config
 from .errors import AnonError, SourceError
 from .frames import FramePacket
 from .obscure import Obscurer
+from .privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
 from .runner import Runner, RunStats
 from .sinks import open_sink
 from .sources import open_source
-from .stages import DetectStage, ObscureStage, Stage, TrackStage
+from .stages import AttributeStage, DetectStage, ObscureStage, Stage, TrackStage
 
 
 def load_detector(config: Config) -> CenterFace:
@@ -37,8 +40,93 @@ def load_detector(config: Config) -> CenterFace:
     return CenterFace(create_backend(cfg.backend, zoo.ensure("centerface"), options=options))
 
 
-def build_stages(config: Config, detector: CenterFace) -> list[Stage]:
-    return [DetectStage(detector, config.detect), TrackStage(config.track), ObscureStage(config.obscure)]
+def load_estimator(config: Config) -> Estimator:
+    """The built-in attribute estimator on the configured backend (and the forest, if given)."""
+    options = BackendOptions(threads=config.detect.threads)
+
+    def backend(name: str) -> Backend:
+        return create_backend(config.detect.backend, zoo.ensure(name), options=options)
+
+    builtin = BuiltinEstimator(
+        FaceMesh(backend("facemesh")), FaceRes(backend("faceres")), Emotion(backend("emotion"))
+    )
+    if config.attributes.forest:
+        return ForestEstimator(Path(config.attributes.forest), builtin)
+    return builtin
+
+
+def build_stages(config: Config, detector: CenterFace, estimator: Estimator | None = None) -> list[Stage]:
+    stages: list[Stage] = [DetectStage(detector, config.detect), TrackStage(config.track)]
+    if config.attributes.enabled:
+        distribution = (
+            GlobalDistribution.from_csv(Path(config.privacy.distribution))
+            if config.privacy.distribution
+            else GlobalDistribution.celeba()
+        )
+        privacy = StreamPrivacy(config.privacy.policy(), distribution, config.privacy.seed)
+        stages.append(AttributeStage(estimator or load_estimator(config), config.attributes, privacy))
+    stages.append(ObscureStage(config.obscure))
+    return stages
+
+
+def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None:
+    """Per-track attribute confidence and released attributes, and the run's privacy figures.
+
+    Original attribute values appear only with ``privacy.report_original``.
+    """
+    stage = next((s for s in stages if isinstance(s, AttributeStage)), None)
+    if stage is None:
+        return None
+    stage.finish()
+    tracks = []
+    for track_id, state in sorted(stage.states.items()):
+        record = stage.privacy.tracks.get(track_id)
+        confidence = state.confidence()
+        entry: dict[str, Any] = {
+            "track": track_id,
+            "estimates": state.estimates,
+            "confidence": {
+                a: round(float(c), 3) for a, c in zip(ATTRIBUTES, confidence, strict=True) if c == c
+            },
+        }
+        if record is not None:
+            entry["selected"] = {a: bool(v) for a, v in zip(ATTRIBUTES, record.released, strict=True)}
+            if config.privacy.report_original:
+                entry["original"] = {
+                    a: round(float(p), 3)
+                    for a, p in zip(ATTRIBUTES, state.probability, strict=True)
+                    if p == p
+                }
+        tracks.append(entry)
+    verdict = stage.privacy.assessment()
+    figures = None
+    if verdict is not None:
+        figures = {
+            "private": verdict.private,
+            "k": verdict.figures.k,
+            "l": round(verdict.figures.l, 3) if verdict.figures.l != float("inf") else None,
+            "t": round(verdict.figures.t, 3),
+            "epsilon": verdict.epsilon,
+            "classes": verdict.figures.classes,
+            "worst_t": verdict.figures.worst_t,
+            "changes_to_reach_k": None if verdict.to_reach_k is None else len(verdict.to_reach_k),
+            "changes_to_reach_t": len(verdict.to_reach_t),
+        }
+    policy = config.privacy
+    return {
+        "policy": {
+            "quasi_identifiers": policy.quasi_identifiers,
+            "sensitive": policy.sensitive,
+            "preserved": policy.preserved,
+            "k": policy.k,
+            "l": policy.l,
+            "t": policy.t,
+            "epsilon": policy.epsilon,
+            "distribution": policy.distribution or "CelebA",
+        },  # fmt: skip
+        "figures": figures,
+        "tracks": tracks,
+    }
 
 
 @dataclass
@@ -50,6 +138,7 @@ class JobResult:
     live: bool
     backend: str
     damage: str | None = None
+    privacy: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         s = self.stats
@@ -75,6 +164,7 @@ class JobResult:
             "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)},
             "failures": s.failures,
             "input_damage": self.damage,
+            "privacy": self.privacy["figures"] if self.privacy else None,
         }
 
 
@@ -149,6 +239,7 @@ def run_job(
             live=source.live,
             backend=detector.backend.name,
             damage=source.damage(),
+            privacy=privacy_report(stages, config) if error is None else None,
         )
         if report is not None:
             write_report(report, result, config, error)
@@ -163,6 +254,7 @@ def write_report(path: Path, result: JobResult, config: Config, error: AnonError
         "summary": result.summary(),
         "input_info": result.info,
         "config": asdict(config),
+        "privacy": result.privacy,
         "error": str(error) if error else None,
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")

@@ -356,3 +356,73 @@ def assess(
         to_reach_k=changes_for_k(table, quasi, goal.k),
         to_reach_t=changes_for_t(table, quasi, sensitive, distribution, goal.t),
     )
+
+
+# --- online PPAS for streams ---------------------------------------------------------------------
+
+
+@dataclass
+class TrackPrivacy:
+    """What PPAS chose for one track (in memory; the report shows only ``released``
+    unless the original values are asked for)."""
+
+    track_id: int
+    original: NDArray[np.bool_]
+    estimated: NDArray[np.bool_]
+    chosen: NDArray[np.bool_]
+    released: NDArray[np.bool_]
+
+
+class StreamPrivacy:
+    """PPAS one track at a time, as tracks freeze, for a stream.
+
+    A track's class is the tracks that share its original quasi-identifier
+    values. Each attribute keeps the track's value if the class (with it)
+    stays within t of the global fraction; otherwise it takes the value that
+    brings the class closer (greedy, online: earlier tracks never change),
+    then randomized response with a generator seeded by (seed, track id).
+    """
+
+    def __init__(self, policy: Policy, distribution: GlobalDistribution, seed: int) -> None:
+        self.policy = policy.validate()
+        self.distribution = distribution
+        self.seed = seed
+        self.quasi = attribute_indices(policy.quasi_identifiers)
+        self.preserved = set(attribute_indices(policy.preserved))
+        self.tracks: dict[int, TrackPrivacy] = {}
+
+    def reset(self) -> None:
+        self.tracks.clear()
+
+    def select(self, track_id: int, probability: NDArray[np.float32]) -> TrackPrivacy:
+        if track_id in self.tracks:  # chosen once, never again
+            return self.tracks[track_id]
+        estimated = ~np.isnan(probability)
+        original = np.where(estimated, probability > 0.5, self.distribution.positive > 0.5)
+        key = tuple(bool(v) for v in original[self.quasi])
+        members = [r for r in self.tracks.values() if tuple(bool(v) for v in r.original[self.quasi]) == key]
+        chosen = original.copy()
+        t = self.policy.t
+        for a in range(len(ATTRIBUTES)):
+            if a in self.preserved or a in self.quasi:
+                continue
+            p = float(self.distribution.positive[a])
+            count = sum(int(r.chosen[a]) for r in members)
+            n = len(members) + 1
+            keep = abs((count + int(original[a])) / n - p)
+            other = abs((count + 1 - int(original[a])) / n - p)
+            if keep > t + 1e-12 and other < keep:
+                chosen[a] = not original[a]
+        rng = np.random.default_rng([self.seed, track_id])
+        released = chosen.copy()
+        noisy = [a for a in range(len(ATTRIBUTES)) if a not in self.preserved]
+        released[noisy] = randomized_response(chosen[noisy], self.policy.epsilon, rng)
+        record = TrackPrivacy(track_id, original, estimated, chosen, released)
+        self.tracks[track_id] = record
+        return record
+
+    def assessment(self) -> Assessment | None:
+        if not self.tracks:
+            return None
+        released = np.array([r.released for r in self.tracks.values()])
+        return assess(released, self.policy, self.distribution)

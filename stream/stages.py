@@ -8,9 +8,11 @@ import numpy as np
 
 from engines.centerface import CenterFace
 
-from .config import DetectConfig, ObscureConfig, TrackConfig
+from .attributes import AttributeFusion, Estimator, FaceInput, TrackAttributes, tracks_to_describe
+from .config import AttributesConfig, DetectConfig, ObscureConfig, TrackConfig
 from .frames import Detections, FramePacket
 from .obscure import Obscurer
+from .privacy import StreamPrivacy
 from .tracker import FaceTracker
 
 
@@ -105,3 +107,51 @@ class ObscureStage:
 
     def reset(self) -> None:
         return None
+
+
+class AttributeStage:
+    """Stage I and II per track: estimates attributes of live tracks (all due faces of
+    the frame in one batch), fuses them, and when a track freezes runs PPAS for it."""
+
+    name = "attributes"
+    parallel = False
+
+    def __init__(self, estimator: Estimator, config: AttributesConfig, privacy: StreamPrivacy) -> None:
+        self.estimator = estimator
+        self.config = config
+        self.privacy = privacy
+        self.fusion = AttributeFusion(
+            config.hysteresis, config.freeze_confidence, config.min_estimates, config.max_estimates
+        )
+        self.states: dict[int, TrackAttributes] = {}
+
+    def process(self, packet: FramePacket) -> FramePacket:
+        due = tracks_to_describe(packet, self.config.every, self.states)
+        if due and packet.detections is not None:
+            faces = [
+                FaceInput(packet.image, packet.detections.xyxy[d], packet.detections.landmarks[d])
+                for _, d in due
+            ]
+            estimate = self.estimator.estimate(faces)
+            for i, (track_id, _) in enumerate(due):
+                state = self.states.setdefault(track_id, TrackAttributes(track_id))
+                froze = self.fusion.update(
+                    state, estimate.probability[i], float(estimate.quality[i]), estimate.descriptor[i]
+                )
+                if froze:
+                    self.privacy.select(track_id, state.probability)
+        packet.attributes = {
+            int(t): self.states[int(t)] for t in packet.tracks.track_id if int(t) in self.states
+        }
+        return packet
+
+    def finish(self) -> None:
+        """At the end of a run: tracks that never froze are frozen on what they have."""
+        for state in self.states.values():
+            if not state.frozen and state.estimates:
+                state.frozen = True
+                self.privacy.select(state.track_id, state.probability)
+
+    def reset(self) -> None:
+        self.states.clear()
+        self.privacy.reset()

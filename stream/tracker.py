@@ -105,6 +105,7 @@ class _Track:
     last_box: NDArray[np.float32]
     lost_for: int = 0
     hits: int = 1
+    detection: int = -1  # index of the detection matched in the current frame
 
 
 class FaceTracker:
@@ -130,6 +131,7 @@ class FaceTracker:
         cfg = self.config
         for track in self._tracks:
             track.filter.predict()
+            track.detection = -1
         if detections is None:
             detections = Detections.empty()
         matched = self._match(detections, precise)
@@ -151,7 +153,7 @@ class FaceTracker:
 
         pairs, free_tracks, free_high = _associate(predicted, detections.xyxy[high], cfg.match_iou)
         for t, d in pairs:
-            self._hit(self._tracks[t], detections.xyxy[high[d]], precise)
+            self._hit(self._tracks[t], detections.xyxy[high[d]], precise, int(high[d]))
             matched.add(id(self._tracks[t]))
 
         # Second stage: low-score boxes only extend tracks seen within the last
@@ -159,20 +161,20 @@ class FaceTracker:
         recent = [t for t in free_tracks if self._tracks[t].lost_for <= 1]
         pairs, _, _ = _associate(predicted[recent], detections.xyxy[low], cfg.low_match_iou)
         for t, d in pairs:
-            self._hit(self._tracks[recent[t]], detections.xyxy[low[d]], precise)
+            self._hit(self._tracks[recent[t]], detections.xyxy[low[d]], precise, int(low[d]))
             matched.add(id(self._tracks[recent[t]]))
 
         for d in free_high:
             if detections.confidence[high[d]] >= cfg.new_track_threshold:
                 box = detections.xyxy[high[d]]
-                track = _Track(self._next_id, KalmanBoxFilter(box), box.copy())
+                track = _Track(self._next_id, KalmanBoxFilter(box), box.copy(), detection=int(high[d]))
                 self._next_id += 1
                 self._tracks.append(track)
                 matched.add(id(track))
         return matched
 
     @staticmethod
-    def _hit(track: _Track, box: NDArray[np.float32], precise: bool) -> None:
+    def _hit(track: _Track, box: NDArray[np.float32], precise: bool, detection: int) -> None:
         predicted = track.filter.box()
         track.filter.update(box)
         if precise:
@@ -183,6 +185,7 @@ class FaceTracker:
             )
         track.lost_for = 0
         track.hits += 1
+        track.detection = detection
 
     def _report(self) -> Tracks:
         if not self._tracks:
@@ -199,4 +202,5 @@ class FaceTracker:
             np.array(boxes, np.float32),
             np.array([t.track_id for t in self._tracks], np.int64),
             np.array([t.lost_for > 0 for t in self._tracks], bool),
+            np.array([t.detection for t in self._tracks], np.int64),
         )
