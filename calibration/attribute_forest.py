@@ -123,6 +123,10 @@ def load_forests(path: Path) -> dict[str, Any]:
             f"attribute model {path}: holds unexpected types {unexpected[:3]}; refusing to load it"
         )
     content = sio.load(path, trusted=untrusted)
+    from sklearn.ensemble import RandomForestClassifier
+
+    if not all(isinstance(f, RandomForestClassifier) for f in content.get("forests", [])):
+        raise ModelError(f"attribute model {path}: holds unexpected types, not only random forests; refusing it")
     names = content["attributes"]
     unknown = [n for n in names if n not in ATTRIBUTES]
     if unknown:

@@ -79,3 +79,12 @@ def test_reset_restarts_ids():
     tracker.update(dets((0, 0, 20, 20, 0.9)))
     tracker.reset()
     assert tracker.update(dets((300, 300, 320, 320, 0.9))).track_id[0] == 1
+
+
+def test_tracks_say_which_detection_they_matched():
+    tracker = FaceTracker(TrackConfig(coast_frames=3))
+    first = tracker.update(dets((0, 0, 20, 20, 0.9), (100, 100, 130, 140, 0.8)))
+    assert sorted(first.detection.tolist()) == [0, 1]
+    second = tracker.update(dets((101, 100, 131, 140, 0.8)))
+    by_id = dict(zip(second.track_id.tolist(), second.detection.tolist()))
+    assert by_id[2] == 0 and by_id[1] == -1  # the first face coasts: no detection

@@ -1,0 +1,166 @@
+"""Stage I: fusion, the attribute stage end to end, the forest job, the global distribution job."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from stream.attributes import AttributeFusion, TrackAttributes
+from stream.config import build_config
+from stream.privacy import ATTRIBUTES, INDEX, GlobalDistribution, Policy, StreamPrivacy
+
+MALE, SMILING = INDEX["Male"], INDEX["Smiling"]
+
+
+def estimate(male=np.nan, smiling=np.nan):
+    p = np.full(len(ATTRIBUTES), np.nan, np.float32)
+    p[MALE], p[SMILING] = male, smiling
+    return p
+
+
+def test_fusion_weights_by_quality_and_holds_decisions_with_hysteresis():
+    fusion = AttributeFusion(hysteresis=0.1, freeze_confidence=0.99, min_estimates=100, max_estimates=1000)
+    track = TrackAttributes(1)
+    fusion.update(track, estimate(male=0.9, smiling=0.55), 1.0, np.zeros(1024, np.float32))
+    assert track.decided[MALE] and track.decided[SMILING]
+    fusion.update(track, estimate(male=0.0, smiling=0.4), 0.1, np.zeros(1024, np.float32))
+    assert track.probability[MALE] == pytest.approx(0.9 / 1.1)  # the poor face counts little
+    # Smiling's mean is now 0.536: inside the band, the decision stays.
+    assert track.decided[SMILING]
+    fusion.update(track, estimate(smiling=0.1), 1.0, np.zeros(1024, np.float32))
+    assert not track.decided[SMILING]  # far enough below 0.5 - 0.1 to change
+    assert np.isnan(track.probability[INDEX["Bald"]]) and not track.known[INDEX["Bald"]]
+
+
+def test_a_frozen_track_never_changes():
+    fusion = AttributeFusion(hysteresis=0.1, freeze_confidence=0.6, min_estimates=2, max_estimates=10)
+    track = TrackAttributes(7)
+    assert not fusion.update(track, estimate(male=0.95, smiling=0.9), 1.0, np.zeros(1024, np.float32))
+    assert fusion.update(track, estimate(male=0.9, smiling=0.95), 1.0, np.zeros(1024, np.float32))
+    before = (track.probability.copy(), track.decided.copy())
+    assert not fusion.update(track, estimate(male=0.0, smiling=0.0), 1.0, np.zeros(1024, np.float32))
+    np.testing.assert_array_equal(track.probability, before[0])
+    np.testing.assert_array_equal(track.decided, before[1])
+
+
+def test_stream_privacy_chooses_once_and_reproducibly():
+    policy = Policy(quasi_identifiers=("Male",), t=0.1, epsilon=1.0)
+    probs = np.random.default_rng(0).random((20, len(ATTRIBUTES))).astype(np.float32)
+    a = StreamPrivacy(policy, GlobalDistribution.celeba(), seed=5)
+    b = StreamPrivacy(policy, GlobalDistribution.celeba(), seed=5)
+    first = [a.select(i, probs[i]).released.copy() for i in range(20)]
+    assert all((a.select(i, 1 - probs[i]).released == first[i]).all() for i in range(20))  # never re-chosen
+    assert all((b.select(i, probs[i]).released == first[i]).all() for i in range(20))  # same seed, same draw
+    other = StreamPrivacy(policy, GlobalDistribution.celeba(), seed=6)
+    assert any((other.select(i, probs[i]).released != first[i]).any() for i in range(20))
+    verdict = a.assessment()
+    assert verdict is not None and verdict.figures.classes <= 2
+
+
+def test_online_ppas_moves_a_class_toward_the_global_distribution():
+    # Twenty men who all smile: the class's smiling rate is pulled toward CelebA's ~48%.
+    policy = Policy(quasi_identifiers=("Male",), t=0.1, epsilon=float("inf"))
+    privacy = StreamPrivacy(policy, GlobalDistribution.celeba(), seed=0)
+    for i in range(20):
+        privacy.select(i, estimate(male=0.9, smiling=0.95))
+    chosen = np.array([r.chosen[SMILING] for r in privacy.tracks.values()])
+    p = GlobalDistribution.celeba().positive[SMILING]
+    assert abs(chosen.mean() - p) <= 0.1
+
+
+def test_attribute_stage_in_a_run_reports_without_original_values(tmp_path, demo_clip, detector):
+    from stream.job import run_job
+
+    config = build_config(None, {"attributes": {"enabled": True, "every": 2}})
+    report = tmp_path / "report.json"
+    result = run_job(str(demo_clip), str(tmp_path / "o.mp4"), config, detector=detector, report=report)
+    data = json.loads(report.read_text())["privacy"]
+    assert data["figures"]["k"] >= 1 and "private" in data["figures"]
+    (track,) = [t for t in data["tracks"] if t["estimates"] >= 3]
+    assert set(track["selected"]) == set(ATTRIBUTES)
+    assert track["confidence"]["Male"] >= 0 and "original" not in track
+    assert result.stats.frames_out == 100
+    # With the opt-in flag the original values are written too.
+    config = build_config(None, {"attributes": {"enabled": True}, "privacy": {"report_original": True}})
+    run_job(str(demo_clip), "null", config, detector=detector, report=report)
+    tracks = json.loads(report.read_text())["privacy"]["tracks"]
+    assert any("original" in t and t["original"]["Male"] < 0.5 for t in tracks)  # Eileen Collins
+
+
+def test_global_distribution_job(tmp_path):
+    from calibration.global_distribution import from_attribute_file
+
+    rows = ["3", " ".join(ATTRIBUTES)]
+    for i in range(3):
+        values = ["1" if (a == MALE and i < 2) else "-1" for a in range(len(ATTRIBUTES))]
+        rows.append(f"{i:06d}.jpg " + " ".join(values))
+    table = tmp_path / "list_attr_celeba.txt"
+    table.write_text("\n".join(rows) + "\n")
+    distribution, count = from_attribute_file(table)
+    out = tmp_path / "freq.csv"
+    distribution.write_csv(out, count)
+    again = GlobalDistribution.from_csv(out)
+    assert count == 3 and again.positive[MALE] == pytest.approx(2 / 3) and again.positive[SMILING] == 0
+
+
+@pytest.mark.media
+def test_forest_job_end_to_end_on_a_celeba_format_set_made_from_shared_media(tmp_path, detector):
+    """Faces of ../shared/media, aligned by our crops and labelled by the built-in estimators,
+    written in CelebA format; the job trains, saves with skops, and the forests load and predict."""
+    from conftest import MEDIA
+
+    from calibration.attribute_forest import describe, load_forests, read_dataset, save_forests, train
+    from engines.crops import crop_from_box
+    from engines.evaluation import labelled_photos, main_face, read_rgb
+    from stream.attributes import FaceInput
+    from stream.job import load_estimator
+
+    estimator = load_estimator(build_config())
+    images = tmp_path / "img_align_celeba"
+    images.mkdir()
+    rows, parts = [], []
+    photos = labelled_photos(MEDIA)
+    identities = sorted({p.identity for p in photos})
+    test_ids = set(identities[::3])  # a third of the identities are held out
+    for n, photo in enumerate(photos):
+        found = main_face(detector, read_rgb(photo.path))
+        if found is None:
+            continue
+        padded, face = found
+        probability = estimator.estimate([FaceInput(padded, face.boxes[0], face.landmarks[0])]).probability[0]
+        crop = crop_from_box(padded, face.boxes[0], face.landmarks[0], 178, enlarge=1.6)
+        name = f"{n:06d}.jpg"
+        cv2.imwrite(str(images / name), cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
+        rows.append(name + " " + " ".join("1" if p > 0.5 else "-1" for p in np.nan_to_num(probability)))
+        parts.append(f"{name} {2 if photo.identity in test_ids else 0}")
+    (tmp_path / "list_attr_celeba.txt").write_text(
+        f"{len(rows)}\n{' '.join(ATTRIBUTES)}\n" + "\n".join(rows) + "\n"
+    )
+    (tmp_path / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+
+    data = read_dataset(tmp_path)
+    features = describe(data.images)
+    forests, accuracy = train(data, features, trees=50)
+    assert "Male" in forests and accuracy["Male"] >= 0.8, accuracy
+    assert "Eyeglasses" not in forests  # never estimated by the built-ins: one value only
+    path = tmp_path / "forests.skops"
+    save_forests(path, forests, {"test_accuracy": accuracy})
+    loaded = load_forests(path)
+    assert set(loaded) == set(forests)
+    np.testing.assert_allclose(
+        loaded["Male"].predict_proba(features[:5]), forests["Male"].predict_proba(features[:5])
+    )
+
+
+def test_forest_files_with_unexpected_types_are_refused(tmp_path):
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    from calibration.attribute_forest import load_forests
+    from stream.errors import ModelError
+
+    path = tmp_path / "bad.skops"
+    sio.dump({"attributes": ["Male"], "forests": [LogisticRegression()], "meta": "{}"}, path)
+    with pytest.raises(ModelError, match="unexpected types"):
+        load_forests(path)
