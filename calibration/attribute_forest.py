@@ -126,7 +126,7 @@ def load_forests(path: Path) -> dict[str, Any]:
     from sklearn.ensemble import RandomForestClassifier
 
     if not all(isinstance(f, RandomForestClassifier) for f in content.get("forests", [])):
-        raise ModelError(f"attribute model {path}: holds unexpected types, not only random forests; refusing it")
+        raise ModelError(f"attribute model {path}: holds more than random forests; refusing it")
     names = content["attributes"]
     unknown = [n for n in names if n not in ATTRIBUTES]
     if unknown:
