@@ -201,7 +201,8 @@ class PrivacyConfig:
     """Stage II policy: quasi-identifiers, sensitive and preserved attributes, targets k, l, t,
     epsilon; the global distribution (a CSV of counts, or "" for CelebA's); the seed of the
     per-track generators. report_original: also write original attribute values to the
-    report (off: only confidences and the released values)."""
+    report (off: only confidences and the released values). stricter_k, stricter_t: the
+    stricter target whose required changes the report lists (default k + 1 and t / 2)."""
 
     quasi_identifiers: tuple[str, ...] = ("Male", "Young", "Black_Hair", "Blond_Hair", "Eyeglasses")
     sensitive: tuple[str, ...] = ("Smiling", "Mouth_Slightly_Open", "Narrow_Eyes", "Gray_Hair", "Bald")
@@ -213,6 +214,8 @@ class PrivacyConfig:
     distribution: str = ""
     seed: int = 0
     report_original: bool = False
+    stricter_k: int = 0
+    stricter_t: float = -1.0
 
     def policy(self) -> Any:
         from .privacy import Policy
@@ -221,8 +224,19 @@ class PrivacyConfig:
             self.quasi_identifiers, self.sensitive, self.preserved, self.k, self.l, self.t, self.epsilon
         )
 
+    def stricter(self) -> Any:
+        """The target of "can it be more private": k + 1 and t / 2 unless set."""
+        from dataclasses import replace
+
+        return replace(
+            self.policy(),
+            k=self.stricter_k or self.k + 1,
+            t=self.stricter_t if self.stricter_t >= 0 else self.t / 2,
+        )
+
     def validate(self) -> None:
         self.policy().validate()
+        self.stricter().validate()
 
 
 @dataclass(frozen=True)

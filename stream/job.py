@@ -79,6 +79,7 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
         return None
     stage.finish()
     tracks = []
+    sizes = stage.privacy.class_sizes()
     for track_id, state in sorted(stage.states.items()):
         record = stage.privacy.tracks.get(track_id)
         confidence = state.confidence()
@@ -91,6 +92,7 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
         }
         if record is not None:
             entry["selected"] = {a: bool(v) for a, v in zip(ATTRIBUTES, record.released, strict=True)}
+            entry["class_size"] = sizes.get(track_id)
             if config.privacy.report_original:
                 entry["original"] = {
                     a: round(float(p), 3)
@@ -98,9 +100,16 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
                     if p == p
                 }
         tracks.append(entry)
-    verdict = stage.privacy.assessment()
+    verdict = stage.privacy.assessment(config.privacy.stricter())
     figures = None
     if verdict is not None:
+        record_ids = list(stage.privacy.tracks)
+
+        def listed(changes: list[Any] | None) -> list[dict[str, Any]] | None:
+            if changes is None:
+                return None
+            return [{"track": record_ids[c.record], "attribute": c.attribute, "to": c.to} for c in changes]
+
         figures = {
             "private": verdict.private,
             "k": verdict.figures.k,
@@ -109,8 +118,10 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
             "epsilon": verdict.epsilon,
             "classes": verdict.figures.classes,
             "worst_t": verdict.figures.worst_t,
+            "stricter_target": {"k": verdict.target.k, "t": verdict.target.t},
             "changes_to_reach_k": None if verdict.to_reach_k is None else len(verdict.to_reach_k),
             "changes_to_reach_t": len(verdict.to_reach_t),
+            "changes": {"k": listed(verdict.to_reach_k), "t": listed(verdict.to_reach_t)},
         }
     policy = config.privacy
     return {

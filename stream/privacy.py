@@ -335,6 +335,7 @@ class Assessment:
     private: bool
     figures: PrivacyFigures
     epsilon: float
+    target: Policy
     to_reach_k: list[Change] | None
     to_reach_t: list[Change]
 
@@ -353,6 +354,7 @@ def assess(
         private=private,
         figures=figures,
         epsilon=policy.epsilon,
+        target=goal,
         to_reach_k=changes_for_k(table, quasi, goal.k),
         to_reach_t=changes_for_t(table, quasi, sensitive, distribution, goal.t),
     )
@@ -421,8 +423,17 @@ class StreamPrivacy:
         self.tracks[track_id] = record
         return record
 
-    def assessment(self) -> Assessment | None:
+    def assessment(self, stricter: Policy | None = None) -> Assessment | None:
+        """The run's figures over the released attributes of every chosen track."""
         if not self.tracks:
             return None
         released = np.array([r.released for r in self.tracks.values()])
-        return assess(released, self.policy, self.distribution)
+        return assess(released, self.policy, self.distribution, stricter)
+
+    def class_sizes(self) -> dict[int, int]:
+        """Per track, the size of its equivalence class over the released quasi-identifiers."""
+        keys = {tid: tuple(bool(v) for v in r.released[self.quasi]) for tid, r in self.tracks.items()}
+        counts: dict[tuple[bool, ...], int] = {}
+        for key in keys.values():
+            counts[key] = counts.get(key, 0) + 1
+        return {tid: counts[key] for tid, key in keys.items()}

@@ -162,5 +162,5 @@ def test_forest_files_with_unexpected_types_are_refused(tmp_path):
 
     path = tmp_path / "bad.skops"
     sio.dump({"attributes": ["Male"], "forests": [LogisticRegression()], "meta": "{}"}, path)
-    with pytest.raises(ModelError, match="unexpected types"):
+    with pytest.raises(ModelError, match="holds more than random forests"):
         load_forests(path)

@@ -131,3 +131,17 @@ def test_interrupt_leaves_a_playable_file(tmp_path):
     assert 0 < len(frames) < 400
     data = json.loads(report.read_text())
     assert "interrupted" in data["error"] and data["summary"]["frames_out"] == len(frames)
+
+
+@pytest.mark.media
+def test_privacy_over_a_folder_of_faces(tmp_path):
+    from conftest import MEDIA
+
+    out = tmp_path / "p.json"
+    result = cli("privacy", str(MEDIA / "face-api.js" / "examples" / "images" / "penny"), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert len(data["faces"]) == 5 and data["figures"]["k"] >= 1
+    assert "faces, " in result.stdout and "changes to reach" in result.stdout
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli("privacy", str(tmp_path / "empty")), 2, "no photos")
