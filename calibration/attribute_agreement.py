@@ -17,18 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.evaluation import LabelledPhoto, labelled_photos, main_face, read_rgb
+from engines.centerface import CenterFace
+from engines.evaluation import LabelledPhoto, labelled_photos, photo_faces
 from stream.attributes import BuiltinEstimator, FaceInput
 from stream.privacy import ATTRIBUTES
 
 
-def agreement(photos: list[LabelledPhoto], detector: object, estimator: BuiltinEstimator) -> dict[str, float]:
+def agreement(
+    photos: list[LabelledPhoto], detector: CenterFace, estimator: BuiltinEstimator
+) -> dict[str, float]:
     by_identity: dict[str, list[np.ndarray]] = defaultdict(list)
-    for photo in photos:
-        found = main_face(detector, read_rgb(photo.path))  # type: ignore[arg-type]
-        if found is None:
-            continue
-        padded, face = found
+    for photo, padded, face in photo_faces(detector, photos):
         estimate = estimator.estimate([FaceInput(padded, face.boxes[0], face.landmarks[0])])
         by_identity[photo.identity].append(estimate.probability[0])
     result = {}

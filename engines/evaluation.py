@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,16 @@ def main_face(detector: CenterFace, image: NDArray[np.uint8]) -> tuple[NDArray[n
     return padded, FaceArrays(faces.boxes[i : i + 1], faces.scores[i : i + 1], faces.landmarks[i : i + 1])
 
 
+def photo_faces(
+    detector: CenterFace, photos: Sequence[LabelledPhoto]
+) -> Iterator[tuple[LabelledPhoto, NDArray[np.uint8], FaceArrays]]:
+    """Each photo with its (padded) image and its largest face; photos without a face are left out."""
+    for photo in photos:
+        found = main_face(detector, read_rgb(photo.path))
+        if found is not None:
+            yield photo, found[0], found[1]
+
+
 def roc_auc(scores: NDArray[np.float64], positive: NDArray[np.bool_]) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
     order = np.argsort(scores, kind="mergesort")
@@ -101,11 +111,7 @@ def evaluate_faceres(
     detector: CenterFace, faceres: FaceRes, photos: Sequence[LabelledPhoto]
 ) -> FaceResFigures:
     descriptors, identities, male = [], [], []
-    for photo in photos:
-        found = main_face(detector, read_rgb(photo.path))
-        if found is None:
-            continue
-        padded, face = found
+    for photo, padded, face in photo_faces(detector, photos):
         crop = crop_from_box(padded, face.boxes[0], face.landmarks[0], faceres.size)
         result = faceres.predict([crop])
         descriptors.append(result.descriptor[0])
@@ -141,11 +147,7 @@ def landmark_errors(
     """Per photo: mean distance from CenterFace's five landmarks to the matching mesh
     points, as a fraction of the face size (box height)."""
     errors = []
-    for photo in photos:
-        found = main_face(detector, read_rgb(photo.path))
-        if found is None:
-            continue
-        padded, face = found
+    for _, padded, face in photo_faces(detector, photos):
         crop = crop_from_box(padded, face.boxes[0], face.landmarks[0], mesh.size)
         points = mesh.predict([crop]).five_points()[0]
         reference = face.landmarks[0]

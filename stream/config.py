@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
 from .errors import ConfigError
+from .privacy import Policy
 
 ObscureMode = Literal["blur", "pixelate", "mask"]
 MaskShape = Literal["ellipse", "box"]
@@ -197,46 +198,34 @@ class AttributesConfig:
 
 
 @dataclass(frozen=True)
-class PrivacyConfig:
-    """Stage II policy: quasi-identifiers, sensitive and preserved attributes, targets k, l, t,
-    epsilon; the global distribution (a CSV of counts, or "" for CelebA's); the seed of the
-    per-track generators. report_original: also write original attribute values to the
-    report (off: only confidences and the released values). stricter_k, stricter_t: the
+class PrivacyConfig(Policy):
+    """Stage II: the policy (``stream.privacy.Policy``: quasi-identifiers, sensitive and
+    preserved attributes, targets k, l, t, epsilon) and how it is applied: the global
+    distribution (a CSV of counts, or "" for CelebA's); the seed of the per-track
+    generators; report_original: also write original attribute values to the report
+    (off: only confidences and the released values); stricter_k, stricter_t: the
     stricter target whose required changes the report lists (default k + 1 and t / 2)."""
 
-    quasi_identifiers: tuple[str, ...] = ("Male", "Young", "Black_Hair", "Blond_Hair", "Eyeglasses")
-    sensitive: tuple[str, ...] = ("Smiling", "Mouth_Slightly_Open", "Narrow_Eyes", "Gray_Hair", "Bald")
-    preserved: tuple[str, ...] = ()
-    k: int = 2
-    l: float = 1.5  # noqa: E741
-    t: float = 0.2
-    epsilon: float = 2.0
     distribution: str = ""
     seed: int = 0
     report_original: bool = False
     stricter_k: int = 0
     stricter_t: float = -1.0
 
-    def policy(self) -> Any:
-        from .privacy import Policy
+    def policy(self) -> Policy:
+        return Policy(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Policy)})
 
-        return Policy(
-            self.quasi_identifiers, self.sensitive, self.preserved, self.k, self.l, self.t, self.epsilon
-        )
-
-    def stricter(self) -> Any:
+    def stricter(self) -> Policy:
         """The target of "can it be more private": k + 1 and t / 2 unless set."""
-        from dataclasses import replace
-
-        return replace(
+        return dataclasses.replace(
             self.policy(),
             k=self.stricter_k or self.k + 1,
             t=self.stricter_t if self.stricter_t >= 0 else self.t / 2,
         )
 
-    def validate(self) -> None:
-        self.policy().validate()
+    def validate(self) -> Policy:
         self.stricter().validate()
+        return self.policy().validate()
 
 
 @dataclass(frozen=True)
