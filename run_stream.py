@@ -46,7 +46,10 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "--config", type=Path, help="TOML file with any of the options (sections as in stream/config.py)"
     )
     g = p.add_argument_group("obscuring")
-    g.add_argument("--mode", choices=["blur", "pixelate", "mask"], help="how faces are hidden (blur)")
+    g.add_argument(
+        "--mode", choices=["blur", "pixelate", "mask", "synth"], help="how faces are hidden (blur)"
+    )
+    g.add_argument("--gallery", help="k-Same gallery file for --mode synth (python -m calibration.gallery)")
     g.add_argument("--shape", choices=["ellipse", "box"], help="shape of the hidden region (ellipse)")
     g.add_argument(
         "--strength", type=float, help="blur sigma / pixel block as a fraction of face width (0.125)"
@@ -82,6 +85,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 _OPTION_FIELDS = {
     "mode": ("obscure", "mode"),
+    "gallery": ("synth", "gallery"),
     "shape": ("obscure", "shape"),
     "strength": ("obscure", "strength"),
     "colour": ("obscure", "colour"),
@@ -158,6 +162,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     ]
     if summary["live"]:
         lines.append(f"latency    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
+    synthesis = summary.get("synthesis")
+    if synthesis:
+        fallback = ", ".join(f"{n} {why}" for why, n in synthesis["fallback"].items()) or "none"
+        lines.append(f"synthesis  {synthesis['replaced']} faces replaced (k={synthesis['gallery_k']}); "
+                     f"fell back to obscuring: {fallback}")  # fmt: skip
     privacy = summary.get("privacy")
     if privacy:
         verdict = "yes" if privacy["private"] else "no"

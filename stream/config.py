@@ -15,7 +15,8 @@ from typing import Any, Literal, get_args, get_type_hints
 from .errors import ConfigError
 from .privacy import Policy
 
-ObscureMode = Literal["blur", "pixelate", "mask"]
+ObscureMode = Literal["blur", "pixelate", "mask", "synth"]
+FallbackMode = Literal["blur", "pixelate", "mask"]
 MaskShape = Literal["ellipse", "box"]
 FailPolicy = Literal["mask", "stop"]
 BackendName = Literal["auto", "cpu", "cuda", "tensorrt", "torch-cuda"]
@@ -146,6 +147,28 @@ class ObscureConfig:
 
 
 @dataclass(frozen=True)
+class SynthConfig:
+    """Stage III (mode ``synth``): k-Same-Select surrogate faces.
+
+    gallery: a gallery file (python -m calibration.gallery); without one no
+    surrogate exists and every face falls back. fallback: how faces without a
+    surrogate (too small, too turned, not yet described, none matching) are
+    hidden. min_face: smallest face height in pixels that is replaced.
+    min_cover: the share of the face (ellipse of its box) the surrogate must
+    cover, else the face falls back too.
+    """
+
+    gallery: str = ""
+    fallback: FallbackMode = "blur"
+    min_face: int = 40
+    min_cover: float = 0.85
+
+    def validate(self) -> None:
+        _range("synth.min_face", self.min_face, 8, 4096)
+        _range("synth.min_cover", self.min_cover, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class SinkConfig:
     """Output encoding.
 
@@ -259,6 +282,7 @@ class Config:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     attributes: AttributesConfig = field(default_factory=AttributesConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

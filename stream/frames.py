@@ -102,7 +102,9 @@ class FramePacket:
     when the frame was read, for latency figures. ``detections`` is None on
     a frame where the detector did not run; ``full_detection`` is False
     where it ran at reduced resolution (see ``DetectConfig.every``).
-    ``attributes`` maps track id to its ``TrackAttributes`` (Stage I), when enabled.
+    ``attributes`` maps track id to its ``TrackAttributes`` (Stage I), when enabled;
+    ``replaced`` holds the tracks whose face a surrogate replaced (Stage III),
+    which the obscuring stage then leaves alone.
     ``anonymized`` turns True only when the last stage has obscured every
     face, or the fail policy masked the whole frame; sinks refuse anything
     else, so a raw frame cannot be written.
@@ -118,6 +120,7 @@ class FramePacket:
     full_detection: bool = True
     tracks: Tracks = field(default_factory=Tracks.empty)
     attributes: dict[int, Any] = field(default_factory=dict)
+    replaced: set[int] = field(default_factory=set)
     anonymized: bool = False
     masked_whole: bool = False
     failure: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -26,7 +27,8 @@ from .privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
 from .runner import Runner, RunStats
 from .sinks import open_sink
 from .sources import open_source
-from .stages import AttributeStage, DetectStage, ObscureStage, Stage, TrackStage
+from .stages import AttributeStage, DetectStage, ObscureStage, Stage, SynthStage, TrackStage
+from .synthesis import Gallery
 
 
 def load_detector(config: Config) -> CenterFace:
@@ -57,16 +59,38 @@ def load_estimator(config: Config) -> Estimator:
 
 def build_stages(config: Config, detector: CenterFace, estimator: Estimator | None = None) -> list[Stage]:
     stages: list[Stage] = [DetectStage(detector, config.detect), TrackStage(config.track)]
-    if config.attributes.enabled:
+    synth = config.obscure.mode == "synth"
+    if config.attributes.enabled or synth:
         distribution = (
             GlobalDistribution.from_csv(Path(config.privacy.distribution))
             if config.privacy.distribution
             else GlobalDistribution.celeba()
         )
         privacy = StreamPrivacy(config.privacy.policy(), distribution, config.privacy.seed)
-        stages.append(AttributeStage(estimator or load_estimator(config), config.attributes, privacy))
-    stages.append(ObscureStage(config.obscure))
+        attribute_stage = AttributeStage(estimator or load_estimator(config), config.attributes, privacy)
+        stages.append(attribute_stage)
+        if synth:
+            gallery = Gallery.load(Path(config.synth.gallery)) if config.synth.gallery else None
+            mesh = FaceMesh(
+                create_backend(config.detect.backend, zoo.ensure("facemesh"), config.detect.threads)
+            )
+            stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage))
+    obscure = dataclasses.replace(config.obscure, mode=config.synth.fallback) if synth else config.obscure
+    stages.append(ObscureStage(obscure))
     return stages
+
+
+def synthesis_report(stages: list[Stage]) -> dict[str, Any] | None:
+    """Faces replaced by surrogates and those that fell back to obscuring, by reason."""
+    stage = next((s for s in stages if isinstance(s, SynthStage)), None)
+    if stage is None:
+        return None
+    return {
+        "replaced": stage.counts.replaced,
+        "fallback": dict(stage.counts.fallback),
+        "surrogates": {str(t): e for t, e in stage.surrogates.items()},
+        "gallery_k": stage.gallery.k if stage.gallery else None,
+    }
 
 
 def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None:
@@ -150,6 +174,7 @@ class JobResult:
     backend: str
     damage: str | None = None
     privacy: dict[str, Any] | None = None
+    synthesis: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         s = self.stats
@@ -176,6 +201,7 @@ class JobResult:
             "failures": s.failures,
             "input_damage": self.damage,
             "privacy": self.privacy["figures"] if self.privacy else None,
+            "synthesis": self.synthesis,
         }
 
 
@@ -251,6 +277,7 @@ def run_job(
             backend=detector.backend.name,
             damage=source.damage(),
             privacy=privacy_report(stages, config) if error is None else None,
+            synthesis=synthesis_report(stages),
         )
         if report is not None:
             write_report(report, result, config, error)

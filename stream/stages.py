@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from engines.centerface import CenterFace
+from engines.crops import crop_from_box
+from engines.facemodels import FaceMesh
 
 from .attributes import AttributeFusion, Estimator, FaceInput, TrackAttributes, tracks_to_describe
-from .config import AttributesConfig, DetectConfig, ObscureConfig, TrackConfig
+from .config import AttributesConfig, DetectConfig, ObscureConfig, SynthConfig, TrackConfig
+from .facewarp import Rendered
 from .frames import Detections, FramePacket
 from .obscure import Obscurer
 from .privacy import StreamPrivacy
+from .synthesis import Gallery, GalleryEntry, choose_entry, replace_face
 from .tracker import FaceTracker
 
 
@@ -101,7 +107,11 @@ class ObscureStage:
     def process(self, packet: FramePacket) -> FramePacket:
         if not packet.image.flags.writeable:
             packet.image = np.array(packet.image)
-        self.obscurer.apply(packet.image, packet.tracks.xyxy)
+        boxes = packet.tracks.xyxy
+        if packet.replaced:
+            keep = np.array([int(t) not in packet.replaced for t in packet.tracks.track_id], bool)
+            boxes = boxes[keep]
+        self.obscurer.apply(packet.image, boxes)
         packet.anonymized = True
         return packet
 
@@ -155,3 +165,101 @@ class AttributeStage:
     def reset(self) -> None:
         self.states.clear()
         self.privacy.reset()
+
+
+@dataclass
+class SynthCounts:
+    """Faces replaced by a surrogate, and those that fell back to obscuring, by reason."""
+
+    replaced: int = 0
+    fallback: dict[str, int] = field(default_factory=dict)
+
+    def fell_back(self, reason: str) -> None:
+        self.fallback[reason] = self.fallback.get(reason, 0) + 1
+
+
+class SynthStage:
+    """Stage III: replaces each described track's face with its k-Same surrogate.
+
+    A track's surrogate is chosen once, when PPAS has selected its attributes,
+    and kept for the track's life. Faces without one, too small, too turned
+    or not covered well enough are left to the obscuring stage (the fallback),
+    and counted.
+    """
+
+    name = "synth"
+    parallel = False
+
+    def __init__(self, gallery: Gallery | None, mesh: FaceMesh, config: SynthConfig,
+                 attributes: AttributeStage) -> None:  # fmt: skip
+        self.gallery = gallery
+        self.mesh = mesh
+        self.config = config
+        self.attributes = attributes
+        self.surrogates: dict[int, int | None] = {}
+        self.counts = SynthCounts()
+
+    def _surrogate(self, track_id: int) -> int | None:
+        if track_id in self.surrogates:
+            return self.surrogates[track_id]
+        record = self.attributes.privacy.tracks.get(track_id)
+        if record is None or self.gallery is None:
+            return None  # not chosen yet: ask again on a later frame
+        state = self.attributes.states[track_id]
+        descriptor = state.descriptor_sum / max(float(np.linalg.norm(state.descriptor_sum)), 1e-9)
+        choice = choose_entry(self.gallery, record.released, descriptor.astype(np.float32))
+        self.surrogates[track_id] = choice
+        return choice
+
+    def process(self, packet: FramePacket) -> FramePacket:
+        detections = packet.detections
+        if detections is None or self.gallery is None:
+            for _ in packet.tracks.track_id:
+                self.counts.fell_back("no gallery" if self.gallery is None else "coasting")
+            return packet
+        todo: list[tuple[int, int, GalleryEntry]] = []
+        for tid, det in zip(packet.tracks.track_id.tolist(), packet.tracks.detection.tolist(), strict=True):
+            if det < 0:
+                self.counts.fell_back("coasting")
+                continue
+            choice = self._surrogate(tid)
+            height = float(detections.xyxy[det, 3] - detections.xyxy[det, 1])
+            if choice is None:
+                self.counts.fell_back("no surrogate" if tid in self.surrogates else "not described yet")
+            elif height < self.config.min_face:
+                self.counts.fell_back("too small")
+            else:
+                todo.append((tid, det, self.gallery.entries[choice]))
+        if not todo:
+            return packet
+        crops = [crop_from_box(packet.image, detections.xyxy[d], detections.landmarks[d], FaceMesh.size)
+                 for _, d, _ in todo]  # fmt: skip
+        mesh = self.mesh.predict(crops)
+        for i, (tid, det, entry) in enumerate(todo):
+            if mesh.confidence[i] < 0.5:
+                self.counts.fell_back("mesh not found")
+                continue
+            drawn = replace_face(packet.image, mesh.points[i], entry)
+            if drawn is None or covered_share(drawn, detections.xyxy[det]) < self.config.min_cover:
+                self.counts.fell_back("not covered")
+                continue
+            packet.replaced.add(tid)
+            self.counts.replaced += 1
+        return packet
+
+    def reset(self) -> None:
+        self.surrogates.clear()
+        self.counts = SynthCounts()
+
+
+def covered_share(drawn: Rendered, box: NDArray[np.float32]) -> float:
+    """The share of the ellipse inscribed in ``box`` that the surrogate covers."""
+    h, w = drawn.coverage.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx += drawn.x1
+    yy += drawn.y1
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    rx, ry = max(float(box[2] - box[0]) / 2, 1.0), max(float(box[3] - box[1]) / 2, 1.0)
+    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    area = np.pi * rx * ry
+    return float((inside & drawn.coverage).sum() / area) if area > 0 else 0.0

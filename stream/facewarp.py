@@ -1,0 +1,151 @@
+"""Dense face alignment on the 468-point mesh: piecewise-affine warps to and from a canonical frame.
+
+The canonical frame is a ``SIZE`` x ``SIZE`` square holding a mean-like face
+layout (``data/canonical_face.npy``, made by ``calibration/canonical_face.py``
+from a public-domain portrait), triangulated once (Delaunay). A face is
+brought into it with one ``cv2.remap`` built from per-triangle affine maps,
+so faces of different people, poses and sizes line up pixel for pixel; a
+canonical texture is drawn back onto a face's own mesh the same way,
+triangles painted far-to-near by mesh depth so the near side wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+SIZE = 256
+CANONICAL_FILE = Path(__file__).resolve().parent / "data" / "canonical_face.npy"
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """``points``: ``(468, 2)`` float32 in canonical pixels; ``triangles``: ``(T, 3)`` int32;
+    ``tri_map``: ``(SIZE, SIZE)`` int32 triangle index per canonical pixel (-1 outside);
+    ``bary``: ``(SIZE, SIZE, 3)`` float32 barycentric weights of each pixel in its triangle."""
+
+    points: NDArray[np.float32]
+    triangles: NDArray[np.int32]
+    tri_map: NDArray[np.int32]
+    bary: NDArray[np.float32]
+
+    @property
+    def mask(self) -> NDArray[np.bool_]:
+        return np.asarray(self.tri_map >= 0)
+
+
+@lru_cache(maxsize=1)
+def canonical() -> Canonical:
+    from scipy.spatial import Delaunay
+
+    points = np.load(CANONICAL_FILE).astype(np.float32)
+    triangles = Delaunay(points).simplices.astype(np.int32)
+    tri_map = rasterize(points, triangles, SIZE, SIZE)
+    bary = barycentric(points, triangles, tri_map)
+    return Canonical(points, triangles, tri_map, bary)
+
+
+def rasterize(
+    points: NDArray[np.float32], triangles: NDArray[np.int32], height: int, width: int,
+    order: NDArray[np.intp] | None = None,
+) -> NDArray[np.int32]:  # fmt: skip
+    """``(height, width)`` int32 map of which triangle covers each pixel (-1: none); later
+    triangles in ``order`` paint over earlier ones."""
+    tri_map = np.full((height, width), -1, np.int32)
+    shift = 4
+    scaled = np.round(points * (1 << shift)).astype(np.int32)
+    for t in order if order is not None else range(len(triangles)):
+        cv2.fillConvexPoly(tri_map, scaled[triangles[t]], int(t), lineType=cv2.LINE_8, shift=shift)
+    return tri_map
+
+
+def barycentric(
+    points: NDArray[np.float32], triangles: NDArray[np.int32], tri_map: NDArray[np.int32]
+) -> NDArray[np.float32]:
+    """Barycentric weights ``(H, W, 3)`` of every covered pixel within its triangle."""
+    h, w = tri_map.shape
+    ys, xs = np.nonzero(tri_map >= 0)
+    tri = triangles[tri_map[ys, xs]]
+    a, b, c = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
+    v0, v1 = b - a, c - a
+    v2 = np.stack([xs, ys], axis=1).astype(np.float32) - a
+    det = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
+    det = np.where(np.abs(det) < 1e-9, 1e-9, det)
+    wb = (v2[:, 0] * v1[:, 1] - v2[:, 1] * v1[:, 0]) / det
+    wc = (v0[:, 0] * v2[:, 1] - v0[:, 1] * v2[:, 0]) / det
+    out = np.zeros((h, w, 3), np.float32)
+    out[ys, xs] = np.stack([1 - wb - wc, wb, wc], axis=1)
+    return out
+
+
+def to_canonical(
+    image: NDArray[np.uint8], points: NDArray[np.float32]
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """The face of ``image`` (RGB) with mesh ``points`` ``(468, 2+)`` warped into the canonical
+    frame, and the mask of canonical pixels it covers (inside the image)."""
+    c = canonical()
+    src = points[:, :2].astype(np.float32)
+    covered = c.mask
+    tri = c.triangles[np.where(covered, c.tri_map, 0)]  # (S, S, 3) vertex indices
+    coords = np.einsum("hwk,hwkd->hwd", c.bary, src[tri])
+    map_x = np.where(covered, coords[..., 0], -1).astype(np.float32)
+    map_y = np.where(covered, coords[..., 1], -1).astype(np.float32)
+    texture = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    h, w = image.shape[:2]
+    inside = covered & (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+    return np.asarray(texture, np.uint8), np.asarray(inside)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A canonical texture drawn onto a face: ``pixels`` ``(h, w, 3)`` and ``coverage`` ``(h, w)``
+    bool, for the window ``(x1, y1)`` of the frame."""
+
+    pixels: NDArray[np.uint8]
+    coverage: NDArray[np.bool_]
+    x1: int
+    y1: int
+
+
+def from_canonical(
+    texture: NDArray[np.uint8], points: NDArray[np.float32], frame_shape: tuple[int, int]
+) -> Rendered | None:
+    """Draw ``texture`` (canonical frame) onto the face whose mesh is ``points`` ``(468, 3)``.
+
+    Triangles are painted far-to-near by mean depth, so a turned face shows its
+    near side. None when the mesh lies outside the frame.
+    """
+    c = canonical()
+    h, w = frame_shape
+    x1, y1 = (int(max(0, np.floor(v))) for v in points[:, :2].min(axis=0))
+    x2, y2 = (int(min(lim, np.ceil(v) + 1)) for v, lim in zip(points[:, :2].max(axis=0), (w, h), strict=True))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return None
+    local = points[:, :2] - np.array([x1, y1], np.float32)
+    depth = points[c.triangles, 2].mean(axis=1)
+    tri_map = rasterize(local, c.triangles, y2 - y1, x2 - x1, order=np.argsort(-depth))
+    covered = tri_map >= 0
+    if not covered.any():
+        return None
+    # Per-triangle affine from the face's pixels to canonical pixels.
+    dst = c.points[c.triangles]  # (T, 3, 2)
+    src = local[c.triangles]
+    ones = np.ones((len(c.triangles), 3, 1), np.float32)
+    src_h = np.concatenate([src, ones], axis=2)  # (T, 3, 3)
+    det_ok = np.abs(np.linalg.det(src_h)) > 1e-6
+    affine = np.zeros((len(c.triangles), 3, 2), np.float32)
+    affine[det_ok] = np.linalg.solve(src_h[det_ok], dst[det_ok])
+    ys, xs = np.nonzero(covered)
+    tris = tri_map[ys, xs]
+    pix = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float32)
+    mapped = np.einsum("nk,nkd->nd", pix, affine[tris])
+    map_x = np.full(tri_map.shape, -1, np.float32)
+    map_y = np.full(tri_map.shape, -1, np.float32)
+    map_x[ys, xs], map_y[ys, xs] = mapped[:, 0], mapped[:, 1]
+    pixels = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return Rendered(np.asarray(pixels, np.uint8), np.asarray(covered), x1, y1)

@@ -1,0 +1,123 @@
+"""Stage III, k-Same-Select: dense warps, gallery building, surrogate choice, the synth mode."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MEDIA, decode_frames
+from skimage import data
+
+from engines import zoo
+from engines.base import create_backend
+from engines.crops import crop_from_box
+from engines.facemodels import FaceMesh
+from stream import facewarp
+from stream.synthesis import Gallery, GalleryEntry, average_textures, choose_entry
+
+
+@pytest.fixture(scope="module")
+def astronaut_mesh(detector):
+    image = data.astronaut()
+    (faces,) = detector.detect([image], 1.0, 0.5)
+    mesh = FaceMesh(create_backend("cpu", zoo.ensure("facemesh")))
+    points = mesh.predict([crop_from_box(image, faces.boxes[0], faces.landmarks[0], 192)]).points[0]
+    return image, points
+
+
+def test_warp_to_the_canonical_frame_and_back_is_faithful(astronaut_mesh):
+    image, points = astronaut_mesh
+    texture, mask = facewarp.to_canonical(image, points)
+    assert texture.shape == (facewarp.SIZE, facewarp.SIZE, 3) and mask.mean() > 0.4
+    drawn = facewarp.from_canonical(texture, points, image.shape[:2])
+    window = image[drawn.y1 : drawn.y1 + drawn.pixels.shape[0], drawn.x1 : drawn.x1 + drawn.pixels.shape[1]]
+    error = np.abs(drawn.pixels.astype(int) - window.astype(int))[drawn.coverage].mean()
+    assert error < 6  # interpolation only
+    assert drawn.coverage.sum() > 0.5 * (np.ptp(points[:, 0]) * np.ptp(points[:, 1]))
+
+
+def test_average_textures_and_surrogate_choice_exclude_the_own_identity():
+    size = facewarp.SIZE
+    textures = [np.full((size, size, 3), v, np.uint8) for v in (0, 90, 180)]
+    masks = [np.ones((size, size), bool)] * 3
+    mean, valid = average_textures(textures, masks)
+    assert int(mean[128, 128, 0]) == 90 and valid.sum() == facewarp.canonical().mask.sum()
+    rng = np.random.default_rng(0)
+    members = rng.normal(size=(6, 1024)).astype(np.float32)
+    members /= np.linalg.norm(members, axis=1, keepdims=True)
+    male = np.full(40, np.nan, np.float32)
+    male[20] = 0.9
+    female = male.copy()
+    female[20] = 0.1
+    gallery = Gallery([GalleryEntry(mean, valid, male, members[:3]), GalleryEntry(mean, valid, female, members[3:])],
+                      3, "test")  # fmt: skip
+    selected_male = np.zeros(40, bool)
+    selected_male[20] = True
+    assert choose_entry(gallery, selected_male, None) == 0
+    # The track is member 1 of the matching entry: it must never get its own face back.
+    assert choose_entry(gallery, selected_male, members[1]) == 1
+    assert choose_entry(Gallery([gallery.entries[0]], 3, "t"), selected_male, members[1]) is None
+
+
+@pytest.fixture(scope="module")
+def gallery_file(tmp_path_factory):
+    """A gallery built by the job from six face-api.js people (k = 3)."""
+    from calibration.gallery import build
+
+    folder = tmp_path_factory.mktemp("people")
+    for name in ("amy", "bernadette", "penny", "howard", "leonard", "raj"):
+        (folder / name).symlink_to(MEDIA / "face-api.js" / "examples" / "images" / name)
+    gallery = build(folder, k=3)
+    path = tmp_path_factory.mktemp("gallery") / "gallery.npz"
+    gallery.save(path)
+    return path, folder
+
+
+@pytest.mark.media
+def test_gallery_holds_only_averages_of_k_identities(gallery_file):
+    from calibration.gallery import describe_identity
+    from stream.config import build_config
+    from stream.job import load_detector, load_estimator
+
+    path, folder = gallery_file
+    gallery = Gallery.load(path)
+    assert (
+        gallery.k == 3 and len(gallery.entries) == 2 and all(e.k >= 3 for e in gallery.entries)
+    )  # women, men
+    config = build_config()
+    mesh = FaceMesh(create_backend("cpu", zoo.ensure("facemesh")))
+    person = describe_identity("amy", sorted((folder / "amy").iterdir()), load_detector(config),
+                               load_estimator(config), mesh)  # fmt: skip
+    for entry in gallery.entries:  # no entry is any one person's texture
+        both = entry.mask & person.mask
+        assert np.abs(entry.texture[both].astype(int) - person.texture[both].astype(int)).mean() > 3
+
+
+@pytest.mark.media
+def test_synth_mode_replaces_a_talking_head_and_keeps_every_frame(tmp_path, gallery_file):
+    from run_stream import main
+
+    clip = MEDIA / "LivePortrait" / "assets" / "examples" / "driving" / "d0.mp4"
+    out, report = tmp_path / "synth.mp4", tmp_path / "r.json"
+    code = main([str(clip), "-o", str(out), "--mode", "synth", "--gallery", str(gallery_file[0]),
+                 "--report", str(report), "-q"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(report.read_text())["summary"]
+    synthesis = summary["synthesis"]
+    assert synthesis["replaced"] > 0.5 * summary["frames_out"]
+    assert sum(synthesis["fallback"].values()) + synthesis["replaced"] >= summary["frames_out"]
+    original, replaced = decode_frames(clip), decode_frames(out)
+    assert len(replaced) == len(original) == 78
+    face = (slice(150, 330), slice(170, 340))
+    change = np.abs(original[-1][face].astype(int) - replaced[-1][face].astype(int)).mean()
+    assert change > 8  # the face is another one
+    assert np.abs(original[-1][:60].astype(int) - replaced[-1][:60].astype(int)).mean() < 4  # the rest is not
+
+
+def test_synth_without_a_gallery_falls_back_for_every_face(tmp_path, demo_clip, detector):
+    from stream.config import build_config
+    from stream.job import run_job
+
+    result = run_job(
+        str(demo_clip), "null", build_config(None, {"obscure": {"mode": "synth"}}), detector=detector
+    )
+    assert result.synthesis["replaced"] == 0 and result.synthesis["fallback"]["no gallery"] >= 100
