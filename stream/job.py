@@ -8,10 +8,12 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from numpy.typing import NDArray
 
 from engines import zoo
 from engines.base import Backend, BackendOptions, create_backend
@@ -78,6 +80,27 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
     obscure = dataclasses.replace(config.obscure, mode=config.synth.fallback) if synth else config.obscure
     stages.append(ObscureStage(obscure))
     return stages
+
+
+def anonymize_still(image: NDArray[np.uint8], stages: list[Stage], obscurer: Obscurer) -> FramePacket:
+    """One photo through fresh stages, as the first frame of a stream (fail closed as the runner does).
+
+    For stills, configure attributes to freeze on the first estimate
+    (``every = 1``, ``max_estimates = 1``) so a surrogate is chosen at once.
+    """
+    for stage in stages:
+        stage.reset()
+    packet = FramePacket(0, image.copy(), 0, Fraction(1, 1))
+    try:
+        for stage in stages:
+            packet = stage.process(packet)
+        if not packet.anonymized:
+            raise RuntimeError("no stage marked the photo anonymized")
+    except Exception as exc:  # noqa: BLE001 - a still fails closed like a frame
+        obscurer.mask_whole(packet.image)
+        packet.failure = str(exc)
+        packet.masked_whole = True
+    return packet
 
 
 def synthesis_report(stages: list[Stage]) -> dict[str, Any] | None:
