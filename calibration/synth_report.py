@@ -37,8 +37,12 @@ def identities(media: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = defaultdict(list)
     for photo in labelled_photos(media):
         out[photo.identity].append(photo.path)
-    for root in (media / "dlib" / "examples" / "johns", media / "face_recognition" / "examples" / "knn_examples" / "train",
-                 media / "facenet-pytorch" / "data" / "test_images"):  # fmt: skip
+    roots = (
+        media / "dlib" / "examples" / "johns",
+        media / "face_recognition" / "examples" / "knn_examples" / "train",
+        media / "facenet-pytorch" / "data" / "test_images",
+    )
+    for root in roots:
         if root.exists():
             for folder in sorted(p for p in root.iterdir() if p.is_dir()):
                 out[folder.name] += sorted(
@@ -55,8 +59,10 @@ def _face(detector: Any, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32],
     return faces.boxes[i], faces.landmarks[i]
 
 
-def _descriptor(faceres: FaceRes, image: NDArray[np.uint8], face: tuple[NDArray[np.float32], NDArray[np.float32]]
-                ) -> NDArray[np.float32]:  # fmt: skip
+Face = tuple[NDArray[np.float32], NDArray[np.float32]]
+
+
+def _descriptor(faceres: FaceRes, image: NDArray[np.uint8], face: Face) -> NDArray[np.float32]:
     return faceres.predict([crop_from_box(image, face[0], face[1], FaceRes.size)]).descriptor[0]
 
 
@@ -108,13 +114,13 @@ def evaluate(media: Path, modes: list[str], gallery: str, k_note: int | None = N
         config = build_config(None, overrides)
         stages = build_stages(config, detector, estimator) if mode != "original" else []
         obscurer = Obscurer(config.obscure)
-        top1 = top5 = found = 0
+        top1 = top5 = detected = 0
         for name, path in probes:
             image = (
                 padded[path] if mode == "original" else anonymize_still(padded[path], stages, obscurer).image
             )
             face = _face(detector, image)
-            found += face is not None
+            detected += face is not None
             # The attacker knows where the face was even when no detector finds it any more.
             face = face or _face(detector, padded[path])
             if face is None:
@@ -127,7 +133,7 @@ def evaluate(media: Path, modes: list[str], gallery: str, k_note: int | None = N
         results["modes"][mode] = {
             "top1": top1 / len(probes),
             "top5": top5 / len(probes),
-            "face_found": found / len(probes),
+            "face_found": detected / len(probes),
         }
     return results
 
@@ -141,9 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     results = evaluate(args.media, args.modes, args.gallery)
-    print(
-        f"{results['identities']} identities, {results['probes']} anonymized photos; chance {100 * results['chance']:.1f}%"
-    )
+    chance = 100 * results["chance"]
+    print(f"{results['identities']} identities, {results['probes']} anonymized photos; chance {chance:.1f}%")
     print(f"{'mode':10s} {'top-1':>7s} {'top-5':>7s} {'face found':>11s}")
     for mode, r in results["modes"].items():
         print(f"{mode:10s} {100 * r['top1']:6.1f}% {100 * r['top5']:6.1f}% {100 * r['face_found']:10.1f}%")
