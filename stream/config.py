@@ -155,15 +155,20 @@ class SynthConfig:
     surrogate (too small, too turned, not yet described, none matching) are
     hidden. min_face: smallest face height in pixels that is replaced.
     min_cover: the share of the face (ellipse of its box) the surrogate must
-    cover, else the face falls back too.
+    cover, else the face falls back too. surround_blur: blur of the head
+    around the surrogate (hair, ears, jaw line inside the track's box), as
+    a fraction of the box width (0: none); it takes away cues the surrogate
+    does not replace.
     """
 
     gallery: str = ""
     fallback: FallbackMode = "blur"
     min_face: int = 40
     min_cover: float = 0.85
+    surround_blur: float = 0.04
 
     def validate(self) -> None:
+        _range("synth.surround_blur", self.surround_blur, 0.0, 1.0)
         _range("synth.min_face", self.min_face, 8, 4096)
         _range("synth.min_cover", self.min_cover, 0.0, 1.0)
 

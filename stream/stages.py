@@ -18,7 +18,7 @@ from .facewarp import Rendered
 from .frames import Detections, FramePacket
 from .obscure import Obscurer
 from .privacy import StreamPrivacy
-from .synthesis import Gallery, GalleryEntry, choose_entry, replace_face
+from .synthesis import Gallery, GalleryEntry, choose_entry, replace_face, soften_surround
 from .tracker import FaceTracker
 
 
@@ -217,8 +217,11 @@ class SynthStage:
             for _ in packet.tracks.track_id:
                 self.counts.fell_back("no gallery" if self.gallery is None else "coasting")
             return packet
-        todo: list[tuple[int, int, GalleryEntry]] = []
-        for tid, det in zip(packet.tracks.track_id.tolist(), packet.tracks.detection.tolist(), strict=True):
+        todo: list[tuple[int, int, GalleryEntry, int]] = []
+        tracks = packet.tracks
+        for row, (tid, det) in enumerate(
+            zip(tracks.track_id.tolist(), tracks.detection.tolist(), strict=True)
+        ):
             if det < 0:
                 self.counts.fell_back("coasting")
                 continue
@@ -229,13 +232,13 @@ class SynthStage:
             elif height < self.config.min_face:
                 self.counts.fell_back("too small")
             else:
-                todo.append((tid, det, self.gallery.entries[choice]))
+                todo.append((tid, det, self.gallery.entries[choice], row))
         if not todo:
             return packet
         crops = [crop_from_box(packet.image, detections.xyxy[d], detections.landmarks[d], FaceMesh.size)
-                 for _, d, _ in todo]  # fmt: skip
+                 for _, d, _, _ in todo]  # fmt: skip
         mesh = self.mesh.predict(crops)
-        for i, (tid, det, entry) in enumerate(todo):
+        for i, (tid, det, entry, row) in enumerate(todo):
             if mesh.confidence[i] < 0.5:
                 self.counts.fell_back("mesh not found")
                 continue
@@ -243,6 +246,7 @@ class SynthStage:
             if drawn is None or covered_share(drawn, detections.xyxy[det]) < self.config.min_cover:
                 self.counts.fell_back("not covered")
                 continue
+            soften_surround(packet.image, tracks.xyxy[row], drawn, self.config.surround_blur)
             packet.replaced.add(tid)
             self.counts.replaced += 1
         return packet

@@ -173,4 +173,32 @@ def replace_face(
     return Rendered(rendered.pixels[..., :3], valid, rendered.x1, rendered.y1)
 
 
+def soften_surround(
+    frame: NDArray[np.uint8], box: NDArray[np.float32], drawn: Rendered, strength: float
+) -> None:
+    """Blur the head around a replaced face (hair, ears, jaw line inside the ellipse of the
+    track's box), in place; the replaced face itself stays sharp. ``strength``: blur sigma as
+    a fraction of the box width (0: nothing)."""
+    from .obscure import _blurred, clip_box, region_mask
+
+    h, w = frame.shape[:2]
+    clipped = clip_box(box, w, h)
+    if clipped is None or strength <= 0:
+        return
+    x1, y1, x2, y2 = clipped
+    roi = frame[y1:y2, x1:x2]
+    ring = region_mask(box, clipped, "ellipse").astype(np.float32) / 255.0
+    face = np.zeros(ring.shape, np.float32)
+    fx1, fy1 = drawn.x1 - x1, drawn.y1 - y1
+    fh, fw = drawn.coverage.shape
+    ya, yb, xa, xb = max(0, fy1), min(ring.shape[0], fy1 + fh), max(0, fx1), min(ring.shape[1], fx1 + fw)
+    if ya < yb and xa < xb:
+        face[ya:yb, xa:xb] = drawn.coverage[ya - fy1 : yb - fy1, xa - fx1 : xb - fx1]
+    width = float(box[2] - box[0])
+    soft_face = np.asarray(cv2.GaussianBlur(face, (0, 0), sigmaX=max(1.0, 0.02 * width)), np.float32)
+    weight = (ring * (1.0 - soft_face))[..., None]
+    blurred = _blurred(roi, strength * width).astype(np.float32)
+    roi[:] = np.clip(weight * blurred + (1 - weight) * roi, 0, 255).astype(np.uint8)
+
+
 __all__ = ["ATTRIBUTES", "Gallery", "GalleryEntry", "average_textures", "choose_entry", "replace_face"]
