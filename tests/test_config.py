@@ -25,7 +25,10 @@ def test_file_then_overrides(tmp_path: Path):
     ("overrides", "message"),
     [
         ({"detect": {"min_face": 2}}, "detect.min_face: expected 4..512, got 2"),
-        ({"obscure": {"mode": "smudge"}}, "obscure.mode: expected one of ['blur', 'pixelate', 'mask']"),
+        (
+            {"obscure": {"mode": "smudge"}},
+            "obscure.mode: expected one of ['blur', 'pixelate', 'mask', 'synth']",
+        ),
         ({"obscure": {"strength": "strong"}}, "obscure.strength: expected a number"),
         ({"track": {"coast": 3}}, "track.coast: unknown option"),
         ({"tracker": {"x": 1}}, "tracker: unknown config section"),
