@@ -11,6 +11,10 @@ photo, or, when it finds none (blur), where the face was in the original.
 Naturalness: the share of anonymized faces CenterFace still finds.
 
     python -m calibration.synth_report --gallery gallery.npz [--json out.json] [--sheet sheet.png]
+
+Image quality against the originals (PSNR, SSIM, MS-SSIM on the face crop,
+as the paper's Table 1 reports for blurring, pixelation, masking and its own
+method), and a contact sheet (original | blur | pixelate | mask | synth).
 """
 
 from __future__ import annotations
@@ -66,7 +70,40 @@ def _descriptor(faceres: FaceRes, image: NDArray[np.uint8], face: Face) -> NDArr
     return faceres.predict([crop_from_box(image, face[0], face[1], FaceRes.size)]).descriptor[0]
 
 
-def evaluate(media: Path, modes: list[str], gallery: str, k_note: int | None = None) -> dict[str, Any]:
+def ms_ssim(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
+    """Multi-scale SSIM (Wang et al. 2003) of two grey images, five scales with the standard weights."""
+    from skimage.metrics import structural_similarity
+
+    weights = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    values = []
+    for level in range(len(weights)):
+        win = min(7, *(s - (s + 1) % 2 for s in x.shape))
+        values.append(max(structural_similarity(x, y, data_range=255, win_size=max(3, win)), 1e-6))
+        if level < len(weights) - 1:
+            x, y = np.asarray(cv2.pyrDown(x), np.float64), np.asarray(cv2.pyrDown(y), np.float64)
+    return float(np.prod(np.array(values) ** weights))
+
+
+def quality(
+    original: NDArray[np.uint8], anonymized: NDArray[np.uint8], face: Face
+) -> tuple[float, float, float]:
+    """PSNR, SSIM and MS-SSIM of the anonymized face against the original, on the face crop."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    def grey(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        crop = crop_from_box(image, face[0], None, 128, enlarge=1.2).image
+        return np.asarray(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), np.uint8)
+
+    a, b = grey(original), grey(anonymized)
+    return (
+        float(peak_signal_noise_ratio(a, b, data_range=255)),
+        float(structural_similarity(a, b, data_range=255)),
+        ms_ssim(a, b),
+    )
+
+
+def evaluate(media: Path, modes: list[str], gallery: str, sheet: Path | None = None) -> dict[str, Any]:
     from engines import zoo
     from engines.base import create_backend
     from stream.config import build_config
@@ -105,6 +142,7 @@ def evaluate(media: Path, modes: list[str], gallery: str, k_note: int | None = N
         "chance": 1 / len(names),
         "modes": {},
     }
+    sheet_rows: dict[Path, dict[str, NDArray[np.uint8]]] = {}
     for mode in modes:
         overrides: dict[str, dict[str, Any]] = {
             "obscure": {"mode": "blur" if mode == "original" else mode},
@@ -115,10 +153,15 @@ def evaluate(media: Path, modes: list[str], gallery: str, k_note: int | None = N
         stages = build_stages(config, detector, estimator) if mode != "original" else []
         obscurer = Obscurer(config.obscure)
         top1 = top5 = detected = 0
+        scores = []
         for name, path in probes:
             image = (
                 padded[path] if mode == "original" else anonymize_still(padded[path], stages, obscurer).image
             )
+            sheet_rows.setdefault(path, {})[mode] = image
+            where = _face(detector, padded[path])
+            if where is not None:
+                scores.append(quality(padded[path], image, where))
             face = _face(detector, image)
             detected += face is not None
             # The attacker knows where the face was even when no detector finds it any more.
@@ -130,12 +173,40 @@ def evaluate(media: Path, modes: list[str], gallery: str, k_note: int | None = N
             truth = names.index(name)
             top1 += int(ranking[0] == truth)
             top5 += int(truth in ranking[:5])
+        psnr, ssim, msssim = (float(np.mean(v)) for v in zip(*scores, strict=True)) if scores else (0.0,) * 3
         results["modes"][mode] = {
             "top1": top1 / len(probes),
             "top5": top5 / len(probes),
             "face_found": detected / len(probes),
+            "psnr": psnr,
+            "ssim": ssim,
+            "ms_ssim": msssim,
         }
+    if sheet is not None:
+        write_sheet(
+            sheet, [sheet_rows[p] for n, p in probes[:: max(1, len(probes) // 8)]][:8], padded, detector
+        )
     return results
+
+
+def write_sheet(path: Path, rows: list[dict[str, NDArray[np.uint8]]], padded: Any, detector: Any) -> None:
+    """A contact sheet: one face per row, one mode per column (original | blur | pixelate | synth ...)."""
+    tiles = []
+    for row in rows:
+        original = row.get("original", next(iter(row.values())))
+        where = _face(detector, original)
+        if where is None:
+            continue
+        tiles.append(
+            np.concatenate([crop_from_box(img, where[0], None, 160, 1.8).image for img in row.values()], 1)
+        )
+    if tiles:
+        header = np.full((24, tiles[0].shape[1], 3), 255, np.uint8)
+        for i, mode in enumerate(rows[0].keys()):
+            cv2.putText(
+                header, mode, (i * 160 + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA
+            )
+        cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, *tiles], 0), cv2.COLOR_RGB2BGR))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,15 +214,18 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--media", type=Path, default=MEDIA_DEFAULT)
     p.add_argument("--gallery", default="", help="gallery file for synth (python -m calibration.gallery)")
-    p.add_argument("--modes", nargs="+", default=["original", "blur", "pixelate", "synth"])
+    p.add_argument("--modes", nargs="+", default=["original", "blur", "pixelate", "mask", "synth"])
     p.add_argument("--json", type=Path)
+    p.add_argument("--sheet", type=Path, help="write a contact sheet (PNG) of faces in every mode")
     args = p.parse_args(argv)
-    results = evaluate(args.media, args.modes, args.gallery)
+    results = evaluate(args.media, args.modes, args.gallery, args.sheet)
     chance = 100 * results["chance"]
     print(f"{results['identities']} identities, {results['probes']} anonymized photos; chance {chance:.1f}%")
-    print(f"{'mode':10s} {'top-1':>7s} {'top-5':>7s} {'face found':>11s}")
+    columns = ("top-1", "top-5", "face found", "PSNR", "SSIM", "MS-SSIM")
+    print(f"{'mode':10s} " + " ".join(f"{c:>10s}" for c in columns))
     for mode, r in results["modes"].items():
-        print(f"{mode:10s} {100 * r['top1']:6.1f}% {100 * r['top5']:6.1f}% {100 * r['face_found']:10.1f}%")
+        print(f"{mode:10s} {100 * r['top1']:9.1f}% {100 * r['top5']:9.1f}% {100 * r['face_found']:9.1f}% "
+              f"{r['psnr']:10.2f} {r['ssim']:10.3f} {r['ms_ssim']:10.3f}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
