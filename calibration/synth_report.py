@@ -209,6 +209,63 @@ def write_sheet(path: Path, rows: list[dict[str, NDArray[np.uint8]]], padded: An
         cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, *tiles], 0), cv2.COLOR_RGB2BGR))
 
 
+def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
+    """Per clip: the median cosine between each replaced frame's face descriptor and its
+    track's mean (the surrogate must stay the same person-that-isn't), and flicker: the mean
+    frame-to-frame change of the face region in the output over the same in the input."""
+    import av
+
+    from engines import zoo
+    from engines.base import create_backend
+    from stream.config import build_config
+    from stream.job import RegionLog, load_detector, run_job
+
+    config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"gallery": gallery}})
+    detector = load_detector(config)
+    faceres = FaceRes(create_backend("cpu", zoo.ensure("faceres")))
+    out: dict[str, Any] = {}
+    for clip in clips:
+        log = RegionLog()
+        target = workdir / f"{clip.stem}.mkv"
+        run_job(str(clip), str(target), config, detector=detector, regions=log)
+        with av.open(str(clip)) as a, av.open(str(target)) as b:
+            originals = [np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in a.decode(video=0)]
+            frames = [np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in b.decode(video=0)]
+        per_track: dict[int, list[NDArray[np.float32]]] = defaultdict(list)
+        changes_out, changes_in = [], []
+        previous: tuple[int, NDArray[np.float32], NDArray[np.float32]] | None = None
+        for record, frame, original in zip(log.frames, frames, originals, strict=False):
+            for tid in record["track_ids"]:
+                if tid not in record["replaced"]:
+                    continue
+                face = _face(detector, original)
+                if face is None:
+                    continue
+                per_track[tid].append(_descriptor(faceres, frame, face))
+                x1, y1, x2, y2 = (int(max(0, v)) for v in face[0])
+                crop_out = frame[y1:y2, x1:x2].astype(np.float32)
+                crop_in = original[y1:y2, x1:x2].astype(np.float32)
+                if previous is not None and previous[0] == tid and previous[1].shape == crop_out.shape:
+                    changes_out.append(float(np.abs(crop_out - previous[1]).mean()))
+                    changes_in.append(float(np.abs(crop_in - previous[2]).mean()))
+                previous = (tid, crop_out, crop_in)
+        cosines = []
+        for descriptors in per_track.values():
+            d = np.array(descriptors)
+            mean = d.mean(axis=0)
+            mean /= np.linalg.norm(mean)
+            cosines += list(d @ mean)
+        out[clip.name] = {
+            "replaced_frames": sum(len(v) for v in per_track.values()),
+            "frames": len(frames),
+            "median_cosine": float(np.median(cosines)) if cosines else None,
+            "flicker_ratio": float(np.mean(changes_out) / max(np.mean(changes_in), 1e-6))
+            if changes_out
+            else None,
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.synth_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -217,7 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["original", "blur", "pixelate", "mask", "synth"])
     p.add_argument("--json", type=Path)
     p.add_argument("--sheet", type=Path, help="write a contact sheet (PNG) of faces in every mode")
+    p.add_argument(
+        "--stability", action="store_true", help="also measure surrogate stability on talking heads"
+    )
     args = p.parse_args(argv)
+    if args.stability:
+        import tempfile
+
+        clips = sorted((args.media / "LivePortrait" / "assets" / "examples" / "driving").glob("*.mp4"))
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, r in stability(clips, args.gallery, Path(tmp)).items():
+                print(f"{name}: {r['replaced_frames']} of {r['frames']} frames replaced; median cosine "
+                      f"{r['median_cosine']}; flicker {r['flicker_ratio']} x the input's")  # fmt: skip
+        return 0
     results = evaluate(args.media, args.modes, args.gallery, args.sheet)
     chance = 100 * results["chance"]
     print(f"{results['identities']} identities, {results['probes']} anonymized photos; chance {chance:.1f}%")

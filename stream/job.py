@@ -243,6 +243,7 @@ class RegionLog:
             "boxes": np.round(packet.tracks.xyxy, 1).tolist(),
             "track_ids": packet.tracks.track_id.tolist(),
             "coasting": packet.tracks.coasting.tolist(),
+            "replaced": sorted(packet.replaced),
         }
         if self._stream is not None:
             self._stream.write(json.dumps(record) + "\n")
