@@ -255,13 +255,14 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
             mean = d.mean(axis=0)
             mean /= np.linalg.norm(mean)
             cosines += list(d @ mean)
+        flicker = None
+        if changes_out:
+            flicker = float(np.mean(changes_out)) / max(float(np.mean(changes_in)), 1e-6)
         out[clip.name] = {
             "replaced_frames": sum(len(v) for v in per_track.values()),
             "frames": len(frames),
             "median_cosine": float(np.median(cosines)) if cosines else None,
-            "flicker_ratio": float(np.mean(changes_out) / max(np.mean(changes_in), 1e-6))
-            if changes_out
-            else None,
+            "flicker_ratio": flicker,
         }
     return out
 
