@@ -232,8 +232,7 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
             originals = [np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in a.decode(video=0)]
             frames = [np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in b.decode(video=0)]
         per_track: dict[int, list[NDArray[np.float32]]] = defaultdict(list)
-        changes_out, changes_in = [], []
-        previous: tuple[int, NDArray[np.float32], NDArray[np.float32]] | None = None
+        boxes = []
         for record, frame, original in zip(log.frames, frames, originals, strict=False):
             for tid in record["track_ids"]:
                 if tid not in record["replaced"]:
@@ -242,22 +241,23 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
                 if face is None:
                     continue
                 per_track[tid].append(_descriptor(faceres, frame, face))
-                x1, y1, x2, y2 = (int(max(0, v)) for v in face[0])
-                crop_out = frame[y1:y2, x1:x2].astype(np.float32)
-                crop_in = original[y1:y2, x1:x2].astype(np.float32)
-                if previous is not None and previous[0] == tid and previous[1].shape == crop_out.shape:
-                    changes_out.append(float(np.abs(crop_out - previous[1]).mean()))
-                    changes_in.append(float(np.abs(crop_in - previous[2]).mean()))
-                previous = (tid, crop_out, crop_in)
+                boxes.append(face[0])
+        flicker = None
+        if boxes:  # frame-to-frame change inside the region the faces occupy, output over input
+            x1, y1 = (int(max(0, v)) for v in np.min(boxes, axis=0)[:2])
+            x2, y2 = (int(v) for v in np.max(boxes, axis=0)[2:])
+            region = (slice(y1, y2), slice(x1, x2))
+            change_out = np.mean([np.abs(b[region].astype(np.float32) - a[region]).mean()
+                                  for a, b in zip(frames, frames[1:], strict=False)])  # fmt: skip
+            change_in = np.mean([np.abs(b[region].astype(np.float32) - a[region]).mean()
+                                 for a, b in zip(originals, originals[1:], strict=False)])  # fmt: skip
+            flicker = float(change_out) / max(float(change_in), 1e-6)
         cosines = []
         for descriptors in per_track.values():
             d = np.array(descriptors)
             mean = d.mean(axis=0)
             mean /= np.linalg.norm(mean)
             cosines += list(d @ mean)
-        flicker = None
-        if changes_out:
-            flicker = float(np.mean(changes_out)) / max(float(np.mean(changes_in)), 1e-6)
         out[clip.name] = {
             "replaced_frames": sum(len(v) for v in per_track.values()),
             "frames": len(frames),

@@ -210,11 +210,11 @@ class AttributesConfig:
     """
 
     enabled: bool = False
-    every: int = 3
+    every: int = 2
     hysteresis: float = 0.1
     freeze_confidence: float = 0.5
     min_estimates: int = 3
-    max_estimates: int = 10
+    max_estimates: int = 5
     forest: str = ""
 
     def validate(self) -> None:
