@@ -49,12 +49,6 @@ class Detections:
     def __getitem__(self, index: NDArray[Any] | slice) -> Detections:
         return Detections(self.xyxy[index], self.confidence[index], self.landmarks[index])
 
-    def scaled(self, sx: float, sy: float) -> Detections:
-        """The same detections with x multiplied by ``sx`` and y by ``sy``."""
-        xyxy = self.xyxy * np.array([sx, sy, sx, sy], np.float32)
-        landmarks = self.landmarks * np.array([sx, sy], np.float32)
-        return Detections(xyxy, self.confidence.copy(), landmarks)
-
 
 @dataclass(frozen=True)
 class Tracks:

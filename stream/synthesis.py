@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .facewarp import SIZE, Rendered, canonical, from_canonical, to_canonical
-from .privacy import ATTRIBUTES, INDEX
+from .privacy import INDEX
 
 # Attributes that decide the look of a surrogate, most important first (weights).
 MATCH_WEIGHTS = {"Male": 4.0, "Young": 2.0, "Black_Hair": 1.0, "Blond_Hair": 1.0, "Brown_Hair": 1.0,
@@ -199,6 +199,3 @@ def soften_surround(
     weight = (ring * (1.0 - soft_face))[..., None]
     blurred = _blurred(roi, strength * width).astype(np.float32)
     roi[:] = np.clip(weight * blurred + (1 - weight) * roi, 0, 255).astype(np.uint8)
-
-
-__all__ = ["ATTRIBUTES", "Gallery", "GalleryEntry", "average_textures", "choose_entry", "replace_face"]

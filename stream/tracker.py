@@ -104,7 +104,6 @@ class _Track:
     filter: KalmanBoxFilter
     last_box: NDArray[np.float32]
     lost_for: int = 0
-    hits: int = 1
     detection: int = -1  # index of the detection matched in the current frame
 
 
@@ -184,7 +183,6 @@ class FaceTracker:
                 [np.minimum(box[:2], predicted[:2]), np.maximum(box[2:], predicted[2:])]
             )
         track.lost_for = 0
-        track.hits += 1
         track.detection = detection
 
     def _report(self) -> Tracks:
