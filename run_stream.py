@@ -165,7 +165,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     synthesis = summary.get("synthesis")
     if synthesis:
         fallback = ", ".join(f"{n} {why}" for why, n in synthesis["fallback"].items()) or "none"
-        lines.append(f"synthesis  {synthesis['replaced']} faces replaced (k={synthesis['gallery_k']}); "
+        lines.append(f"synthesis  {synthesis['replaced']} faces replaced (k={synthesis['k']}); "
                      f"fell back to obscuring: {fallback}")  # fmt: skip
     privacy = summary.get("privacy")
     if privacy:

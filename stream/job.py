@@ -22,7 +22,7 @@ from engines.facemodels import Emotion, FaceMesh, FaceRes
 
 from .attributes import BuiltinEstimator, Estimator, ForestEstimator
 from .config import Config
-from .errors import AnonError, SourceError
+from .errors import AnonError, ConfigError, SourceError
 from .frames import FramePacket
 from .obscure import Obscurer
 from .privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
@@ -59,6 +59,22 @@ def load_estimator(config: Config) -> Estimator:
     return builtin
 
 
+def load_gallery(name: str) -> Gallery | None:
+    """The gallery a config names: a file, ``builtin`` (built on first use), or none."""
+    if not name:
+        return None
+    if name == "builtin":
+        from calibration.gallery import ensure_builtin
+
+        return Gallery.load(ensure_builtin())
+    try:
+        return Gallery.load(Path(name))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"synth.gallery: cannot load {name} ({exc}); build one with python -m calibration.gallery"
+        ) from None
+
+
 def build_stages(config: Config, detector: CenterFace, estimator: Estimator | None = None) -> list[Stage]:
     stages: list[Stage] = [DetectStage(detector, config.detect), TrackStage(config.track)]
     synth = config.obscure.mode == "synth"
@@ -72,7 +88,7 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
         attribute_stage = AttributeStage(estimator or load_estimator(config), config.attributes, privacy)
         stages.append(attribute_stage)
         if synth:
-            gallery = Gallery.load(Path(config.synth.gallery)) if config.synth.gallery else None
+            gallery = load_gallery(config.synth.gallery)
             mesh = FaceMesh(
                 create_backend(config.detect.backend, zoo.ensure("facemesh"), config.detect.threads)
             )
@@ -111,8 +127,8 @@ def synthesis_report(stages: list[Stage]) -> dict[str, Any] | None:
     return {
         "replaced": stage.counts.replaced,
         "fallback": dict(stage.counts.fallback),
-        "surrogates": {str(t): e for t, e in stage.surrogates.items()},
-        "gallery_k": stage.gallery.k if stage.gallery else None,
+        "surrogates": {str(t): origin for t, origin in stage.origins.items()},
+        "k": min([stage.config.k] + ([stage.gallery.k] if stage.gallery else [])),
     }
 
 

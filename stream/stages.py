@@ -9,16 +9,27 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.centerface import CenterFace
-from engines.crops import crop_from_box
+from engines.crops import Crop, crop_from_box, eye_angle, face_crop
 from engines.facemodels import FaceMesh
 
 from .attributes import AttributeFusion, Estimator, FaceInput, TrackAttributes, tracks_to_describe
 from .config import AttributesConfig, DetectConfig, ObscureConfig, SynthConfig, TrackConfig
-from .facewarp import Rendered
+from .facewarp import MAX_TURN, Rendered, to_canonical, turn
 from .frames import Detections, FramePacket
 from .obscure import Obscurer
 from .privacy import StreamPrivacy
-from .synthesis import Gallery, GalleryEntry, choose_entry, replace_face, soften_surround
+from .synthesis import (
+    Gallery,
+    GalleryEntry,
+    Surrogate,
+    TexturePool,
+    choose_entry,
+    match_score,
+    replace_face,
+    sample_lab,
+    soften_surround,
+    unit,
+)
 from .tracker import FaceTracker
 
 
@@ -178,17 +189,47 @@ class SynthCounts:
         self.fallback[reason] = self.fallback.get(reason, 0) + 1
 
 
+@dataclass(frozen=True)
+class _MeshSeen:
+    index: int
+    points: NDArray[np.float32]
+    centre: NDArray[np.float32]
+
+
+def _centre(box: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.asarray((box[:2] + box[2:]) / 2, np.float32)
+
+
+def crop_from_mesh(image: NDArray[np.uint8], points: NDArray[np.float32], shift: NDArray[np.float32]) -> Crop:
+    """The mesh model's crop around last frame's mesh moved by ``shift`` (MediaPipe's
+    landmark ROI: the points' square box enlarged 1.5 times, eyes level)."""
+    lo, hi = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
+    centre = (lo + hi) / 2 + shift
+    eyes = sorted([points[33, :2].tolist(), points[263, :2].tolist()])
+    angle = eye_angle(np.array(eyes[0]), np.array(eyes[1]))
+    return face_crop(
+        image, (float(centre[0]), float(centre[1])), 1.5 * float((hi - lo).max()), FaceMesh.size, angle
+    )
+
+
 class SynthStage:
     """Stage III: replaces each described track's face with its k-Same surrogate.
 
-    A track's surrogate is chosen once, when PPAS has selected its attributes,
-    and kept for the track's life. Faces without one, too small, too turned
-    or not covered well enough are left to the obscuring stage (the fallback),
-    and counted.
+    A track's surrogate is chosen once, when PPAS has selected its attributes:
+    the best match among the gallery's entries and the average of k other
+    people of the same stream (their textures pooled from good frames), never
+    one holding the track's own identity; it is kept for the track's life. The
+    mesh follows a face from frame to frame (the next crop is placed on the
+    last mesh), so frames without a fresh detection are replaced too. Faces
+    without a surrogate, too small, too turned or not covered well enough are
+    left to the obscuring stage (the fallback), and counted.
     """
 
     name = "synth"
     parallel = False
+    RETRY_FRAMES = 25  # a track with no surrogate yet asks again after this many frames
+    FOLLOW_FRAMES = 2  # a mesh older than this is not followed
+    FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.5, 0.2  # the mesh model's face flag
 
     def __init__(self, gallery: Gallery | None, mesh: FaceMesh, config: SynthConfig,
                  attributes: AttributeStage) -> None:  # fmt: skip
@@ -196,54 +237,111 @@ class SynthStage:
         self.mesh = mesh
         self.config = config
         self.attributes = attributes
-        self.surrogates: dict[int, int | None] = {}
+        self.pool = TexturePool(config.k)
+        self.surrogates: dict[int, Surrogate] = {}
+        self.origins: dict[int, str] = {}
+        self.retry_at: dict[int, int] = {}
+        self.seen: dict[int, _MeshSeen] = {}
         self.counts = SynthCounts()
 
-    def _surrogate(self, track_id: int) -> int | None:
+    def _described(self) -> dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]]:
+        return {
+            t: (s.probability, unit(s.descriptor_sum))
+            for t, s in self.attributes.states.items()
+            if s.estimates
+        }
+
+    def _surrogate(self, track_id: int, index: int) -> Surrogate | str:
+        """The track's surrogate, or why it has none (yet)."""
         if track_id in self.surrogates:
             return self.surrogates[track_id]
         record = self.attributes.privacy.tracks.get(track_id)
-        if record is None or self.gallery is None:
-            return None  # not chosen yet: ask again on a later frame
-        state = self.attributes.states[track_id]
-        descriptor = state.descriptor_sum / max(float(np.linalg.norm(state.descriptor_sum)), 1e-9)
-        choice = choose_entry(self.gallery, record.released, descriptor.astype(np.float32))
-        self.surrogates[track_id] = choice
-        return choice
+        if record is None:
+            return "not described yet"
+        if self.retry_at.get(track_id, -1) > index:
+            return "no surrogate"
+        described = self._described()
+        own = described[track_id][1] if track_id in described else None
+        best: tuple[float, GalleryEntry, str] | None = None
+        if self.gallery is not None:
+            choice = choose_entry(self.gallery, record.released, own)
+            if choice is not None:
+                entry = self.gallery.entries[choice]
+                best = (match_score(entry.attributes, record.released), entry, f"gallery entry {choice}")
+        pooled = self.pool.entry(track_id, record.released, described)
+        if pooled is not None and (best is None or pooled[1] >= best[0]):
+            best = (pooled[1], pooled[0], f"{pooled[0].k} people of this stream")
+        if best is None or best[0] == -np.inf:
+            self.retry_at[track_id] = index + self.RETRY_FRAMES
+            return "no surrogate"
+        self.surrogates[track_id] = Surrogate.of(best[1])
+        self.origins[track_id] = best[2]
+        return self.surrogates[track_id]
+
+    def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
+        seen = self.seen.get(track_id)
+        box = packet.tracks.xyxy[row]
+        if seen is not None and packet.index - seen.index <= self.FOLLOW_FRAMES:
+            return crop_from_mesh(packet.image, seen.points, _centre(box) - seen.centre)
+        if det >= 0 and packet.detections is not None:
+            d = packet.detections
+            return crop_from_box(packet.image, d.xyxy[det], d.landmarks[det], FaceMesh.size)
+        return None
 
     def process(self, packet: FramePacket) -> FramePacket:
-        detections = packet.detections
-        if detections is None or self.gallery is None:
-            for _ in packet.tracks.track_id:
-                self.counts.fell_back("no gallery" if self.gallery is None else "coasting")
-            return packet
-        todo: list[tuple[int, int, GalleryEntry, int]] = []
-        tracks = packet.tracks
-        for row, (tid, det) in enumerate(
-            zip(tracks.track_id.tolist(), tracks.detection.tolist(), strict=True)
-        ):
-            if det < 0:
-                self.counts.fell_back("coasting")
+        tracks, detections = packet.tracks, packet.detections
+        self.pool.seen_together(tracks.track_id[tracks.detection >= 0].tolist())
+        jobs: list[tuple[int, int, int, Surrogate | None, Crop]] = []
+        rows = zip(tracks.track_id.tolist(), tracks.detection.tolist(), strict=True)
+        for row, (tid, det) in enumerate(rows):
+            chosen = self._surrogate(tid, packet.index)
+            surrogate = None if isinstance(chosen, str) else chosen
+            if isinstance(chosen, str):
+                self.counts.fell_back(chosen)
+                if not (det >= 0 and self.pool.wants(tid)):
+                    continue  # nothing to draw, nothing to learn
+            crop = self._crop(packet, row, tid, det)
+            if crop is None:
+                if surrogate is not None:
+                    self.counts.fell_back("coasting")
                 continue
-            choice = self._surrogate(tid)
-            height = float(detections.xyxy[det, 3] - detections.xyxy[det, 1])
-            if choice is None:
-                self.counts.fell_back("no surrogate" if tid in self.surrogates else "not described yet")
-            elif height < self.config.min_face:
+            jobs.append((row, tid, det, surrogate, crop))
+        if not jobs:
+            return packet
+        mesh = self.mesh.predict([job[4] for job in jobs])
+        draws: list[
+            tuple[int, int, int, Surrogate, NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]
+        ]
+        draws = []
+        # Everything is read from the frame before any face is drawn on it (faces may overlap).
+        for i, (row, tid, det, surrogate, _) in enumerate(jobs):
+            points = mesh.points[i]
+            # A face being followed is kept down to a lower confidence than one found anew,
+            # so a track does not flicker between its surrogate and the fallback.
+            if mesh.confidence[i] < (self.KEEP_CONFIDENCE if tid in self.seen else self.FIND_CONFIDENCE):
+                self.seen.pop(tid, None)
+                if surrogate is not None:
+                    self.counts.fell_back("mesh not found")
+                continue
+            self.seen[tid] = _MeshSeen(packet.index, points, _centre(tracks.xyxy[row]))
+            big = float(np.ptp(points[:, 1])) >= self.config.min_face
+            if det >= 0 and big and self.pool.wants(tid):
+                texture, mask = to_canonical(packet.image, points)
+                if abs(turn(points)) <= MAX_TURN:  # a turned face would ghost the average
+                    self.pool.add(tid, texture, mask)
+            if surrogate is None:
+                continue
+            if not big:
                 self.counts.fell_back("too small")
-            else:
-                todo.append((tid, det, self.gallery.entries[choice], row))
-        if not todo:
-            return packet
-        crops = [crop_from_box(packet.image, detections.xyxy[d], detections.landmarks[d], FaceMesh.size)
-                 for _, d, _, _ in todo]  # fmt: skip
-        mesh = self.mesh.predict(crops)
-        for i, (tid, det, entry, row) in enumerate(todo):
-            if mesh.confidence[i] < 0.5:
-                self.counts.fell_back("mesh not found")
                 continue
-            drawn = replace_face(packet.image, mesh.points[i], entry)
-            if drawn is None or covered_share(drawn, detections.xyxy[det]) < self.config.min_cover:
+            draws.append((row, tid, det, surrogate, points, *sample_lab(packet.image, points)))
+        for row, tid, det, surrogate, points, lab, lab_mask in draws:
+            texture = surrogate.relit(lab, lab_mask)
+            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask)
+            # Against a fresh detection the surrogate must cover the face; a followed face's
+            # only box is its mesh, which the surrogate covers by construction.
+            box = detections.xyxy[det] if det >= 0 and detections is not None else None
+            if drawn is None or box is not None and covered_share(drawn, box) < self.config.min_cover:
                 self.counts.fell_back("not covered")
                 continue
             soften_surround(packet.image, tracks.xyxy[row], drawn, self.config.surround_blur)
@@ -252,7 +350,11 @@ class SynthStage:
         return packet
 
     def reset(self) -> None:
+        self.pool.reset()
         self.surrogates.clear()
+        self.origins.clear()
+        self.retry_at.clear()
+        self.seen.clear()
         self.counts = SynthCounts()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -26,7 +27,7 @@ from .privacy import INDEX
 # Attributes that decide the look of a surrogate, most important first (weights).
 MATCH_WEIGHTS = {"Male": 4.0, "Young": 2.0, "Black_Hair": 1.0, "Blond_Hair": 1.0, "Brown_Hair": 1.0,
                  "Gray_Hair": 1.0, "Bald": 1.0, "Pale_Skin": 1.0}  # fmt: skip
-OWN_IDENTITY_COSINE = 0.5  # a member this close to the track's descriptor is the same person
+OWN_IDENTITY_COSINE = 0.55  # faceres on the media photos: 95% of one person's photo pairs score above
 
 
 @dataclass(frozen=True)
@@ -88,59 +89,251 @@ class Gallery:
 def average_textures(
     textures: list[NDArray[np.uint8]], masks: list[NDArray[np.bool_]], min_share: float = 0.5
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
-    """The per-pixel mean of textures where each is valid; valid where at least ``min_share`` of them are."""
-    stack = np.array(textures, np.float32)
-    weights = np.array(masks, np.float32)[..., None]
+    """The per-pixel mean of textures, each evenly lit first, where each is valid. Pixels
+    that fewer than ``min_share`` of them cover are not anyone's: they are filled in from
+    their surroundings (inpainted); the mask is the whole canonical face."""
+    even = [even_lighting(t, m) for t, m in zip(textures, masks, strict=True)]
+    stack = np.array([t for t, _ in even], np.float32)
+    weights = np.array([m for _, m in even], np.float32)[..., None]
     count = weights.sum(axis=0)
     mean = (stack * weights).sum(axis=0) / np.maximum(count, 1)
     valid = count[..., 0] >= max(1.0, min_share * len(textures))
-    return np.clip(mean, 0, 255).astype(np.uint8), np.asarray(valid & canonical().mask)
+    face = canonical().mask
+    texture = np.clip(mean, 0, 255).astype(np.uint8)
+    if (face & ~valid).any():  # outside the face counts as a hole too, so it lends no colour
+        texture = cv2.inpaint(texture, (~valid).astype(np.uint8), 5, cv2.INPAINT_TELEA)
+    return np.asarray(texture, np.uint8), np.asarray(face.copy())
+
+
+@lru_cache(maxsize=1)
+def _rim() -> NDArray[np.bool_]:
+    """The outer band of the canonical face (forehead, temples, cheeks' edges, jaw), where
+    hair and shadows fall over a face; nothing of eyes, brows or mouth lies in it."""
+    mask = canonical().mask.astype(np.uint8)
+    inner = cv2.erode(mask, np.ones((31, 31), np.uint8))
+    return np.asarray((mask > 0) & (inner == 0))
+
+
+def even_lighting(
+    texture: NDArray[np.uint8], mask: NDArray[np.bool_]
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """A canonical texture with its smooth lighting replaced by its mean tone, so side light
+    does not streak an average, and its mask without the rim pixels far darker than the skin
+    (hair or shadow over the face)."""
+    lab = cv2.cvtColor(texture, cv2.COLOR_RGB2LAB).astype(np.float32)
+    light = lighting(lab, mask)
+    if light is None:
+        return texture, mask
+    light_surface = surface(light)
+    flat = lab - light_surface + light_surface[mask].mean(axis=0)
+    rim = _rim() & mask
+    if rim.any():
+        dark = rim & (flat[..., 0] < np.median(flat[rim, 0]) - 25)
+        mask = mask & ~dark
+    out = cv2.cvtColor(np.clip(flat, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    return np.asarray(out, np.uint8), mask
+
+
+def match_score(attributes: NDArray[np.float32], selected: NDArray[np.bool_]) -> float:
+    """How well members' mean ``attributes`` fit the ``selected`` ones (higher is better);
+    -inf when the gender differs, as a surrogate of the other gender never looks natural."""
+    male = attributes[INDEX["Male"]]
+    if not np.isnan(male) and (male > 0.5) != bool(selected[INDEX["Male"]]):
+        return -np.inf
+    score = 0.0
+    for name, weight in MATCH_WEIGHTS.items():
+        p = attributes[INDEX[name]]
+        if not np.isnan(p):
+            score += weight * (1.0 - abs(float(selected[INDEX[name]]) - float(p)))
+    return score
+
+
+def unit(rows: NDArray[np.floating]) -> NDArray[np.float32]:
+    return np.asarray(rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-9), np.float32)
+
+
+def contains(members: NDArray[np.float32], descriptor: NDArray[np.float32] | None) -> bool:
+    """Whether one of ``members`` (descriptors) is the person with ``descriptor``."""
+    if descriptor is None or not len(members):
+        return False
+    return bool((unit(members) @ unit(descriptor)).max() > OWN_IDENTITY_COSINE)
 
 
 def choose_entry(
     gallery: Gallery, selected: NDArray[np.bool_], descriptor: NDArray[np.float32] | None
 ) -> int | None:
     """Index of the entry best matching the selected attributes, excluding entries that
-    contain the track's own identity; None when no entry is left."""
+    contain the track's own identity or are of the other gender; None when none is left."""
     best, best_score = None, -np.inf
     for i, entry in enumerate(gallery.entries):
-        if descriptor is not None and len(entry.members):
-            members = entry.members / np.maximum(np.linalg.norm(entry.members, axis=1, keepdims=True), 1e-9)
-            if float((members @ descriptor).max()) > OWN_IDENTITY_COSINE:
-                continue
-        score = 0.0
-        for name, weight in MATCH_WEIGHTS.items():
-            p = entry.attributes[INDEX[name]]
-            if not np.isnan(p):
-                score += weight * (1.0 - abs(float(selected[INDEX[name]]) - float(p)))
+        if contains(entry.members, descriptor):
+            continue
+        score = match_score(entry.attributes, selected)
         if score > best_score:
             best, best_score = i, score
     return best
 
 
-def _surface(lab: NDArray[np.float32], mask: NDArray[np.bool_], step: int = 4) -> NDArray[np.float32]:
-    """Least-squares quadratic surface ``(S, S, 3)`` in canonical (u, v) fitted to each Lab channel."""
-    ys, xs = np.nonzero(mask[::step, ::step])
-    u, v = xs * step / SIZE - 0.5, ys * step / SIZE - 0.5
-    basis = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
-    coeffs, *_ = np.linalg.lstsq(basis, lab[ys * step, xs * step], rcond=None)
+@dataclass
+class _Texture:
+    total: NDArray[np.float32]
+    count: NDArray[np.float32]
+    frames: int = 0
+
+
+class TexturePool:
+    """Canonical textures of the stream's own tracks, averaged over their good frames, so
+    surrogates can be built from the other people of the same stream (k-Same-Select).
+
+    Single textures stay in memory; what leaves the pool is always the average
+    of at least k distinct identities (descriptors farther apart than
+    ``OWN_IDENTITY_COSINE``), never including the track asked for.
+    """
+
+    def __init__(self, k: int, frames: int = 8, min_frames: int = 3) -> None:
+        self.k = k
+        self.frames = frames
+        self.min_frames = min_frames
+        self.textures: dict[int, _Texture] = {}
+        self.together: dict[int, set[int]] = {}
+
+    def seen_together(self, track_ids: list[int]) -> None:
+        """Tracks live in the same frame are different people, whatever their descriptors say."""
+        for t in track_ids:
+            self.together.setdefault(t, set()).update(track_ids)
+
+    def same_person(
+        self, a: int, b: int, described: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]]
+    ) -> bool:
+        if b in self.together.get(a, ()):
+            return False
+        return float(described[a][1] @ described[b][1]) > OWN_IDENTITY_COSINE
+
+    def wants(self, track_id: int) -> bool:
+        held = self.textures.get(track_id)
+        return held is None or held.frames < self.frames
+
+    def add(self, track_id: int, texture: NDArray[np.uint8], mask: NDArray[np.bool_]) -> None:
+        held = self.textures.get(track_id)
+        if held is None:
+            held = self.textures[track_id] = _Texture(
+                np.zeros((SIZE, SIZE, 3), np.float32), np.zeros((SIZE, SIZE), np.float32)
+            )
+        held.total += texture * mask[..., None]
+        held.count += mask
+        held.frames += 1
+
+    def entry(
+        self, track_id: int, selected: NDArray[np.bool_],
+        described: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]],
+    ) -> tuple[GalleryEntry, float] | None:  # fmt: skip
+        """The average of the k pooled identities that best match ``selected``, other than
+        ``track_id``'s person, and its match score; None with fewer than k such identities.
+
+        described: ``track -> (attribute probabilities (40,), descriptor (1024,))``.
+        """
+        ranked = []
+        for other, held in self.textures.items():
+            if other == track_id or other not in described or held.frames < self.min_frames:
+                continue
+            if track_id in described and self.same_person(track_id, other, described):
+                continue
+            ranked.append((match_score(described[other][0], selected), other))
+        ranked.sort(reverse=True)
+        chosen: list[int] = []
+        for score, other in ranked:
+            if score == -np.inf:
+                break
+            if not any(self.same_person(other, c, described) for c in chosen):
+                chosen.append(other)
+            if len(chosen) == self.k:
+                break
+        if len(chosen) < self.k:
+            return None
+        textures, masks = [], []
+        for other in chosen:
+            held = self.textures[other]
+            textures.append(
+                np.clip(held.total / np.maximum(held.count, 1)[..., None], 0, 255).astype(np.uint8)
+            )
+            masks.append(held.count >= 0.5 * held.frames)
+        texture, mask = average_textures(textures, masks)
+        attributes = np.mean([described[c][0] for c in chosen], axis=0).astype(np.float32)
+        members = np.array([described[c][1] for c in chosen], np.float32)
+        return GalleryEntry(texture, mask, attributes, members), match_score(attributes, selected)
+
+    def reset(self) -> None:
+        self.textures.clear()
+        self.together.clear()
+
+
+# Lighting: a quadratic surface per Lab channel, fitted on a sparse grid of the canonical frame.
+_STEP = 4
+
+
+def _basis(u: NDArray[np.float32], v: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)
+
+
+def lighting(lab: NDArray[np.float32], mask: NDArray[np.bool_]) -> NDArray[np.float32] | None:
+    """Least-squares quadratic coefficients ``(6, 3)`` of each Lab channel over the pixels of
+    ``mask`` (a canonical texture, full or sampled every ``_STEP`` pixels); None when too few."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 50:
+        return None
+    step = SIZE / mask.shape[0]
+    coeffs, *_ = np.linalg.lstsq(
+        _basis((xs * step / SIZE - 0.5).astype(np.float32), (ys * step / SIZE - 0.5).astype(np.float32)),
+        lab[ys, xs], rcond=None,
+    )  # fmt: skip
+    return np.asarray(coeffs, np.float32)
+
+
+@lru_cache(maxsize=1)
+def _full_basis() -> NDArray[np.float32]:
     gv, gu = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE - 0.5
-    full = np.stack([np.ones_like(gu), gu, gv, gu * gu, gu * gv, gv * gv], axis=-1)
-    return np.asarray(full @ coeffs, np.float32)
+    return _basis(gu, gv)
 
 
-def relight(
-    surrogate: NDArray[np.uint8], surrogate_mask: NDArray[np.bool_], target: NDArray[np.uint8],
-    target_mask: NDArray[np.bool_],
-) -> NDArray[np.uint8]:  # fmt: skip
-    """The surrogate texture with its smooth lighting and tone replaced by the target's."""
-    common = surrogate_mask & target_mask
-    if common.sum() < 200:
-        return surrogate
-    s_lab = cv2.cvtColor(surrogate, cv2.COLOR_RGB2LAB).astype(np.float32)
-    t_lab = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
-    out = s_lab - _surface(s_lab, common) + _surface(t_lab, common)
-    return np.asarray(cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB), np.uint8)
+def surface(coeffs: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The ``(SIZE, SIZE, 3)`` Lab surface of ``coeffs``."""
+    return np.asarray(_full_basis() @ coeffs, np.float32)
+
+
+def sample_lab(
+    frame: NDArray[np.uint8], points: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """The face's canonical texture sampled every ``_STEP`` pixels, in Lab, and where it is valid."""
+    texture, mask = to_canonical(frame, points, step=_STEP)
+    return cv2.cvtColor(texture, cv2.COLOR_RGB2LAB).astype(np.float32), mask
+
+
+@dataclass
+class Surrogate:
+    """A track's chosen surrogate, ready to draw: its Lab detail (texture minus its own
+    lighting) and the track's smoothed lighting, so the tone follows the scene without flicker."""
+
+    entry: GalleryEntry
+    detail: NDArray[np.float32]
+    light: NDArray[np.float32] | None = None
+
+    @classmethod
+    def of(cls, entry: GalleryEntry) -> Surrogate:
+        lab = cv2.cvtColor(entry.texture, cv2.COLOR_RGB2LAB).astype(np.float32)
+        own = lighting(lab, entry.mask)
+        return cls(entry, lab - surface(own) if own is not None else lab - lab[entry.mask].mean(axis=0))
+
+    def relit(self, target_lab: NDArray[np.float32], target_mask: NDArray[np.bool_],
+              smoothing: float = 0.5) -> NDArray[np.uint8]:  # fmt: skip
+        """The surrogate texture (RGB) under the target's lighting, smoothed over frames."""
+        common = target_mask & self.entry.mask[::_STEP, ::_STEP]
+        light = lighting(target_lab, common)
+        if light is not None:
+            self.light = light if self.light is None else smoothing * self.light + (1 - smoothing) * light
+        if self.light is None:
+            return self.entry.texture
+        lab = np.clip(self.detail + surface(self.light), 0, 255).astype(np.uint8)
+        return np.asarray(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB), np.uint8)
 
 
 def feathered_alpha(coverage: NDArray[np.bool_], face_width: float) -> NDArray[np.float32]:
@@ -151,25 +344,59 @@ def feathered_alpha(coverage: NDArray[np.bool_], face_width: float) -> NDArray[n
     return np.asarray(alpha * coverage, np.float32)
 
 
+# Mesh contours (MediaPipe numbering): the openings whose inside the average cannot show.
+LEFT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+RIGHT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
+
+
+def _polygon(
+    shape: tuple[int, int], points: NDArray[np.float32], contour: tuple[int, ...]
+) -> NDArray[np.float32]:
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(points[list(contour), :2] * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    return mask.astype(np.float32) / 255.0
+
+
+def openings(
+    roi: NDArray[np.uint8], local: NDArray[np.float32], face_width: float
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Where the face's own eyes and mouth opening show through, ``(h, w)`` weights, and
+    what fills them ``(h, w, 3)``: the person's own eyes (gaze and blinks follow them; an
+    averaged eye is dead) and, inside the lips, their mouth heavily blurred (teeth and
+    tongue as shapes, no identifying detail). ``local``: mesh points in ``roi`` pixels."""
+    shape = roi.shape[:2]
+    eyes = np.maximum(_polygon(shape, local, LEFT_EYE), _polygon(shape, local, RIGHT_EYE))
+    mouth = _polygon(shape, local, INNER_LIPS)
+    fill = roi.astype(np.float32)
+    if mouth.any():
+        sigma = max(1.0, 0.04 * face_width)
+        fill = np.where(mouth[..., None] > 0, cv2.GaussianBlur(fill, (0, 0), sigmaX=sigma), fill)
+    return np.maximum(eyes, mouth), fill
+
+
 def replace_face(
-    frame: NDArray[np.uint8], points: NDArray[np.float32], entry: GalleryEntry
+    frame: NDArray[np.uint8], points: NDArray[np.float32], texture: NDArray[np.uint8], mask: NDArray[np.bool_]
 ) -> Rendered | None:
-    """Draw ``entry`` onto the face with mesh ``points`` ``(468, 3)`` in ``frame``, in place.
+    """Draw a canonical ``texture`` (RGB, valid where ``mask``) onto the face with mesh ``points``
+    ``(468, 3)`` in ``frame``, in place, the face's own eyes and mouth opening showing through.
 
     Returns what was drawn (window and coverage), or None when nothing could be.
     """
-    target, target_mask = to_canonical(frame, points)
-    texture = relight(entry.texture, entry.mask, target, target_mask)
-    # The entry's validity travels as a fourth channel through the same warp.
-    rgba = np.dstack([texture, entry.mask.astype(np.uint8) * 255])
+    # The texture's validity travels as a fourth channel through the same warp.
+    rgba = np.dstack([texture, mask.astype(np.uint8) * 255])
     rendered = from_canonical(rgba, points, frame.shape[:2])
     if rendered is None:
         return None
     h, w = rendered.pixels.shape[:2]
     valid = rendered.coverage & (rendered.pixels[..., 3] > 127)
-    alpha = feathered_alpha(valid, float(np.ptp(points[:, 0])))[..., None]
+    width = float(np.ptp(points[:, 0]))
     roi = frame[rendered.y1 : rendered.y1 + h, rendered.x1 : rendered.x1 + w]
-    roi[:] = np.clip(alpha * rendered.pixels[..., :3] + (1 - alpha) * roi, 0, 255).astype(np.uint8)
+    local = points - np.array([rendered.x1, rendered.y1, 0], np.float32)
+    through, fill = openings(roi, local, width)
+    alpha = (feathered_alpha(valid, width) * (1 - through))[..., None]
+    face = alpha * rendered.pixels[..., :3] + (1 - alpha) * fill
+    roi[:] = np.clip(face, 0, 255).astype(np.uint8)
     return Rendered(rendered.pixels[..., :3], valid, rendered.x1, rendered.y1)
 
 

@@ -42,20 +42,25 @@ def test_average_textures_and_surrogate_choice_exclude_the_own_identity():
     mean, valid = average_textures(textures, masks)
     assert int(mean[128, 128, 0]) == 90 and valid.sum() == facewarp.canonical().mask.sum()
     rng = np.random.default_rng(0)
-    members = rng.normal(size=(6, 1024)).astype(np.float32)
+    members = rng.normal(size=(9, 1024)).astype(np.float32)
     members /= np.linalg.norm(members, axis=1, keepdims=True)
-    male = np.full(40, np.nan, np.float32)
-    male[20] = 0.9
-    female = male.copy()
+    young_male = np.full(40, np.nan, np.float32)
+    young_male[[20, 39]] = 0.9
+    old_male = young_male.copy()
+    old_male[39] = 0.1
+    female = young_male.copy()
     female[20] = 0.1
-    gallery = Gallery([GalleryEntry(mean, valid, male, members[:3]), GalleryEntry(mean, valid, female, members[3:])],
-                      3, "test")  # fmt: skip
-    selected_male = np.zeros(40, bool)
-    selected_male[20] = True
-    assert choose_entry(gallery, selected_male, None) == 0
-    # The track is member 1 of the matching entry: it must never get its own face back.
-    assert choose_entry(gallery, selected_male, members[1]) == 1
-    assert choose_entry(Gallery([gallery.entries[0]], 3, "t"), selected_male, members[1]) is None
+    gallery = Gallery([GalleryEntry(mean, valid, young_male, members[:3]), GalleryEntry(mean, valid, old_male, members[3:6]),
+                       GalleryEntry(mean, valid, female, members[6:])], 3, "test")  # fmt: skip
+    selected = np.zeros(40, bool)
+    selected[[20, 39]] = True  # a young man
+    assert choose_entry(gallery, selected, None) == 0
+    # The track is member 1 of the best entry: it must never get its own face back, and
+    # never a surrogate of the other gender.
+    assert choose_entry(gallery, selected, members[1]) == 1
+    assert (
+        choose_entry(Gallery([gallery.entries[0], gallery.entries[2]], 3, "t"), selected, members[1]) is None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +118,52 @@ def test_synth_mode_replaces_a_talking_head_and_keeps_every_frame(tmp_path, gall
     assert np.abs(original[-1][:60].astype(int) - replaced[-1][:60].astype(int)).mean() < 4  # the rest is not
 
 
-def test_synth_without_a_gallery_falls_back_for_every_face(tmp_path, demo_clip, detector):
+def test_synth_without_any_surrogate_falls_back_for_every_face(tmp_path, demo_clip, detector):
     from stream.config import build_config
     from stream.job import run_job
 
-    result = run_job(
-        str(demo_clip), "null", build_config(None, {"obscure": {"mode": "synth"}}), detector=detector
-    )
-    assert result.synthesis["replaced"] == 0 and result.synthesis["fallback"]["no gallery"] >= 100
+    # No gallery and one person in the stream: fewer than k identities to average.
+    config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"gallery": ""}})
+    result = run_job(str(demo_clip), "null", config, detector=detector)
+    assert result.synthesis["replaced"] == 0 and result.synthesis["fallback"]["no surrogate"] >= 50
+    assert result.stats.frames_out == result.stats.frames_in
+
+
+def test_the_builtin_gallery_replaces_the_demo_face(demo_clip, detector):
+    from stream.config import build_config
+    from stream.job import run_job
+
+    result = run_job(str(demo_clip), "null", build_config(None, {"obscure": {"mode": "synth"}}), detector=detector)
+    assert result.synthesis["replaced"] >= 0.8 * result.stats.frames_out
+    assert set(result.synthesis["surrogates"].values()) <= {f"gallery entry {i}" for i in range(10)}
+
+
+def test_stream_surrogates_average_k_other_people_never_the_track_itself():
+    from stream.synthesis import TexturePool
+
+    size = facewarp.SIZE
+    rng = np.random.default_rng(1)
+    people = rng.normal(size=(6, 1024)).astype(np.float32)
+    people /= np.linalg.norm(people, axis=1, keepdims=True)
+    male = np.full(40, np.nan, np.float32)
+    male[20] = 0.9
+    # Track 5 is person 0 again (a broken track); tracks 0..4 were seen together.
+    described = {t: (male, people[t % 5]) for t in range(6)}
+    pool = TexturePool(k=3, frames=4, min_frames=2)
+    pool.seen_together([0, 1, 2, 3, 4])
+    for t in range(6):
+        for _ in range(4):
+            pool.add(t, np.full((size, size, 3), 40 * t, np.uint8), np.ones((size, size), bool))
+    assert not pool.wants(0)
+    selected = np.zeros(40, bool)
+    selected[20] = True
+    made = pool.entry(0, selected, described)
+    assert made is not None
+    entry, _ = made
+    assert entry.k == 3
+    members = {int(np.argmax(people @ m)) for m in entry.members}
+    assert 0 not in members and len(members) == 3  # not the track's own person, three distinct people
+    female = selected.copy()
+    female[20] = False
+    assert pool.entry(0, female, described) is None  # nobody of that gender
+    assert TexturePool(k=3).entry(0, selected, described) is None  # nothing learnt yet
