@@ -49,7 +49,16 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--mode", choices=["blur", "pixelate", "mask", "synth"], help="how faces are hidden (blur)"
     )
-    g.add_argument("--gallery", help="k-Same gallery file for --mode synth (python -m calibration.gallery)")
+    g.add_argument(
+        "--gallery",
+        help="k-Same gallery for --mode synth: a file (python -m calibration.gallery), "
+        "builtin (default) or '' for the stream's own people only",
+    )
+    g.add_argument(
+        "--stargan",
+        help="StarGAN generator checkpoint (or 'official') that directs surrogates "
+        "to the selected attributes",
+    )
     g.add_argument("--shape", choices=["ellipse", "box"], help="shape of the hidden region (ellipse)")
     g.add_argument(
         "--strength", type=float, help="blur sigma / pixel block as a fraction of face width (0.125)"
@@ -86,6 +95,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
 _OPTION_FIELDS = {
     "mode": ("obscure", "mode"),
     "gallery": ("synth", "gallery"),
+    "stargan": ("synth", "stargan"),
     "shape": ("obscure", "shape"),
     "strength": ("obscure", "strength"),
     "colour": ("obscure", "colour"),
@@ -232,8 +242,18 @@ def cmd_models(argv: list[str]) -> int:
     p = _Parser(prog="run_stream.py models", description="List, fetch and verify the model zoo.")
     p.add_argument("--fetch", action="store_true", help="fetch and convert what is missing")
     p.add_argument("--verify", action="store_true", help="check cached models against their sha256")
+    p.add_argument(
+        "--stargan",
+        action="store_true",
+        help="download the official StarGAN CelebA generator (outside the registries: needs the web)",
+    )
     p.add_argument("names", nargs="*", help="models (default: all)")
     args = p.parse_args(argv)
+    if args.stargan:
+        from engines.stargan import official_checkpoint
+
+        print(f"stargan      ok         {official_checkpoint(zoo.cache_dir())}")
+        return 0
     names = args.names or list(zoo.REGISTRY)
     failed = 0
     for name in names:
@@ -248,6 +268,10 @@ def cmd_models(argv: list[str]) -> int:
             state = zoo.verify(name) or "ok"
             print(f"{name:12s} {spec.source.describe()}\n  input:   {spec.inputs}")
             print(f"  outputs: {spec.outputs}\n  licence: {spec.license}\n  state:   {state}")
+    if args.fetch and not args.names and not failed:
+        from calibration.gallery import ensure_builtin
+
+        print(f"{'gallery':12s} {'ok':10s} {ensure_builtin()}")
     return 1 if failed else 0
 
 

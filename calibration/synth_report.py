@@ -271,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.synth_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--media", type=Path, default=MEDIA_DEFAULT)
-    p.add_argument("--gallery", default="", help="gallery file for synth (python -m calibration.gallery)")
+    p.add_argument(
+        "--gallery",
+        default="builtin",
+        help="gallery for synth: a file (python -m calibration.gallery), builtin, or '' for none",
+    )
     p.add_argument("--modes", nargs="+", default=["original", "blur", "pixelate", "mask", "synth"])
     p.add_argument("--json", type=Path)
     p.add_argument("--sheet", type=Path, help="write a contact sheet (PNG) of faces in every mode")

@@ -41,11 +41,14 @@ class Backend(Protocol):
 @dataclass(frozen=True)
 class BackendOptions:
     """threads: CPU inference threads per call (0: all cores). precision: TensorRT
-    engine precision (fp16, fp32, int8); int8 needs ``calibration_table``."""
+    engine precision (fp16, fp32, int8); int8 needs ``calibration_table``. fp32_ops:
+    ONNX op types kept in FP32 under a reduced-precision TensorRT engine (they run on
+    the CUDA provider instead), such as StarGAN's instance norm."""
 
     threads: int = 0
     precision: str = "fp16"
     calibration_table: Path | None = None
+    fp32_ops: tuple[str, ...] = ()
 
 
 BackendFactory = Callable[[Path, BackendOptions], Backend]
@@ -84,7 +87,9 @@ def _make_tensorrt(model: Path, options: BackendOptions) -> Backend:
     if options.calibration_table is not None:
         expected["calibration_sha256"] = zoo.sha256_file(options.calibration_table)
     tensorrt.prepare_engine_cache(cache, expected)
-    provider = tensorrt.provider_options(cache, precision, profiles, options.calibration_table)
+    provider = tensorrt.provider_options(
+        cache, precision, profiles, options.calibration_table, options.fp32_ops
+    )
     return OnnxRuntimeBackend(
         model, "TensorrtExecutionProvider", options.threads, provider, fallback="CUDAExecutionProvider"
     )

@@ -102,9 +102,13 @@ def prepare_engine_cache(cache: Path, expected: dict[str, Any]) -> bool:
 
 
 def provider_options(
-    cache: Path, precision: str, profiles: Profile, calibration_table: Path | None = None
-) -> dict[str, Any]:
-    """Options of ``TensorrtExecutionProvider`` for FP16 or INT8 engines with on-disk caches."""
+    cache: Path, precision: str, profiles: Profile, calibration_table: Path | None = None,
+    fp32_ops: tuple[str, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Options of ``TensorrtExecutionProvider`` for FP16 or INT8 engines with on-disk caches.
+
+    ``fp32_ops``: op types left out of the engine (``trt_op_types_to_exclude``), so
+    ONNX Runtime runs them on the CUDA provider in FP32."""
     if precision not in ("fp16", "fp32", "int8"):
         raise ValueError(f"precision: expected fp16, fp32 or int8, got {precision!r}")
     options: dict[str, Any] = {
@@ -118,6 +122,8 @@ def provider_options(
         "trt_profile_opt_shapes": _shapes(profiles, 1),
         "trt_profile_max_shapes": _shapes(profiles, 2),
     }
+    if fp32_ops:
+        options["trt_op_types_to_exclude"] = ",".join(fp32_ops)
     if precision == "int8":
         if calibration_table is None or not calibration_table.exists():
             raise ValueError("int8 needs a calibration table (python -m calibration.int8)")

@@ -161,7 +161,9 @@ class SynthConfig:
     box) the surrogate must cover, else the face falls back too.
     surround_blur: blur of the head around the surrogate (hair, ears, jaw line
     inside the track's box), as a fraction of the box width (0: none); it
-    takes away cues the surrogate does not replace. stargan: a StarGAN
+    takes away cues the surrogate does not replace. reshape: how far the face's
+    outline, nose and jaw are moved toward the mean face layout (0: not at all;
+    geometry identifies a person too). stargan: a StarGAN
     generator checkpoint (``run_stream.py models --stargan``) that directs the
     surrogate to the five attributes PPAS selected, once per track; empty: none.
     """
@@ -172,11 +174,13 @@ class SynthConfig:
     min_face: int = 40
     min_cover: float = 0.85
     surround_blur: float = 0.04
+    reshape: float = 0.0
     stargan: str = ""
 
     def validate(self) -> None:
         _range("synth.k", self.k, 2, 100)
         _range("synth.surround_blur", self.surround_blur, 0.0, 1.0)
+        _range("synth.reshape", self.reshape, 0.0, 1.0)
         _range("synth.min_face", self.min_face, 8, 4096)
         _range("synth.min_cover", self.min_cover, 0.0, 1.0)
 

@@ -30,7 +30,7 @@ from .runner import Runner, RunStats
 from .sinks import open_sink
 from .sources import open_source
 from .stages import AttributeStage, DetectStage, ObscureStage, Stage, SynthStage, TrackStage
-from .synthesis import Gallery
+from .synthesis import AttributeStyler, Gallery
 
 
 def load_detector(config: Config) -> CenterFace:
@@ -75,6 +75,25 @@ def load_gallery(name: str) -> Gallery | None:
         ) from None
 
 
+def load_styler(checkpoint: str, backend: str) -> AttributeStyler:
+    """StarGAN from a checkpoint (``official``: the paper's CelebA 128 generator, downloaded
+    once), exported to ONNX beside the model cache and served by ``backend`` with instance
+    norm kept in FP32."""
+    from engines.stargan import export_onnx, load_generator, official_checkpoint
+
+    path = official_checkpoint(zoo.cache_dir()) if checkpoint == "official" else Path(checkpoint)
+    if not path.exists():
+        raise ConfigError(f"synth.stargan: {path} not found; train one (python -m calibration.stargan_train) "
+                          "or use 'official'")  # fmt: skip
+    onnx = zoo.cache_dir() / "stargan" / f"{zoo.sha256_file(path)[:16]}.onnx"
+    if not onnx.exists():
+        onnx.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(load_generator(path), onnx)
+    return AttributeStyler(
+        create_backend(backend, onnx, options=BackendOptions(fp32_ops=("InstanceNormalization",)))
+    )
+
+
 def build_stages(config: Config, detector: CenterFace, estimator: Estimator | None = None) -> list[Stage]:
     stages: list[Stage] = [DetectStage(detector, config.detect), TrackStage(config.track)]
     synth = config.obscure.mode == "synth"
@@ -92,7 +111,10 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
             mesh = FaceMesh(
                 create_backend(config.detect.backend, zoo.ensure("facemesh"), config.detect.threads)
             )
-            stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage))
+            styler = (
+                load_styler(config.synth.stargan, config.detect.backend) if config.synth.stargan else None
+            )
+            stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage, styler))
     obscure = dataclasses.replace(config.obscure, mode=config.synth.fallback) if synth else config.obscure
     stages.append(ObscureStage(obscure))
     return stages

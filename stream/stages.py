@@ -19,6 +19,7 @@ from .frames import Detections, FramePacket
 from .obscure import Obscurer
 from .privacy import StreamPrivacy
 from .synthesis import (
+    AttributeStyler,
     Gallery,
     GalleryEntry,
     Surrogate,
@@ -26,6 +27,7 @@ from .synthesis import (
     choose_entry,
     match_score,
     replace_face,
+    reshape,
     sample_lab,
     soften_surround,
     unit,
@@ -232,8 +234,9 @@ class SynthStage:
     FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.5, 0.2  # the mesh model's face flag
 
     def __init__(self, gallery: Gallery | None, mesh: FaceMesh, config: SynthConfig,
-                 attributes: AttributeStage) -> None:  # fmt: skip
+                 attributes: AttributeStage, styler: AttributeStyler | None = None) -> None:  # fmt: skip
         self.gallery = gallery
+        self.styler = styler
         self.mesh = mesh
         self.config = config
         self.attributes = attributes
@@ -274,8 +277,11 @@ class SynthStage:
         if best is None or best[0] == -np.inf:
             self.retry_at[track_id] = index + self.RETRY_FRAMES
             return "no surrogate"
-        self.surrogates[track_id] = Surrogate.of(best[1])
-        self.origins[track_id] = best[2]
+        entry, origin = best[1], best[2]
+        if self.styler is not None:
+            entry, origin = self.styler.style(entry, record.released), origin + ", StarGAN"
+        self.surrogates[track_id] = Surrogate.of(entry)
+        self.origins[track_id] = origin
         return self.surrogates[track_id]
 
     def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
@@ -337,7 +343,8 @@ class SynthStage:
             draws.append((row, tid, det, surrogate, points, *sample_lab(packet.image, points)))
         for row, tid, det, surrogate, points, lab, lab_mask in draws:
             texture = surrogate.relit(lab, lab_mask)
-            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask)
+            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask,
+                                 reshape(points, self.config.reshape))  # fmt: skip
             # Against a fresh detection the surrogate must cover the face; a followed face's
             # only box is its mesh, which the surrogate covers by construction.
             box = detections.xyxy[det] if det >= 0 and detections is not None else None

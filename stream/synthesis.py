@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -23,6 +24,9 @@ from numpy.typing import NDArray
 
 from .facewarp import SIZE, Rendered, canonical, from_canonical, to_canonical
 from .privacy import INDEX
+
+if TYPE_CHECKING:
+    from engines.base import Backend
 
 # Attributes that decide the look of a surrogate, most important first (weights).
 MATCH_WEIGHTS = {"Male": 4.0, "Young": 2.0, "Black_Hair": 1.0, "Blond_Hair": 1.0, "Brown_Hair": 1.0,
@@ -336,6 +340,47 @@ class Surrogate:
         return np.asarray(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB), np.uint8)
 
 
+# Where CelebA's aligned crops (178x178 centre of 178x218, resized to 128) put the eye and
+# mouth centres: StarGAN only works on faces framed as it was trained.
+CELEBA_128 = np.array([[49.6, 65.4], [77.7, 65.4], [63.6, 94.9]], np.float32)
+
+
+def _centres(points: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.array([points[list(LEFT_EYE)].mean(axis=0), points[list(RIGHT_EYE)].mean(axis=0),
+                     points[list(INNER_LIPS)].mean(axis=0)], np.float32)  # fmt: skip
+
+
+class AttributeStyler:
+    """StarGAN on a surrogate (identity removed first by k-Same, attributes directed second):
+    the canonical texture is framed as CelebA, translated to the five attributes PPAS
+    selected, and put back feathered inside the face. Runs once per track.
+
+    ``backend`` serves the generator's ONNX export (inputs ``image`` ``(B, 3, 128, 128)``
+    in [-1, 1] and ``condition`` ``(B, 5)``; output ``output`` likewise)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        source = _centres(canonical().points)
+        source = source[:, :2] if source.shape[1] > 2 else source
+        self.to_crop = cv2.estimateAffinePartial2D(source, CELEBA_128)[0]
+        self.from_crop = cv2.invertAffineTransform(self.to_crop)
+
+    def style(self, entry: GalleryEntry, selected: NDArray[np.bool_]) -> GalleryEntry:
+        from engines.stargan import IMAGE_SIZE, STARGAN_ATTRIBUTES
+
+        crop = cv2.warpAffine(entry.texture, self.to_crop, (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_AREA,
+                              borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+        image = (crop.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+        condition = np.array([[float(selected[INDEX[a]]) for a in STARGAN_ATTRIBUTES]], np.float32)
+        (out,) = self.backend.infer(image, condition)
+        styled = ((np.clip(out[0].transpose(1, 2, 0), -1, 1) + 1) * 127.5).astype(np.uint8)
+        back = cv2.warpAffine(styled, self.from_crop, (SIZE, SIZE), flags=cv2.INTER_CUBIC)
+        inside = cv2.warpAffine(np.ones((IMAGE_SIZE, IMAGE_SIZE), np.uint8), self.from_crop, (SIZE, SIZE)) > 0
+        alpha = feathered_alpha(entry.mask & inside, SIZE)[..., None]
+        texture = np.clip(alpha * back + (1 - alpha) * entry.texture, 0, 255).astype(np.uint8)
+        return GalleryEntry(texture, entry.mask, entry.attributes, entry.members)
+
+
 def feathered_alpha(coverage: NDArray[np.bool_], face_width: float) -> NDArray[np.float32]:
     """A soft mask inside the covered face: eroded by 3% and blurred by 3% of the face width."""
     radius = max(1, int(0.03 * face_width))
@@ -375,17 +420,48 @@ def openings(
     return np.maximum(eyes, mouth), fill
 
 
+@lru_cache(maxsize=1)
+def _reshape_weights() -> NDArray[np.float32]:
+    """Per mesh point, how much of its own place it gives up to the mean face layout: none
+    at the eyes and mouth (their openings stay where the person's are), all from there on out."""
+    points = canonical().points
+    fixed = points[list(LEFT_EYE + RIGHT_EYE + INNER_LIPS)]
+    distance = np.linalg.norm(points[:, None] - fixed[None], axis=2).min(axis=1)
+    return np.asarray(np.clip((distance - 8) / 24, 0, 1), np.float32)
+
+
+def reshape(points: NDArray[np.float32], amount: float) -> NDArray[np.float32]:
+    """The mesh ``(468, 3)`` moved ``amount`` of the way to the mean face layout (after a
+    similarity alignment), away from the eyes and mouth: the face outline, nose and jaw
+    carry identity the texture does not."""
+    if amount <= 0:
+        return points
+    canon = canonical().points
+    to_canon, _ = cv2.estimateAffinePartial2D(np.ascontiguousarray(points[:, :2]), canon, method=cv2.LMEDS)
+    if to_canon is None:
+        return points
+    aligned = points[:, :2] @ to_canon[:, :2].T + to_canon[:, 2]
+    weight = (amount * _reshape_weights())[:, None]
+    moved = aligned + weight * (canon - aligned)
+    back = cv2.invertAffineTransform(to_canon)
+    out = points.copy()
+    out[:, :2] = moved @ back[:, :2].T + back[:, 2]
+    return out
+
+
 def replace_face(
-    frame: NDArray[np.uint8], points: NDArray[np.float32], texture: NDArray[np.uint8], mask: NDArray[np.bool_]
-) -> Rendered | None:
+    frame: NDArray[np.uint8], points: NDArray[np.float32], texture: NDArray[np.uint8],
+    mask: NDArray[np.bool_], shape: NDArray[np.float32] | None = None,
+) -> Rendered | None:  # fmt: skip
     """Draw a canonical ``texture`` (RGB, valid where ``mask``) onto the face with mesh ``points``
-    ``(468, 3)`` in ``frame``, in place, the face's own eyes and mouth opening showing through.
+    ``(468, 3)`` in ``frame``, in place, the face's own eyes and mouth opening showing through;
+    ``shape``: the mesh to draw on instead (``reshape``d), same eyes and mouth.
 
     Returns what was drawn (window and coverage), or None when nothing could be.
     """
     # The texture's validity travels as a fourth channel through the same warp.
     rgba = np.dstack([texture, mask.astype(np.uint8) * 255])
-    rendered = from_canonical(rgba, points, frame.shape[:2])
+    rendered = from_canonical(rgba, points if shape is None else shape, frame.shape[:2])
     if rendered is None:
         return None
     h, w = rendered.pixels.shape[:2]

@@ -114,3 +114,36 @@ def test_a_few_training_steps_move_the_losses_as_they_should(tmp_path):
         assert torch.equal(a, b)
     loaded = load_generator(tmp_path / "latest.ckpt")  # our checkpoints load for inference too
     assert loaded(x[:1], y[:1]).shape == (1, 3, 64, 64)
+
+
+def test_stargan_directs_the_surrogate_in_the_stream(tmp_path, demo_clip, detector):
+    """A checkpoint the test makes (official keys, random weights) runs once per track on
+    the k-Same surrogate: the drawn surrogate changes inside the face only."""
+    from stream.config import build_config
+    from stream.job import load_styler, run_job
+    from stream.synthesis import Gallery, GalleryEntry
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "G.ckpt"
+    torch.save(official_like_state(build_generator(conv_dim=8)), checkpoint)
+    styler = load_styler(str(checkpoint), "cpu")
+    from calibration.gallery import ensure_builtin
+
+    entry = Gallery.load(ensure_builtin()).entries[0]
+    selected = np.zeros(40, bool)
+    styled = styler.style(entry, selected)
+    assert isinstance(styled, GalleryEntry) and styled.texture.shape == entry.texture.shape
+    change = np.abs(styled.texture.astype(int) - entry.texture.astype(int)).mean(axis=2)
+    assert change[entry.mask].mean() > 5 and change[~entry.mask].max() == 0
+
+    config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"stargan": str(checkpoint)}})
+    result = run_job(str(demo_clip), "null", config, detector=detector)
+    assert result.synthesis["replaced"] > 0
+    assert all(origin.endswith("StarGAN") for origin in result.synthesis["surrogates"].values())
+
+
+def test_tensorrt_keeps_instance_norm_in_fp32(tmp_path):
+    from engines.tensorrt import provider_options
+
+    options = provider_options(tmp_path, "fp16", {}, fp32_ops=("InstanceNormalization",))
+    assert options["trt_fp16_enable"] and options["trt_op_types_to_exclude"] == "InstanceNormalization"

@@ -133,7 +133,9 @@ def test_the_builtin_gallery_replaces_the_demo_face(demo_clip, detector):
     from stream.config import build_config
     from stream.job import run_job
 
-    result = run_job(str(demo_clip), "null", build_config(None, {"obscure": {"mode": "synth"}}), detector=detector)
+    result = run_job(
+        str(demo_clip), "null", build_config(None, {"obscure": {"mode": "synth"}}), detector=detector
+    )
     assert result.synthesis["replaced"] >= 0.8 * result.stats.frames_out
     assert set(result.synthesis["surrogates"].values()) <= {f"gallery entry {i}" for i in range(10)}
 
