@@ -103,7 +103,13 @@ def quality(
     )
 
 
-def evaluate(media: Path, modes: list[str], gallery: str, sheet: Path | None = None) -> dict[str, Any]:
+def evaluate(
+    media: Path,
+    modes: list[str],
+    gallery: str,
+    sheet: Path | None = None,
+    synth: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from engines import zoo
     from engines.base import create_backend
     from stream.config import build_config
@@ -147,7 +153,7 @@ def evaluate(media: Path, modes: list[str], gallery: str, sheet: Path | None = N
         overrides: dict[str, dict[str, Any]] = {
             "obscure": {"mode": "blur" if mode == "original" else mode},
             "attributes": {"every": 1, "min_estimates": 1, "max_estimates": 1},
-            "synth": {"gallery": gallery, "min_face": 16},
+            "synth": {"gallery": gallery, "min_face": 16, **(synth or {})},
         }
         config = build_config(None, overrides)
         stages = build_stages(config, detector, estimator) if mode != "original" else []
@@ -267,6 +273,17 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
     return out
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with the value read as TOML (numbers, booleans, quoted strings)."""
+    import tomllib
+
+    key, _, value = text.partition("=")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.synth_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -277,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         help="gallery for synth: a file (python -m calibration.gallery), builtin, or '' for none",
     )
     p.add_argument("--modes", nargs="+", default=["original", "blur", "pixelate", "mask", "synth"])
+    p.add_argument(
+        "--synth",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [synth] option for the synth mode, as in the config file (repeatable)",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--sheet", type=Path, help="write a contact sheet (PNG) of faces in every mode")
     p.add_argument(
@@ -292,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {r['replaced_frames']} of {r['frames']} frames replaced; median cosine "
                       f"{r['median_cosine']}; flicker {r['flicker_ratio']} x the input's")  # fmt: skip
         return 0
-    results = evaluate(args.media, args.modes, args.gallery, args.sheet)
+    results = evaluate(args.media, args.modes, args.gallery, args.sheet, dict(map(_option, args.synth)))
     chance = 100 * results["chance"]
     print(f"{results['identities']} identities, {results['probes']} anonymized photos; chance {chance:.1f}%")
     columns = ("top-1", "top-5", "face found", "PSNR", "SSIM", "MS-SSIM")

@@ -158,12 +158,15 @@ class SynthConfig:
     faces without a surrogate (too small, too turned, not yet described,
     fewer than k matching) are hidden. min_face: smallest face height in
     pixels that is replaced. min_cover: the share of the face (ellipse of its
-    box) the surrogate must cover, else the face falls back too.
+    detected box) the face's mesh must cover, else the face falls back too.
     surround_blur: blur of the head around the surrogate (hair, ears, jaw line
     inside the track's box), as a fraction of the box width (0: none); it
     takes away cues the surrogate does not replace. reshape: how far the face's
     outline, nose and jaw are moved toward the mean face layout (0: not at all;
-    geometry identifies a person too). stargan: a StarGAN
+    geometry identifies a person too). own_eyes: the person's own eyes show
+    through the surrogate (gaze and blinks; they also identify). keep_tone: the
+    share of the person's own mean skin tone in the relit surrogate (1: theirs, 0:
+    the surrogate's; tone helps identify, and hides the seam). stargan: a StarGAN
     generator checkpoint (``run_stream.py models --stargan``) that directs the
     surrogate to the five attributes PPAS selected, once per track; empty: none.
     """
@@ -172,15 +175,18 @@ class SynthConfig:
     k: int = 4
     fallback: FallbackMode = "blur"
     min_face: int = 40
-    min_cover: float = 0.85
+    min_cover: float = 0.75
     surround_blur: float = 0.04
-    reshape: float = 0.0
+    reshape: float = 0.5
+    own_eyes: bool = False
+    keep_tone: float = 0.3
     stargan: str = ""
 
     def validate(self) -> None:
         _range("synth.k", self.k, 2, 100)
         _range("synth.surround_blur", self.surround_blur, 0.0, 1.0)
         _range("synth.reshape", self.reshape, 0.0, 1.0)
+        _range("synth.keep_tone", self.keep_tone, 0.0, 1.0)
         _range("synth.min_face", self.min_face, 8, 4096)
         _range("synth.min_cover", self.min_cover, 0.0, 1.0)
 

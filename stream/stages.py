@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -14,7 +15,7 @@ from engines.facemodels import FaceMesh
 
 from .attributes import AttributeFusion, Estimator, FaceInput, TrackAttributes, tracks_to_describe
 from .config import AttributesConfig, DetectConfig, ObscureConfig, SynthConfig, TrackConfig
-from .facewarp import MAX_TURN, Rendered, to_canonical, turn
+from .facewarp import MAX_TURN, to_canonical, turn
 from .frames import Detections, FramePacket
 from .obscure import Obscurer
 from .privacy import StreamPrivacy
@@ -342,13 +343,14 @@ class SynthStage:
                 continue
             draws.append((row, tid, det, surrogate, points, *sample_lab(packet.image, points)))
         for row, tid, det, surrogate, points, lab, lab_mask in draws:
-            texture = surrogate.relit(lab, lab_mask)
-            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask,
-                                 reshape(points, self.config.reshape))  # fmt: skip
-            # Against a fresh detection the surrogate must cover the face; a followed face's
-            # only box is its mesh, which the surrogate covers by construction.
+            texture = surrogate.relit(lab, lab_mask, self.config.keep_tone)
+            cfg = self.config
+            shape = reshape(points, cfg.reshape, keep_openings=cfg.own_eyes)
+            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask, shape, cfg.own_eyes)
+            # Against a fresh detection the mesh must cover the face it was found for; a
+            # followed face's only box is its mesh.
             box = detections.xyxy[det] if det >= 0 and detections is not None else None
-            if drawn is None or box is not None and covered_share(drawn, box) < self.config.min_cover:
+            if drawn is None or box is not None and covered_share(points, box) < self.config.min_cover:
                 self.counts.fell_back("not covered")
                 continue
             soften_surround(packet.image, tracks.xyxy[row], drawn, self.config.surround_blur)
@@ -365,14 +367,19 @@ class SynthStage:
         self.counts = SynthCounts()
 
 
-def covered_share(drawn: Rendered, box: NDArray[np.float32]) -> float:
-    """The share of the ellipse inscribed in ``box`` that the surrogate covers."""
-    h, w = drawn.coverage.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    xx += drawn.x1
-    yy += drawn.y1
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    rx, ry = max(float(box[2] - box[0]) / 2, 1.0), max(float(box[3] - box[1]) / 2, 1.0)
-    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-    area = np.pi * rx * ry
-    return float((inside & drawn.coverage).sum() / area) if area > 0 else 0.0
+def covered_share(points: NDArray[np.float32], box: NDArray[np.float32]) -> float:
+    """The share of the ellipse inscribed in ``box`` (xyxy) that the hull of the mesh
+    ``points`` ``(468, 2+)`` covers: how well the mesh found the detected face."""
+    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+    w, h = int(np.ceil(box[2])) - x1 + 1, int(np.ceil(box[3])) - y1 + 1
+    if w < 2 or h < 2:
+        return 0.0
+    hull = cv2.convexHull(np.round((points[:, :2] - [x1, y1]) * 16).astype(np.int32))
+    covered = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(covered, hull, 1, shift=4)
+    ellipse = np.zeros((h, w), np.uint8)
+    centre = ((box[0] + box[2]) / 2 - x1, (box[1] + box[3]) / 2 - y1)
+    axes = (max(float(box[2] - box[0]) / 2, 1.0), max(float(box[3] - box[1]) / 2, 1.0))
+    cv2.ellipse(ellipse, (centre, (2 * axes[0], 2 * axes[1]), 0.0), 1, -1)
+    inside = int(ellipse.sum())
+    return float((covered & ellipse).sum() / inside) if inside else 0.0

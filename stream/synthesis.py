@@ -319,24 +319,32 @@ class Surrogate:
 
     entry: GalleryEntry
     detail: NDArray[np.float32]
+    tone: NDArray[np.float32]
     light: NDArray[np.float32] | None = None
 
     @classmethod
     def of(cls, entry: GalleryEntry) -> Surrogate:
         lab = cv2.cvtColor(entry.texture, cv2.COLOR_RGB2LAB).astype(np.float32)
         own = lighting(lab, entry.mask)
-        return cls(entry, lab - surface(own) if own is not None else lab - lab[entry.mask].mean(axis=0))
+        if own is None:
+            own = np.zeros((6, 3), np.float32)
+            own[0] = lab[entry.mask].mean(axis=0)
+        return cls(entry, lab - surface(own), own[0])
 
     def relit(self, target_lab: NDArray[np.float32], target_mask: NDArray[np.bool_],
-              smoothing: float = 0.5) -> NDArray[np.uint8]:  # fmt: skip
-        """The surrogate texture (RGB) under the target's lighting, smoothed over frames."""
+              keep_tone: float = 1.0, smoothing: float = 0.5) -> NDArray[np.uint8]:  # fmt: skip
+        """The surrogate texture (RGB) under the target's lighting, smoothed over frames;
+        ``keep_tone``: the share of the target's own mean skin tone (the rest is the
+        surrogate's), a cue to identity as well as to a seamless fit."""
         common = target_mask & self.entry.mask[::_STEP, ::_STEP]
         light = lighting(target_lab, common)
         if light is not None:
             self.light = light if self.light is None else smoothing * self.light + (1 - smoothing) * light
         if self.light is None:
             return self.entry.texture
-        lab = np.clip(self.detail + surface(self.light), 0, 255).astype(np.uint8)
+        light = self.light.copy()
+        light[0] = keep_tone * light[0] + (1 - keep_tone) * self.tone
+        lab = np.clip(self.detail + surface(light), 0, 255).astype(np.uint8)
         return np.asarray(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB), np.uint8)
 
 
@@ -404,14 +412,15 @@ def _polygon(
 
 
 def openings(
-    roi: NDArray[np.uint8], local: NDArray[np.float32], face_width: float
+    roi: NDArray[np.uint8], local: NDArray[np.float32], face_width: float, own_eyes: bool = True
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Where the face's own eyes and mouth opening show through, ``(h, w)`` weights, and
     what fills them ``(h, w, 3)``: the person's own eyes (gaze and blinks follow them; an
     averaged eye is dead) and, inside the lips, their mouth heavily blurred (teeth and
-    tongue as shapes, no identifying detail). ``local``: mesh points in ``roi`` pixels."""
+    tongue as shapes, no identifying detail). ``local``: mesh points in ``roi`` pixels;
+    without ``own_eyes`` the surrogate's eyes stay."""
     shape = roi.shape[:2]
-    eyes = np.maximum(_polygon(shape, local, LEFT_EYE), _polygon(shape, local, RIGHT_EYE))
+    eyes = np.maximum(_polygon(shape, local, LEFT_EYE), _polygon(shape, local, RIGHT_EYE)) * own_eyes
     mouth = _polygon(shape, local, INNER_LIPS)
     fill = roi.astype(np.float32)
     if mouth.any():
@@ -430,10 +439,10 @@ def _reshape_weights() -> NDArray[np.float32]:
     return np.asarray(np.clip((distance - 8) / 24, 0, 1), np.float32)
 
 
-def reshape(points: NDArray[np.float32], amount: float) -> NDArray[np.float32]:
+def reshape(points: NDArray[np.float32], amount: float, keep_openings: bool = True) -> NDArray[np.float32]:
     """The mesh ``(468, 3)`` moved ``amount`` of the way to the mean face layout (after a
-    similarity alignment), away from the eyes and mouth: the face outline, nose and jaw
-    carry identity the texture does not."""
+    similarity alignment): the face outline, nose and jaw carry identity the texture does
+    not. ``keep_openings``: eyes and mouth stay in place (the person's own eyes show there)."""
     if amount <= 0:
         return points
     canon = canonical().points
@@ -441,7 +450,7 @@ def reshape(points: NDArray[np.float32], amount: float) -> NDArray[np.float32]:
     if to_canon is None:
         return points
     aligned = points[:, :2] @ to_canon[:, :2].T + to_canon[:, 2]
-    weight = (amount * _reshape_weights())[:, None]
+    weight = (amount * (_reshape_weights() if keep_openings else np.ones(len(canon), np.float32)))[:, None]
     moved = aligned + weight * (canon - aligned)
     back = cv2.invertAffineTransform(to_canon)
     out = points.copy()
@@ -451,25 +460,26 @@ def reshape(points: NDArray[np.float32], amount: float) -> NDArray[np.float32]:
 
 def replace_face(
     frame: NDArray[np.uint8], points: NDArray[np.float32], texture: NDArray[np.uint8],
-    mask: NDArray[np.bool_], shape: NDArray[np.float32] | None = None,
+    mask: NDArray[np.bool_], shape: NDArray[np.float32] | None = None, own_eyes: bool = True,
 ) -> Rendered | None:  # fmt: skip
     """Draw a canonical ``texture`` (RGB, valid where ``mask``) onto the face with mesh ``points``
     ``(468, 3)`` in ``frame``, in place, the face's own eyes and mouth opening showing through;
-    ``shape``: the mesh to draw on instead (``reshape``d), same eyes and mouth.
+    ``shape``: the mesh to draw on instead (``reshape``d).
 
     Returns what was drawn (window and coverage), or None when nothing could be.
     """
     # The texture's validity travels as a fourth channel through the same warp.
     rgba = np.dstack([texture, mask.astype(np.uint8) * 255])
-    rendered = from_canonical(rgba, points if shape is None else shape, frame.shape[:2])
+    drawn_on = points if shape is None else shape
+    rendered = from_canonical(rgba, drawn_on, frame.shape[:2])
     if rendered is None:
         return None
     h, w = rendered.pixels.shape[:2]
     valid = rendered.coverage & (rendered.pixels[..., 3] > 127)
     width = float(np.ptp(points[:, 0]))
     roi = frame[rendered.y1 : rendered.y1 + h, rendered.x1 : rendered.x1 + w]
-    local = points - np.array([rendered.x1, rendered.y1, 0], np.float32)
-    through, fill = openings(roi, local, width)
+    local = drawn_on - np.array([rendered.x1, rendered.y1, 0], np.float32)
+    through, fill = openings(roi, local, width, own_eyes)
     alpha = (feathered_alpha(valid, width) * (1 - through))[..., None]
     face = alpha * rendered.pixels[..., :3] + (1 - alpha) * fill
     roi[:] = np.clip(face, 0, 255).astype(np.uint8)
