@@ -55,6 +55,14 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "builtin (default) or '' for the stream's own people only",
     )
     g.add_argument(
+        "--perturb",
+        choices=["none", "uap", "noise"],
+        help="Stage IV on replaced faces: a universal adversarial perturbation, or noise (none)",
+    )
+    g.add_argument(
+        "--perturbation", help="perturbation file for --perturb uap (python -m calibration.uap fit)"
+    )
+    g.add_argument(
         "--stargan",
         help="StarGAN generator checkpoint (or 'official') that directs surrogates "
         "to the selected attributes",
@@ -96,6 +104,8 @@ _OPTION_FIELDS = {
     "mode": ("obscure", "mode"),
     "gallery": ("synth", "gallery"),
     "stargan": ("synth", "stargan"),
+    "perturb": ("perturb", "mode"),
+    "perturbation": ("perturb", "file"),
     "shape": ("obscure", "shape"),
     "strength": ("obscure", "strength"),
     "colour": ("obscure", "colour"),

@@ -104,12 +104,11 @@ def quality(
 
 
 def evaluate(
-    media: Path,
-    modes: list[str],
-    gallery: str,
-    sheet: Path | None = None,
-    synth: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    media: Path, modes: list[str], gallery: str, sheet: Path | None = None,
+    options: dict[str, dict[str, Any]] | None = None, every: int = 1,
+) -> dict[str, Any]:  # fmt: skip
+    """Re-identification and quality figures per mode; ``options``: config sections applied to the
+    synth mode (``{"synth": {...}, "perturb": {...}}``); ``every``: one probe photo in that many."""
     from engines import zoo
     from engines.base import create_backend
     from stream.config import build_config
@@ -141,7 +140,7 @@ def evaluate(
                 originals[name] = _descriptor(faceres, padded[first], face)
     names = [n for n in names if originals.get(n) is not None]
     reference = np.array([originals[n] for n in names])
-    probes = [(n, p) for n in names for p in people[n][1:] if p in padded]
+    probes = [(n, p) for n in names for p in people[n][1:] if p in padded][::every]
     results: dict[str, Any] = {
         "identities": len(names),
         "probes": len(probes),
@@ -153,8 +152,11 @@ def evaluate(
         overrides: dict[str, dict[str, Any]] = {
             "obscure": {"mode": "blur" if mode == "original" else mode},
             "attributes": {"every": 1, "min_estimates": 1, "max_estimates": 1},
-            "synth": {"gallery": gallery, "min_face": 16, **(synth or {})},
+            "synth": {"gallery": gallery, "min_face": 16},
         }
+        if mode == "synth":
+            for section, values in (options or {}).items():
+                overrides[section] = {**overrides.get(section, {}), **values}
         config = build_config(None, overrides)
         stages = build_stages(config, detector, estimator) if mode != "original" else []
         obscurer = Obscurer(config.obscure)
@@ -294,13 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         help="gallery for synth: a file (python -m calibration.gallery), builtin, or '' for none",
     )
     p.add_argument("--modes", nargs="+", default=["original", "blur", "pixelate", "mask", "synth"])
-    p.add_argument(
-        "--synth",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a [synth] option for the synth mode, as in the config file (repeatable)",
-    )
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a config option for the synth mode, e.g. synth.reshape=0.5 or perturb.mode='noise' "
+                        "(repeatable)")  # fmt: skip
     p.add_argument("--json", type=Path)
     p.add_argument("--sheet", type=Path, help="write a contact sheet (PNG) of faces in every mode")
     p.add_argument(
@@ -316,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {r['replaced_frames']} of {r['frames']} frames replaced; median cosine "
                       f"{r['median_cosine']}; flicker {r['flicker_ratio']} x the input's")  # fmt: skip
         return 0
-    results = evaluate(args.media, args.modes, args.gallery, args.sheet, dict(map(_option, args.synth)))
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in map(_option, args.set):
+        section, _, name = key.partition(".")
+        options.setdefault(section, {})[name] = value
+    results = evaluate(args.media, args.modes, args.gallery, args.sheet, options)
     chance = 100 * results["chance"]
     print(f"{results['identities']} identities, {results['probes']} anonymized photos; chance {chance:.1f}%")
     columns = ("top-1", "top-5", "face found", "PSNR", "SSIM", "MS-SSIM")

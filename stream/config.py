@@ -192,6 +192,33 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class PerturbConfig:
+    """Stage IV: a small perturbation added to each replaced face against recognizers.
+
+    mode: ``none``; ``uap``, the universal adversarial perturbation in ``file``
+    (python -m calibration.uap fit), scaled by ``epsilon`` (1: as fitted); or
+    ``noise``, Gaussian noise of ``sigma`` grey levels with one pattern per
+    track (from ``seed`` and the track id), so it does not flicker. Both follow
+    the face's mesh. Needs ``obscure.mode = synth``: obscured faces carry no
+    face to perturb.
+    """
+
+    mode: Literal["none", "uap", "noise"] = "none"
+    file: str = ""
+    epsilon: float = 1.0
+    sigma: float = 3.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        _range("perturb.epsilon", self.epsilon, 0.0, 4.0)
+        _range("perturb.sigma", self.sigma, 0.0, 64.0)
+        if self.mode == "uap" and not self.file:
+            raise ConfigError(
+                "perturb.file: mode uap needs a perturbation file (python -m calibration.uap fit)"
+            )
+
+
+@dataclass(frozen=True)
 class SinkConfig:
     """Output encoding.
 
@@ -306,10 +333,16 @@ class Config:
     attributes: AttributesConfig = field(default_factory=AttributesConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        if self.perturb.mode != "none" and self.obscure.mode != "synth":
+            raise ConfigError(
+                f"perturb.mode = {self.perturb.mode}: needs obscure.mode = synth "
+                f"(with {self.obscure.mode} there is no face left to perturb)"
+            )
         return self
 
 

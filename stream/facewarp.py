@@ -123,14 +123,13 @@ class Rendered:
     y1: int
 
 
-def from_canonical(
-    texture: NDArray[np.uint8], points: NDArray[np.float32], frame_shape: tuple[int, int]
-) -> Rendered | None:
-    """Draw ``texture`` (canonical frame) onto the face whose mesh is ``points`` ``(468, 3)``.
-
-    Triangles are painted far-to-near by mean depth, so a turned face shows its
-    near side. None when the mesh lies outside the frame.
-    """
+def canonical_map(
+    points: NDArray[np.float32], frame_shape: tuple[int, int]
+) -> tuple[NDArray[np.float32], NDArray[np.bool_], int, int] | None:
+    """Where each pixel of the window around the face with mesh ``points`` ``(468, 3)`` lies in
+    the canonical frame: coordinates ``(h, w, 2)`` (-1 where uncovered), the pixels the mesh
+    covers (triangles painted far-to-near by mean depth, so the near side wins), and the
+    window's corner ``(x1, y1)`` in the frame. None when the mesh lies outside the frame."""
     c = canonical()
     h, w = frame_shape
     x1, y1 = (int(max(0, np.floor(v))) for v in points[:, :2].min(axis=0))
@@ -141,22 +140,31 @@ def from_canonical(
     depth = points[c.triangles, 2].mean(axis=1)
     tri_map = rasterize(local, c.triangles, y2 - y1, x2 - x1, order=np.argsort(-depth))
     covered = tri_map >= 0
-    if not covered.any():
-        return None
     # Per-triangle affine from the face's pixels to canonical pixels.
-    dst = c.points[c.triangles]  # (T, 3, 2)
-    src = local[c.triangles]
-    ones = np.ones((len(c.triangles), 3, 1), np.float32)
-    src_h = np.concatenate([src, ones], axis=2)  # (T, 3, 3)
+    src_h = np.concatenate([local[c.triangles], np.ones((len(c.triangles), 3, 1), np.float32)], axis=2)
     det_ok = np.abs(np.linalg.det(src_h)) > 1e-6
     affine = np.zeros((len(c.triangles), 3, 2), np.float32)
-    affine[det_ok] = np.linalg.solve(src_h[det_ok], dst[det_ok])
+    affine[det_ok] = np.linalg.solve(src_h[det_ok], c.points[c.triangles][det_ok])
     ys, xs = np.nonzero(covered)
-    tris = tri_map[ys, xs]
     pix = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float32)
-    mapped = np.einsum("nk,nkd->nd", pix, affine[tris])
-    map_x = np.full(tri_map.shape, -1, np.float32)
-    map_y = np.full(tri_map.shape, -1, np.float32)
-    map_x[ys, xs], map_y[ys, xs] = mapped[:, 0], mapped[:, 1]
-    pixels = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    return Rendered(np.asarray(pixels, np.uint8), np.asarray(covered), x1, y1)
+    coords = np.full((*tri_map.shape, 2), -1, np.float32)
+    coords[ys, xs] = np.einsum("nk,nkd->nd", pix, affine[tri_map[ys, xs]])
+    return coords, np.asarray(covered), x1, y1
+
+
+def from_canonical(
+    texture: NDArray[np.uint8], points: NDArray[np.float32], frame_shape: tuple[int, int]
+) -> Rendered | None:
+    """Draw ``texture`` (canonical frame) onto the face whose mesh is ``points`` ``(468, 3)``.
+
+    Triangles are painted far-to-near by mean depth, so a turned face shows its
+    near side. None when the mesh lies outside the frame.
+    """
+    mapped = canonical_map(points, frame_shape)
+    if mapped is None or not mapped[1].any():
+        return None
+    coords, covered, x1, y1 = mapped
+    pixels = cv2.remap(
+        texture, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    return Rendered(np.asarray(pixels, np.uint8), covered, x1, y1)

@@ -25,11 +25,12 @@ from .config import Config
 from .errors import AnonError, ConfigError, SourceError
 from .frames import FramePacket
 from .obscure import Obscurer
+from .perturbation import Perturbation
 from .privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
 from .runner import Runner, RunStats
 from .sinks import open_sink
 from .sources import open_source
-from .stages import AttributeStage, DetectStage, ObscureStage, Stage, SynthStage, TrackStage
+from .stages import AttributeStage, DetectStage, ObscureStage, PerturbStage, Stage, SynthStage, TrackStage
 from .synthesis import AttributeStyler, Gallery
 
 
@@ -115,6 +116,11 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
                 load_styler(config.synth.stargan, config.detect.backend) if config.synth.stargan else None
             )
             stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage, styler))
+            if config.perturb.mode != "none":
+                perturbation = (
+                    Perturbation.load(Path(config.perturb.file)) if config.perturb.mode == "uap" else None
+                )
+                stages.append(PerturbStage(config.perturb, perturbation))
     obscure = dataclasses.replace(config.obscure, mode=config.synth.fallback) if synth else config.obscure
     stages.append(ObscureStage(obscure))
     return stages
@@ -150,6 +156,7 @@ def synthesis_report(stages: list[Stage]) -> dict[str, Any] | None:
         "replaced": stage.counts.replaced,
         "fallback": dict(stage.counts.fallback),
         "surrogates": {str(t): origin for t, origin in stage.origins.items()},
+        "perturbed": next((s.perturbed for s in stages if isinstance(s, PerturbStage)), 0),
         "k": min([stage.config.k] + ([stage.gallery.k] if stage.gallery else [])),
     }
 

@@ -14,10 +14,11 @@ from engines.crops import Crop, crop_from_box, eye_angle, face_crop
 from engines.facemodels import FaceMesh
 
 from .attributes import AttributeFusion, Estimator, FaceInput, TrackAttributes, tracks_to_describe
-from .config import AttributesConfig, DetectConfig, ObscureConfig, SynthConfig, TrackConfig
+from .config import AttributesConfig, DetectConfig, ObscureConfig, PerturbConfig, SynthConfig, TrackConfig
 from .facewarp import MAX_TURN, to_canonical, turn
 from .frames import Detections, FramePacket
 from .obscure import Obscurer
+from .perturbation import Perturbation, add_to_face, noise_pattern, track_generator
 from .privacy import StreamPrivacy
 from .synthesis import (
     AttributeStyler,
@@ -355,6 +356,7 @@ class SynthStage:
                 continue
             soften_surround(packet.image, tracks.xyxy[row], drawn, self.config.surround_blur)
             packet.replaced.add(tid)
+            packet.meshes[tid] = shape
             self.counts.replaced += 1
         return packet
 
@@ -365,6 +367,39 @@ class SynthStage:
         self.retry_at.clear()
         self.seen.clear()
         self.counts = SynthCounts()
+
+
+class PerturbStage:
+    """Stage IV: adds the universal perturbation, or per-track Gaussian noise, to every face a
+    surrogate replaced, warped along the mesh it was drawn on."""
+
+    name = "perturb"
+    parallel = False
+
+    def __init__(self, config: PerturbConfig, perturbation: Perturbation | None) -> None:
+        self.config = config
+        self.perturbation = perturbation
+        self.noise: dict[int, NDArray[np.float32]] = {}
+        self.perturbed = 0
+
+    def _pattern(self, track_id: int) -> NDArray[np.float32]:
+        if self.config.mode == "uap" and self.perturbation is not None:
+            return self.perturbation.pattern * np.float32(self.config.epsilon)
+        if track_id not in self.noise:
+            self.noise[track_id] = noise_pattern(
+                self.config.sigma, track_generator(self.config.seed, track_id)
+            )
+        return self.noise[track_id]
+
+    def process(self, packet: FramePacket) -> FramePacket:
+        for track_id in sorted(packet.replaced):
+            if add_to_face(packet.image, packet.meshes[track_id], self._pattern(track_id)):
+                self.perturbed += 1
+        return packet
+
+    def reset(self) -> None:
+        self.noise.clear()
+        self.perturbed = 0
 
 
 def covered_share(points: NDArray[np.float32], box: NDArray[np.float32]) -> float:

@@ -169,3 +169,16 @@ def test_stream_surrogates_average_k_other_people_never_the_track_itself():
     female[20] = False
     assert pool.entry(0, female, described) is None  # nobody of that gender
     assert TexturePool(k=3).entry(0, selected, described) is None  # nothing learnt yet
+
+
+@pytest.mark.media
+def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k():
+    """Faceres as the attacker on one in three of the media's probe photos (built-in gallery):
+    a synthesized face is still a face to the detector, and matches its owner at most 1/k."""
+    from calibration.synth_report import evaluate
+
+    results = evaluate(MEDIA, ["original", "synth"], "builtin", every=3)
+    original, synth = results["modes"]["original"], results["modes"]["synth"]
+    assert results["probes"] >= 40 and original["top1"] > 0.8
+    assert synth["face_found"] >= 0.95
+    assert synth["top1"] <= 1 / 4 and synth["top1"] < original["top1"] / 4

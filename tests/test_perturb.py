@@ -1,0 +1,53 @@
+"""Stage IV in the stream: the perturbation stage on replaced faces, and its config rules."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from stream.errors import ConfigError
+
+
+def test_perturbation_needs_replaced_faces():
+    from stream.config import build_config
+
+    with pytest.raises(ConfigError, match="needs obscure.mode = synth"):
+        build_config(None, {"perturb": {"mode": "noise"}})
+    with pytest.raises(ConfigError, match="perturbation file"):
+        build_config(None, {"obscure": {"mode": "synth"}, "perturb": {"mode": "uap"}})
+
+
+def test_noise_is_added_only_to_replaced_faces_and_is_the_same_for_a_track(demo_clip, detector):
+    from stream.config import build_config
+    from stream.frames import FramePacket
+    from stream.job import build_stages
+    from stream.stages import PerturbStage, SynthStage
+    from tests.conftest import decode_frames
+
+    frames = decode_frames(demo_clip)[:40]
+    config = build_config(None, {"obscure": {"mode": "synth"}, "perturb": {"mode": "noise", "sigma": 6.0}})
+    stages = build_stages(config, detector)
+    perturb = next(s for s in stages if isinstance(s, PerturbStage))
+    assert isinstance(stages[stages.index(perturb) - 1], SynthStage)  # right after the surrogate
+    seen = {}
+    for i, frame in enumerate(frames):
+        packet = FramePacket(i, frame.copy(), i, Fraction(1, 25))
+        for stage in stages[: stages.index(perturb)]:
+            packet = stage.process(packet)
+        before = packet.image.copy()
+        packet = perturb.process(packet)
+        change = packet.image.astype(int) - before.astype(int)
+        if not packet.replaced:
+            assert not change.any()
+            continue
+        (track,) = packet.replaced
+        mesh = packet.meshes[track]
+        x1, y1 = mesh[:, :2].min(axis=0).astype(int) - 2  # interpolation reaches a pixel beyond
+        x2, y2 = mesh[:, :2].max(axis=0).astype(int) + 3
+        outside = np.ones(change.shape[:2], bool)
+        outside[max(y1, 0) : y2, max(x1, 0) : x2] = False
+        assert not change[outside].any() and np.abs(change).max() <= 4 * 6
+        assert change[~outside].std() > 3
+        seen[track] = perturb._pattern(track)
+    assert seen and all(np.array_equal(p, perturb._pattern(t)) for t, p in seen.items())
+    assert perturb.perturbed > 20
