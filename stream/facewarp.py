@@ -115,12 +115,18 @@ def to_canonical(
 @dataclass(frozen=True)
 class Rendered:
     """A canonical texture drawn onto a face: ``pixels`` ``(h, w, 3)`` and ``coverage`` ``(h, w)``
-    bool, for the window ``(x1, y1)`` of the frame."""
+    bool, for the window ``(x1, y1)`` of the frame; ``coords`` ``(h, w, 2)`` the canonical
+    coordinates it was drawn from (see ``canonical_map``), so more can be drawn the same way."""
 
     pixels: NDArray[np.uint8]
     coverage: NDArray[np.bool_]
     x1: int
     y1: int
+    coords: NDArray[np.float32]
+
+    def draw(self, texture: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        """Another canonical texture drawn through the same map, ``(h, w, C)``."""
+        return _remap(texture, self.coords)
 
 
 def canonical_map(
@@ -164,7 +170,11 @@ def from_canonical(
     if mapped is None or not mapped[1].any():
         return None
     coords, covered, x1, y1 = mapped
+    return Rendered(_remap(texture, coords), covered, x1, y1, coords)
+
+
+def _remap(texture: NDArray[np.uint8], coords: NDArray[np.float32]) -> NDArray[np.uint8]:
     pixels = cv2.remap(
         texture, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
     )
-    return Rendered(np.asarray(pixels, np.uint8), covered, x1, y1)
+    return np.asarray(pixels, np.uint8)

@@ -98,8 +98,8 @@ class FramePacket:
     where it ran at reduced resolution (see ``DetectConfig.every``).
     ``attributes`` maps track id to its ``TrackAttributes`` (Stage I), when enabled;
     ``replaced`` holds the tracks whose face a surrogate replaced (Stage III),
-    which the obscuring stage then leaves alone; ``meshes`` the mesh ``(468, 3)``
-    each was drawn on (Stage IV perturbs along it).
+    which the obscuring stage then leaves alone; ``drawn`` how each was drawn
+    (``facewarp.Rendered``: Stage IV draws its perturbation through the same map).
     ``anonymized`` turns True only when the last stage has obscured every
     face, or the fail policy masked the whole frame; sinks refuse anything
     else, so a raw frame cannot be written.
@@ -116,7 +116,7 @@ class FramePacket:
     tracks: Tracks = field(default_factory=Tracks.empty)
     attributes: dict[int, Any] = field(default_factory=dict)
     replaced: set[int] = field(default_factory=set)
-    meshes: dict[int, NDArray[np.float32]] = field(default_factory=dict)
+    drawn: dict[int, Any] = field(default_factory=dict)
     anonymized: bool = False
     masked_whole: bool = False
     failure: str | None = None

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from engines import zoo
 
 from .errors import ModelError
-from .facewarp import CANONICAL_FILE, SIZE, canonical, from_canonical
+from .facewarp import CANONICAL_FILE, SIZE, Rendered, canonical, from_canonical
 
 FORMAT = 1
 NORMS = ("inf", "2")
@@ -147,25 +147,46 @@ class Perturbation:
         return add_to_face(frame, points, self.pattern * np.float32(epsilon))
 
 
-def add_to_face(frame: NDArray[np.uint8], points: NDArray[np.float32], pattern: NDArray[np.float32]) -> bool:
-    """Draw ``pattern`` (canonical frame, signed levels) onto the face whose mesh is ``points``
-    ``(468, 3)`` (frame pixels) and add it to ``frame`` (``(H, W, 3)`` RGB uint8) in place.
+@dataclass(frozen=True, eq=False)
+class Offset:
+    """A pattern ready to draw: ``texture`` ``(SIZE, SIZE, 3)`` uint8, each signed level ``d`` as
+    ``OFFSET + d``, and ``bound``, the most any pixel may change."""
+
+    texture: NDArray[np.uint8]
+    bound: int
+
+    @classmethod
+    def of(cls, pattern: NDArray[np.float32]) -> Offset:
+        bound = min(MAX_LEVEL, math.floor(pattern_norm(pattern, "inf") + 1e-6))
+        return cls(np.clip(np.rint(pattern) + OFFSET, 0, 255).astype(np.uint8), bound)
+
+
+def add_to_face(
+    frame: NDArray[np.uint8], points: NDArray[np.float32] | Rendered, pattern: NDArray[np.float32] | Offset
+) -> bool:
+    """Draw ``pattern`` (canonical frame, signed levels, or already an ``Offset``) onto the face
+    whose mesh is ``points`` ``(468, 3)`` (frame pixels), or through the map of a face already
+    drawn (``Rendered``, as the synth stage leaves it), and add it to ``frame`` (``(H, W, 3)``
+    RGB uint8) in place.
 
     Only pixels the mesh covers change, by at most ``floor(max |pattern|)`` levels
     (and never more than 127), clipped to 0-255. False when the mesh lies outside the frame.
     """
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 frame, got {frame.shape} {frame.dtype}")
-    bound = min(MAX_LEVEL, math.floor(pattern_norm(pattern, "inf") + 1e-6))
-    texture = np.clip(np.rint(pattern) + OFFSET, 0, 255).astype(np.uint8)
-    rendered = from_canonical(texture, points, (frame.shape[0], frame.shape[1]))
-    if rendered is None:
-        return False
+    offset = pattern if isinstance(pattern, Offset) else Offset.of(pattern)
+    if isinstance(points, Rendered):
+        rendered = Rendered(points.draw(offset.texture), points.coverage, points.x1, points.y1, points.coords)
+    else:
+        drawn = from_canonical(offset.texture, points, (frame.shape[0], frame.shape[1]))
+        if drawn is None:
+            return False
+        rendered = drawn
     h, w = rendered.coverage.shape
     window = frame[rendered.y1 : rendered.y1 + h, rendered.x1 : rendered.x1 + w]
     # Whole-window arithmetic: cheaper than gathering the covered pixels.
     total = np.where(rendered.coverage[..., None], rendered.pixels.astype(np.int16) - OFFSET, np.int16(0))
-    np.clip(total, -bound, bound, out=total)
+    np.clip(total, -offset.bound, offset.bound, out=total)
     total += window
     window[...] = np.clip(total, 0, 255, out=total)
     return True

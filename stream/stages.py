@@ -18,7 +18,7 @@ from .config import AttributesConfig, DetectConfig, ObscureConfig, PerturbConfig
 from .facewarp import MAX_TURN, to_canonical, turn
 from .frames import Detections, FramePacket
 from .obscure import Obscurer
-from .perturbation import Perturbation, add_to_face, noise_pattern, track_generator
+from .perturbation import Offset, Perturbation, add_to_face, noise_pattern, track_generator
 from .privacy import StreamPrivacy
 from .synthesis import (
     AttributeStyler,
@@ -356,7 +356,7 @@ class SynthStage:
                 continue
             soften_surround(packet.image, tracks.xyxy[row], drawn, self.config.surround_blur)
             packet.replaced.add(tid)
-            packet.meshes[tid] = shape
+            packet.drawn[tid] = drawn
             self.counts.replaced += 1
         return packet
 
@@ -378,22 +378,23 @@ class PerturbStage:
 
     def __init__(self, config: PerturbConfig, perturbation: Perturbation | None) -> None:
         self.config = config
-        self.perturbation = perturbation
-        self.noise: dict[int, NDArray[np.float32]] = {}
+        self.universal = (
+            Offset.of(perturbation.pattern * np.float32(config.epsilon)) if perturbation else None
+        )
+        self.noise: dict[int, Offset] = {}
         self.perturbed = 0
 
-    def _pattern(self, track_id: int) -> NDArray[np.float32]:
-        if self.config.mode == "uap" and self.perturbation is not None:
-            return self.perturbation.pattern * np.float32(self.config.epsilon)
+    def _pattern(self, track_id: int) -> Offset:
+        if self.universal is not None:
+            return self.universal
         if track_id not in self.noise:
-            self.noise[track_id] = noise_pattern(
-                self.config.sigma, track_generator(self.config.seed, track_id)
-            )
+            rng = track_generator(self.config.seed, track_id)
+            self.noise[track_id] = Offset.of(noise_pattern(self.config.sigma, rng))
         return self.noise[track_id]
 
     def process(self, packet: FramePacket) -> FramePacket:
         for track_id in sorted(packet.replaced):
-            if add_to_face(packet.image, packet.meshes[track_id], self._pattern(track_id)):
+            if add_to_face(packet.image, packet.drawn[track_id], self._pattern(track_id)):
                 self.perturbed += 1
         return packet
 

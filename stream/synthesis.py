@@ -483,7 +483,7 @@ def replace_face(
     alpha = (feathered_alpha(valid, width) * (1 - through))[..., None]
     face = alpha * rendered.pixels[..., :3] + (1 - alpha) * fill
     roi[:] = np.clip(face, 0, 255).astype(np.uint8)
-    return Rendered(rendered.pixels[..., :3], valid, rendered.x1, rendered.y1)
+    return Rendered(rendered.pixels[..., :3], valid, rendered.x1, rendered.y1, rendered.coords)
 
 
 def soften_surround(

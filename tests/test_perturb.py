@@ -41,13 +41,13 @@ def test_noise_is_added_only_to_replaced_faces_and_is_the_same_for_a_track(demo_
             assert not change.any()
             continue
         (track,) = packet.replaced
-        mesh = packet.meshes[track]
-        x1, y1 = mesh[:, :2].min(axis=0).astype(int) - 2  # interpolation reaches a pixel beyond
-        x2, y2 = mesh[:, :2].max(axis=0).astype(int) + 3
+        drawn = packet.drawn[track]
+        (h, w), x1, y1 = drawn.coverage.shape, drawn.x1, drawn.y1
+        x2, y2 = x1 + w, y1 + h
         outside = np.ones(change.shape[:2], bool)
         outside[max(y1, 0) : y2, max(x1, 0) : x2] = False
         assert not change[outside].any() and np.abs(change).max() <= 4 * 6
         assert change[~outside].std() > 3
         seen[track] = perturb._pattern(track)
-    assert seen and all(np.array_equal(p, perturb._pattern(t)) for t, p in seen.items())
+    assert seen and all(np.array_equal(p.texture, perturb._pattern(t).texture) for t, p in seen.items())
     assert perturb.perturbed > 20
