@@ -293,7 +293,10 @@ def cmd_leak(argv: list[str]) -> int:
                             "not covered by an obscured region.")  # fmt: skip
     p.add_argument("input")
     p.add_argument(
-        "--modes", nargs="+", default=["blur", "pixelate", "mask"], choices=["blur", "pixelate", "mask"]
+        "--modes",
+        nargs="+",
+        default=["blur", "pixelate", "mask"],
+        choices=["blur", "pixelate", "mask", "synth"],
     )
     p.add_argument("--min-height", type=float, default=12.0, help="smallest reference face counted, px (12)")
     p.add_argument(

@@ -35,7 +35,7 @@ def test_output_keeps_every_frame_the_duration_and_the_audio_bytes(tmp_path, med
 def test_leak_rate_is_below_one_percent_in_every_mode(media, detector, name):
     results = measure_leak(
         str(CLIPS[name]),
-        ["blur", "pixelate", "mask"],
+        ["blur", "pixelate", "mask", "synth"],
         lambda mode: build_config(None, {"obscure": {"mode": mode}}),
     )
     for r in results:
