@@ -286,6 +286,13 @@ class SynthStage:
         self.origins[track_id] = origin
         return self.surrogates[track_id]
 
+    def _forget(self, alive: set[int]) -> None:
+        """Drop what is held for ended tracks (their ids never return), so a stream running
+        for days holds only its live tracks' surrogates; what they were stays in ``origins``."""
+        for held in (self.surrogates, self.retry_at, self.seen):
+            for track_id in [t for t in held if t not in alive]:
+                del held[track_id]
+
     def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
         seen = self.seen.get(track_id)
         box = packet.tracks.xyxy[row]
@@ -299,6 +306,7 @@ class SynthStage:
     def process(self, packet: FramePacket) -> FramePacket:
         tracks, detections = packet.tracks, packet.detections
         self.pool.seen_together(tracks.track_id[tracks.detection >= 0].tolist())
+        self._forget(set(tracks.track_id.tolist()))
         jobs: list[tuple[int, int, int, Surrogate | None, Crop]] = []
         rows = zip(tracks.track_id.tolist(), tracks.detection.tolist(), strict=True)
         for row, (tid, det) in enumerate(rows):

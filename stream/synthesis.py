@@ -194,10 +194,11 @@ class TexturePool:
     ``OWN_IDENTITY_COSINE``), never including the track asked for.
     """
 
-    def __init__(self, k: int, frames: int = 8, min_frames: int = 3) -> None:
+    def __init__(self, k: int, frames: int = 8, min_frames: int = 3, capacity: int = 64) -> None:
         self.k = k
         self.frames = frames
         self.min_frames = min_frames
+        self.capacity = capacity  # people held (about 1 MB each); the oldest go first
         self.textures: dict[int, _Texture] = {}
         self.together: dict[int, set[int]] = {}
 
@@ -220,6 +221,10 @@ class TexturePool:
     def add(self, track_id: int, texture: NDArray[np.uint8], mask: NDArray[np.bool_]) -> None:
         held = self.textures.get(track_id)
         if held is None:
+            while len(self.textures) >= self.capacity:
+                oldest = next(iter(self.textures))
+                del self.textures[oldest]
+                self.together.pop(oldest, None)
             held = self.textures[track_id] = _Texture(
                 np.zeros((SIZE, SIZE, 3), np.float32), np.zeros((SIZE, SIZE), np.float32)
             )

@@ -169,6 +169,10 @@ def test_stream_surrogates_average_k_other_people_never_the_track_itself():
     female[20] = False
     assert pool.entry(0, female, described) is None  # nobody of that gender
     assert TexturePool(k=3).entry(0, selected, described) is None  # nothing learnt yet
+    small = TexturePool(k=2, capacity=3)
+    for t in range(5):
+        small.add(t, np.zeros((size, size, 3), np.uint8), np.ones((size, size), bool))
+    assert list(small.textures) == [2, 3, 4]  # a long stream holds only its latest people
 
 
 @pytest.mark.media
