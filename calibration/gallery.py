@@ -238,10 +238,13 @@ def builtin_sources() -> tuple[PackageSource, ...]:
     )  # fmt: skip
 
 
+BUILTIN_RECIPE = 1  # raise when how the built-in gallery is made changes, so caches are rebuilt
+
+
 def builtin_path(k: int = 4) -> Path:
     from engines.zoo import cache_dir
 
-    return cache_dir() / "galleries" / f"builtin-k{k}.npz"
+    return cache_dir() / "galleries" / f"builtin-k{k}-r{BUILTIN_RECIPE}.npz"
 
 
 def ensure_builtin(k: int = 4) -> Path:
