@@ -138,13 +138,18 @@ class Perturbation:
         _verify(pattern, manifest, str(path))
         return cls(pattern, manifest)
 
-    def apply(self, frame: NDArray[np.uint8], points: NDArray[np.float32], epsilon: float = 1.0) -> bool:
-        """Add ``epsilon`` times the pattern (1: as fitted) to the face whose mesh is ``points``
-        ``(468, 3)`` in ``frame`` (RGB uint8, changed in place). See ``add_to_face``."""
+    def offset(self, epsilon: float = 1.0) -> Offset:
+        """``epsilon`` times the pattern (1: as fitted), ready to draw; ValueError when that
+        would change a pixel by more than ``MAX_LEVEL``."""
         peak = pattern_norm(self.pattern, "inf")
         if not 0 <= epsilon * peak <= MAX_LEVEL:
             raise ValueError(f"epsilon must be in [0, {MAX_LEVEL / max(peak, 1e-9):.3g}], got {epsilon}")
-        return add_to_face(frame, points, self.pattern * np.float32(epsilon))
+        return Offset.of(self.pattern * np.float32(epsilon))
+
+    def apply(self, frame: NDArray[np.uint8], points: NDArray[np.float32], epsilon: float = 1.0) -> bool:
+        """Add ``epsilon`` times the pattern to the face whose mesh is ``points`` ``(468, 3)`` in
+        ``frame`` (RGB uint8, changed in place). See ``offset`` and ``add_to_face``."""
+        return add_to_face(frame, points, self.offset(epsilon))
 
 
 @dataclass(frozen=True, eq=False)

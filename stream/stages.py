@@ -325,10 +325,9 @@ class SynthStage:
         if not jobs:
             return packet
         mesh = self.mesh.predict([job[4] for job in jobs])
-        draws: list[
-            tuple[int, int, int, Surrogate, NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]
-        ]
+        draws: list[tuple[int, int, Surrogate, NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]]
         draws = []
+        cfg = self.config
         # Everything is read from the frame before any face is drawn on it (faces may overlap).
         for i, (row, tid, det, surrogate, _) in enumerate(jobs):
             points = mesh.points[i]
@@ -340,29 +339,30 @@ class SynthStage:
                     self.counts.fell_back("mesh not found")
                 continue
             self.seen[tid] = _MeshSeen(packet.index, points, _centre(tracks.xyxy[row]))
-            big = float(np.ptp(points[:, 1])) >= self.config.min_face
-            if det >= 0 and big and self.pool.wants(tid):
-                texture, mask = to_canonical(packet.image, points)
-                if abs(turn(points)) <= MAX_TURN:  # a turned face would ghost the average
-                    self.pool.add(tid, texture, mask)
+            big = float(np.ptp(points[:, 1])) >= cfg.min_face
+            # A turned face would ghost the average.
+            if det >= 0 and big and self.pool.wants(tid) and abs(turn(points)) <= MAX_TURN:
+                self.pool.add(tid, *to_canonical(packet.image, points))
             if surrogate is None:
                 continue
             if not big:
                 self.counts.fell_back("too small")
                 continue
-            draws.append((row, tid, det, surrogate, points, *sample_lab(packet.image, points)))
-        for row, tid, det, surrogate, points, lab, lab_mask in draws:
-            texture = surrogate.relit(lab, lab_mask, self.config.keep_tone)
-            cfg = self.config
-            shape = reshape(points, cfg.reshape, keep_openings=cfg.own_eyes)
-            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask, shape, cfg.own_eyes)
             # Against a fresh detection the mesh must cover the face it was found for; a
             # followed face's only box is its mesh.
             box = detections.xyxy[det] if det >= 0 and detections is not None else None
-            if drawn is None or box is not None and covered_share(points, box) < self.config.min_cover:
+            if box is not None and covered_share(points, box) < cfg.min_cover:
                 self.counts.fell_back("not covered")
                 continue
-            soften_surround(packet.image, tracks.xyxy[row], drawn, self.config.surround_blur)
+            draws.append((row, tid, surrogate, points, *sample_lab(packet.image, points)))
+        for row, tid, surrogate, points, lab, lab_mask in draws:
+            texture = surrogate.relit(lab, lab_mask, cfg.keep_tone)
+            shape = reshape(points, cfg.reshape, keep_openings=cfg.own_eyes)
+            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask, shape, cfg.own_eyes)
+            if drawn is None:
+                self.counts.fell_back("not covered")
+                continue
+            soften_surround(packet.image, tracks.xyxy[row], drawn, cfg.surround_blur)
             packet.replaced.add(tid)
             packet.drawn[tid] = drawn
             self.counts.replaced += 1
@@ -386,9 +386,7 @@ class PerturbStage:
 
     def __init__(self, config: PerturbConfig, perturbation: Perturbation | None) -> None:
         self.config = config
-        self.universal = (
-            Offset.of(perturbation.pattern * np.float32(config.epsilon)) if perturbation else None
-        )
+        self.universal = perturbation.offset(config.epsilon) if perturbation else None
         self.noise: dict[int, Offset] = {}
         self.perturbed = 0
 

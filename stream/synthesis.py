@@ -373,9 +373,7 @@ class AttributeStyler:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        source = _centres(canonical().points)
-        source = source[:, :2] if source.shape[1] > 2 else source
-        self.to_crop = cv2.estimateAffinePartial2D(source, CELEBA_128)[0]
+        self.to_crop = cv2.estimateAffinePartial2D(_centres(canonical().points), CELEBA_128)[0]
         self.from_crop = cv2.invertAffineTransform(self.to_crop)
 
     def style(self, entry: GalleryEntry, selected: NDArray[np.bool_]) -> GalleryEntry:
@@ -425,13 +423,25 @@ def openings(
     tongue as shapes, no identifying detail). ``local``: mesh points in ``roi`` pixels;
     without ``own_eyes`` the surrogate's eyes stay."""
     shape = roi.shape[:2]
-    eyes = np.maximum(_polygon(shape, local, LEFT_EYE), _polygon(shape, local, RIGHT_EYE)) * own_eyes
-    mouth = _polygon(shape, local, INNER_LIPS)
+    through = _polygon(shape, local, INNER_LIPS)
     fill = roi.astype(np.float32)
-    if mouth.any():
+    ys, xs = np.nonzero(through)
+    if len(ys):  # blur only around the mouth: the rest of the window shows nothing of it
         sigma = max(1.0, 0.04 * face_width)
-        fill = np.where(mouth[..., None] > 0, cv2.GaussianBlur(fill, (0, 0), sigmaX=sigma), fill)
-    return np.maximum(eyes, mouth), fill
+        pad = int(np.ceil(3 * sigma))
+        y1, y2, x1, x2 = (
+            max(0, ys.min() - pad),
+            ys.max() + pad + 1,
+            max(0, xs.min() - pad),
+            xs.max() + pad + 1,
+        )
+        window = fill[y1:y2, x1:x2]
+        blurred = cv2.GaussianBlur(window, (0, 0), sigmaX=sigma)
+        window[...] = np.where(through[y1:y2, x1:x2, None] > 0, blurred, window)
+    if own_eyes:
+        eyes = np.maximum(_polygon(shape, local, LEFT_EYE), _polygon(shape, local, RIGHT_EYE))
+        through = np.maximum(through, eyes)
+    return through, fill
 
 
 @lru_cache(maxsize=1)
