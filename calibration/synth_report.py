@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.crops import crop_from_box
-from engines.evaluation import labelled_photos, main_face, read_rgb
+from engines.evaluation import frame_sized, labelled_photos, main_face, read_rgb
 from engines.facemodels import FaceRes
 
 MEDIA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -124,13 +124,7 @@ def evaluate(
     padded: dict[Path, NDArray[np.uint8]] = {}
     for name in names:
         for path in people[name]:
-            image = read_rgb(path)
-            if max(image.shape[:2]) > 640:  # large photos: the face is no smaller than a frame's
-                scale = 640 / max(image.shape[:2])
-                image = np.asarray(
-                    cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), np.uint8
-                )
-            found = main_face(detector, image)
+            found = main_face(detector, frame_sized(read_rgb(path)))
             if found is not None:
                 padded[path] = found[0]
         first = next((p for p in people[name] if p in padded), None)

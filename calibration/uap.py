@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.crops import crop_from_box
-from engines.evaluation import labelled_photos, main_face, read_rgb
+from engines.evaluation import frame_sized, labelled_photos, main_face, read_rgb
 from stream.errors import AnonError, ConfigError, ModelError
 from stream.facewarp import SIZE, canonical, canonical_map
 from stream.perturbation import NORMS, Perturbation, build_manifest, noise, pattern_norm, track_generator
@@ -61,7 +61,6 @@ GENDER = "gender_pred/Sigmoid"
 TARGETS = ("identity", "attributes")
 FACERES_SIZE = 224
 LOGIT_SCALE = 10.0  # cosine logits; DeepFool's decisions do not depend on the scale
-MAX_PHOTO_SIDE = 640  # photos are shrunk to frame-like face sizes, as in synth_report
 FALSE_ACCEPTS = 0.01
 CHUNK = 16  # faces per no-grad forward pass
 
@@ -229,12 +228,7 @@ class Face:
 
 def find_face(image: NDArray[np.uint8], identity: str, detector: Any, mesh: Any) -> Face | None:
     """The photo's largest face with its mesh; None without a face or a confident mesh."""
-    scale = MAX_PHOTO_SIDE / max(image.shape[:2])
-    if scale < 1:
-        image = np.asarray(
-            cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), np.uint8
-        )
-    found = main_face(detector, image)
+    found = main_face(detector, frame_sized(image))
     if found is None:
         return None
     padded, faces = found

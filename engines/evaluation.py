@@ -56,6 +56,17 @@ def read_rgb(path: Path) -> NDArray[np.uint8]:
     return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8)
 
 
+PHOTO_SIDE = 640  # photos are shrunk so their faces are no larger than a video frame's
+
+
+def frame_sized(image: NDArray[np.uint8], side: int = PHOTO_SIDE) -> NDArray[np.uint8]:
+    """``image`` shrunk (area interpolation) so its longer side is at most ``side``."""
+    scale = side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    return np.asarray(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), np.uint8)
+
+
 def main_face(detector: CenterFace, image: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], FaceArrays] | None:
     """The largest face of a photo; the photo is padded first, as close crops fill the frame."""
     pad = max(image.shape[:2]) // 2
