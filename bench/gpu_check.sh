@@ -7,8 +7,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bench/gpu_check.sh OUTDIR}
 mkdir -p "$out"
-py=${PYTHON:-.venv/bin/python}
-[ -x "$py" ] || { ./setup.sh > "$out/setup.log" 2>&1 || { echo "set-up failed, see $out/setup.log"; exit 1; }; }
+py=$(command -v "${PYTHON:-.venv/bin/python}" || true)
+[ -n "$py" ] || { ./setup.sh > "$out/setup.log" 2>&1 || { echo "set-up failed, see $out/setup.log"; exit 1; }; }
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 "$py" -c "from engines.base import available_backends as a; print(a())" > "$out/backends.txt" 2>&1
 status=0

@@ -7,7 +7,6 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -31,6 +30,8 @@ def write_clip(
     fmt: str | None = None,
 ) -> Path:
     """Encode RGB frames (and optional sine-tone AAC audio streams) into ``path``."""
+    import av  # here, not at the top: the GPU machine runs the tests without PyAV
+
     with av.open(str(path), "w", format=fmt) as container:
         video = container.add_stream(codec, rate=rate)
         height, width = frames[0].shape[:2]
@@ -73,17 +74,23 @@ def write_clip(
 
 
 def decode_frames(path: Path) -> list[np.ndarray]:
+    import av
+
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
 def video_pts(path: Path) -> list[float]:
+    import av
+
     with av.open(str(path)) as container:
         return [float(f.pts * f.time_base) for f in container.decode(video=0)]
 
 
 def audio_packets(path: Path) -> list[list[bytes]]:
     """Bytes of every audio packet, per audio stream."""
+    import av
+
     with av.open(str(path)) as container:
         streams = list(container.streams.audio)
         out: list[list[bytes]] = [[] for _ in streams]
