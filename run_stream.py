@@ -88,6 +88,12 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     live.add_argument("--no-live", dest="live", action="store_false", help="treat input as a file")
     g.add_argument("--timeout", type=float, help="network open/read timeout, s (10)")
     g.add_argument("--rtsp-transport", choices=["tcp", "udp"], help="RTSP transport (tcp)")
+    g.add_argument("--reconnect-attempts", type=int,
+                   help="failed reconnections in a row before a lost live input stops (10)")  # fmt: skip
+    g.add_argument("--realtime", dest="realtime", action="store_true", default=None,
+                   help="read a file or lavfi: input at its own pace, like a camera")  # fmt: skip
+    g.add_argument("--loop", dest="loop", action="store_true", default=None,
+                   help="start a file again at its end (a simulated camera, with --realtime)")  # fmt: skip
     g.add_argument("--codec", help="video encoder (libx264)")
     g.add_argument("--crf", type=int, help="encoder quality, lower is better (20)")
     g.add_argument("--preset", help="x264 preset (veryfast)")
@@ -118,6 +124,9 @@ _OPTION_FIELDS = {
     "live": ("source", "live"),
     "timeout": ("source", "timeout_s"),
     "rtsp_transport": ("source", "rtsp_transport"),
+    "reconnect_attempts": ("source", "reconnect_attempts"),
+    "realtime": ("source", "realtime"),
+    "loop": ("source", "loop"),
     "codec": ("sink", "codec"),
     "crf": ("sink", "crf"),
     "preset": ("sink", "preset"),
@@ -159,8 +168,9 @@ def _progress_printer(quiet: bool) -> Any:
         if live:
             lat = sorted(stats.latencies)
             postfix["dropped"] = stats.frames_dropped
-            if lat:
-                postfix["p50ms"] = round(lat[len(lat) // 2] * 1000)
+            if lat:  # glass to glass: capture to write, or to publish for rtsp:// outputs
+                for name, q in (("p50ms", 0.5), ("p95ms", 0.95), ("p99ms", 0.99)):
+                    postfix[name] = round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000)
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
         if stats.finished is not None:
@@ -181,7 +191,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"speed      {summary['fps']} frames/s over {summary['seconds']} s ({summary['backend']})",
     ]
     if summary["live"]:
-        lines.append(f"latency    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
+        lines.append(f"latency    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms"
+                     f" (capture to {'publish' if summary['publish'] else 'write'})")  # fmt: skip
+        lines.append(f"input      {summary['input_reconnects']} reconnections")
+    publish = summary.get("publish")
+    if publish:
+        lines.append(f"publish    {publish['frames_published']} frames sent, "
+                     f"{publish['frames_dropped']} dropped, {publish['reconnects']} reconnections, "
+                     f"{publish['audio_dropped']} audio packets dropped")  # fmt: skip
     synthesis = summary.get("synthesis")
     if synthesis:
         fallback = ", ".join(f"{n} {why}" for why, n in synthesis["fallback"].items()) or "none"

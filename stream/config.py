@@ -28,8 +28,16 @@ Precision = Literal["fp16", "fp32", "int8"]
 class SourceConfig:
     """How inputs are opened.
 
-    live: None decides from the input (URLs and cameras are live, files are not).
+    live: None decides from the input (URLs, cameras and inputs read at
+    their own pace with ``realtime`` are live; files are not).
     timeout_s: open and read timeout for network inputs.
+    reconnect_attempts: a live network input that ends or breaks is opened
+    again, waiting ``reconnect_backoff_s`` before the first attempt and
+    doubling up to ``reconnect_backoff_max_s``; after this many failed
+    attempts in a row the run ends with an error (0: never reconnect).
+    realtime: read a file (or ``lavfi:`` source) at its own pace, as a
+    camera delivers frames (FFmpeg's ``-re``). loop: start a file again at
+    its end, time stamps continuing (a simulated camera, with ``realtime``).
     """
 
     live: bool | None = None
@@ -38,9 +46,17 @@ class SourceConfig:
     camera_width: int = 0
     camera_height: int = 0
     camera_fps: float = 0.0
+    reconnect_attempts: int = 10
+    reconnect_backoff_s: float = 0.5
+    reconnect_backoff_max_s: float = 8.0
+    realtime: bool = False
+    loop: bool = False
 
     def validate(self) -> None:
         _range("source.timeout_s", self.timeout_s, 0.1, 3600)
+        _range("source.reconnect_attempts", self.reconnect_attempts, 0, 10**6)
+        _range("source.reconnect_backoff_s", self.reconnect_backoff_s, 0.0, 3600)
+        _range("source.reconnect_backoff_max_s", self.reconnect_backoff_max_s, self.reconnect_backoff_s, 3600)
         _range("source.camera_width", self.camera_width, 0, 16384)
         _range("source.camera_height", self.camera_height, 0, 16384)
         _range("source.camera_fps", self.camera_fps, 0, 1000)
@@ -224,6 +240,9 @@ class SinkConfig:
 
     codec: any encoder PyAV's FFmpeg has (libx264 by default).
     crf: constant-rate-factor quality (lower is better). preset: x264 preset.
+    For ``rtsp://`` outputs: rtsp_transport, timeout_s (connect and socket
+    timeout), keyint_s (key frame interval, so a viewer joining or a
+    reconnect starts soon), and the backoff between reconnection attempts.
     """
 
     codec: str = "libx264"
@@ -231,9 +250,18 @@ class SinkConfig:
     preset: str = "veryfast"
     pix_fmt: str = "yuv420p"
     image_format: str = "png"
+    rtsp_transport: RtspTransport = "tcp"
+    timeout_s: float = 5.0
+    keyint_s: float = 1.0
+    reconnect_backoff_s: float = 0.5
+    reconnect_backoff_max_s: float = 8.0
 
     def validate(self) -> None:
         _range("sink.crf", self.crf, 0, 51)
+        _range("sink.timeout_s", self.timeout_s, 0.1, 3600)
+        _range("sink.keyint_s", self.keyint_s, 0.04, 60)
+        _range("sink.reconnect_backoff_s", self.reconnect_backoff_s, 0.0, 3600)
+        _range("sink.reconnect_backoff_max_s", self.reconnect_backoff_max_s, self.reconnect_backoff_s, 3600)
         presets = "ultrafast superfast veryfast faster fast medium slow slower veryslow placebo".split()
         if self.codec in ("libx264", "libx265") and self.preset not in presets:
             raise ConfigError(f"sink.preset: expected one of {presets}, got {self.preset!r}")

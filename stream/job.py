@@ -27,6 +27,7 @@ from .frames import FramePacket
 from .obscure import Obscurer
 from .perturbation import Perturbation
 from .privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
+from .publisher import RtspSink
 from .runner import Runner, RunStats
 from .sinks import open_sink
 from .sources import open_source
@@ -243,6 +244,8 @@ class JobResult:
     damage: str | None = None
     privacy: dict[str, Any] | None = None
     synthesis: dict[str, Any] | None = None
+    reconnects: int = 0
+    publish: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         s = self.stats
@@ -268,6 +271,8 @@ class JobResult:
             "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)},
             "failures": s.failures,
             "input_damage": self.damage,
+            "input_reconnects": self.reconnects,
+            "publish": self.publish,
             "privacy": self.privacy["figures"] if self.privacy else None,
             "synthesis": self.synthesis,
         }
@@ -345,6 +350,8 @@ def run_job(
             live=source.live,
             backend=detector.backend.name,
             damage=source.damage(),
+            reconnects=source.stats.reconnects,
+            publish=asdict(sink.stats) if isinstance(sink, RtspSink) else None,
             privacy=privacy_report(stages, config) if error is None else None,
             synthesis=synthesis_report(stages),
         )

@@ -312,6 +312,7 @@ class Runner:
             self._written.set()
 
     def _write_loop(self) -> None:
+        drain_latencies = getattr(self.sink, "drain_latencies", None)
         try:
             while True:
                 item = self._q_out.get()
@@ -323,7 +324,10 @@ class Runner:
                     continue
                 self.sink.write_frame(item)
                 self.stats.frames_out += 1
-                self.stats.latencies.append(time.monotonic() - item.capture_time)
+                if drain_latencies is None:
+                    self.stats.latencies.append(time.monotonic() - item.capture_time)
+                else:  # the sink knows when frames really left (published)
+                    self.stats.latencies.extend(drain_latencies())
                 if self.on_frame is not None:
                     self.on_frame(item)
         except _Aborted:
@@ -367,6 +371,9 @@ class Runner:
             # Stop reading; what is already queued is processed and written.
             interrupted = True
             self._stop.set()
+            interrupt = getattr(self.source, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
             try:
                 while not self._written.wait(0.2):
                     pass

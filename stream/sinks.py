@@ -43,6 +43,10 @@ def open_sink(target: str, config: SinkConfig, rate: Fraction | None, audio_temp
     """A sink for ``target``: ``null``, a folder or ``%``-pattern for images, or a video file."""
     if target in ("null", "-"):
         return NullSink()
+    if target.lower().startswith(("rtsp://", "rtsps://")):
+        from .publisher import RtspSink
+
+        return RtspSink(target, config, rate, audio_templates)
     path = Path(target)
     if "%" in target or target.endswith(os.sep) or path.is_dir():
         return ImageSequenceSink(path, config)
@@ -128,6 +132,8 @@ class VideoFileSink:
         self._container: Any = None
         self._video: Any = None
         self._audio: dict[int, Any] = {}
+        self._last_dts: dict[int, int] = {}
+        self.audio_dropped = 0
         self._closed = False
 
     def _open(self, first: FramePacket) -> None:
@@ -199,6 +205,13 @@ class VideoFileSink:
         import av
 
         pkt = packet.packet
+        last = self._last_dts.get(packet.stream_index)
+        if pkt.dts is not None:
+            if last is not None and pkt.dts <= last:
+                # Only where a reconnected input's audio overlaps what was written.
+                self.audio_dropped += 1
+                return
+            self._last_dts[packet.stream_index] = pkt.dts
         pkt.stream = self._audio[packet.stream_index]
         try:
             self._container.mux(pkt)

@@ -7,8 +7,11 @@ each compressed packet of the audio streams, which the sink copies as is.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from .frames import FramePacket, PassthroughPacket
 
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp")
 _NETWORK_SCHEMES = (*_LIVE_SCHEMES, "http", "https")
+
+log = logging.getLogger("anonymousnet")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class SourceStats:
     frames: int = 0
     corrupt_packets: int = 0
     restamped: int = 0
+    reconnects: int = 0
     error: str | None = None
 
 
@@ -89,30 +95,59 @@ def upright(image: NDArray[np.uint8], rotation: int) -> NDArray[np.uint8]:
 
 
 class MediaSource:
-    """A file or network stream read with PyAV (FFmpeg)."""
+    """A file or network stream read with PyAV (FFmpeg).
+
+    A live network input that ends or breaks (PyAV reports a dropped
+    connection as a clean end of stream) is opened again with exponential
+    backoff; ``loop`` starts a file again at its end. Either way the time
+    stamps of every stream continue from where the last session stopped, in
+    the first session's time bases, so the output stays one monotonic stream.
+    """
 
     def __init__(self, spec: str, config: SourceConfig) -> None:
+        self.description = spec
+        self.config = config
+        self._scheme = scheme(spec)
+        self._network = self._scheme in _NETWORK_SCHEMES
+        self._lavfi = spec.startswith("lavfi:")
+        if self._scheme is None and not self._lavfi and not os.path.exists(spec):
+            raise SourceError(f"input {spec}: no such file")
+        if self._scheme is None and os.path.isdir(spec):
+            raise SourceError(f"input {spec}: is a folder, expected a video file")
+        self._closing = threading.Event()
+        self._container = self._open()
+        self._video = self._container.streams.video[0]
+        self.audio_templates = list(self._container.streams.audio)
+        self.live = (
+            config.live
+            if config.live is not None
+            else (
+                self._scheme in _LIVE_SCHEMES
+                or config.realtime
+                or (self._network and self._container.duration is None)
+            )
+        )
+        self.stats = SourceStats()
+        self.info = self._probe()
+
+    def _open(self) -> Any:
+        """Open the input (again): a container with at least one video stream, or SourceError."""
         import av
 
-        self.description = spec
-        url_scheme = scheme(spec)
-        network = url_scheme in _NETWORK_SCHEMES
-        if url_scheme is None and not os.path.exists(spec):
-            raise SourceError(f"input {spec}: no such file")
-        if url_scheme is None and os.path.isdir(spec):
-            raise SourceError(f"input {spec}: is a folder, expected a video file")
+        spec, config = self.description, self.config
         options: dict[str, str] = {}
         kwargs: dict[str, Any] = {}
-        if network:
+        if self._network:
             # Both are needed: the option bounds FFmpeg's socket reads, the
             # argument PyAV's own open and read calls; else a stalled server
             # blocks forever.
             options["timeout"] = str(int(config.timeout_s * 1_000_000))
             kwargs["timeout"] = (config.timeout_s, config.timeout_s)
-            if url_scheme in ("rtsp", "rtsps"):
+            if self._scheme in ("rtsp", "rtsps"):
                 options["rtsp_transport"] = config.rtsp_transport
+        target, fmt = (spec[len("lavfi:") :], "lavfi") if self._lavfi else (spec, None)
         try:
-            self._container = av.open(spec, mode="r", options=options, **kwargs)
+            container = av.open(target, mode="r", format=fmt, options=options, **kwargs)
         except FileNotFoundError:
             raise SourceError(f"input {spec}: no such file") from None
         except PermissionError:
@@ -123,21 +158,13 @@ class MediaSource:
                 "or raise source.timeout_s"
             ) from None
         except (av.error.FFmpegError, OSError) as exc:
-            what = "cannot connect" if network else "not a readable video"
+            what = "cannot connect" if self._network else "not a readable video"
             raise SourceError(f"input {spec}: {what} ({_reason(exc)})") from None
-        if not self._container.streams.video:
-            self._container.close()
+        if not container.streams.video:
+            container.close()
             raise SourceError(f"input {spec}: holds no video stream")
-        self._video = self._container.streams.video[0]
-        self._video.thread_type = "AUTO"
-        self.audio_templates = list(self._container.streams.audio)
-        self.live = (
-            config.live
-            if config.live is not None
-            else (url_scheme in _LIVE_SCHEMES or (network and self._container.duration is None))
-        )
-        self.stats = SourceStats()
-        self.info = self._probe()
+        container.streams.video[0].thread_type = "AUTO"
+        return container
 
     def _probe(self) -> VideoInfo:
         stream = self._video
@@ -155,32 +182,61 @@ class MediaSource:
             height=height,
             rate=Fraction(rate) if rate else None,
             time_base=Fraction(time_base),
-            frames=int(stream.frames or 0),
-            duration_s=duration,
+            frames=int(stream.frames or 0) if not self.config.loop else 0,
+            duration_s=duration if not self.config.loop else None,
             codec=ctx.name,
         )
 
+    @property
+    def reconnects(self) -> bool:
+        return self.live and self._network and self.config.reconnect_attempts > 0
+
     def packets(self) -> Iterator[FramePacket | PassthroughPacket]:
+        clock = _Timeline(self.info.time_base, _frame_step(self.info) * self.info.time_base)
+        pace = _Pacer() if self.config.realtime else None
+        while True:
+            yield from self._session(clock, pace)
+            if self._closing.is_set():
+                return
+            if self.config.loop and not self._network:
+                self._container.close()
+                self._container = self._open()
+            elif self.reconnects:
+                self._reconnect()
+            else:
+                return
+            clock.new_session()
+
+    def _session(self, clock: _Timeline, pace: _Pacer | None) -> Iterator[FramePacket | PassthroughPacket]:
+        """Packets of the open container until it ends or breaks."""
         import av
 
-        video = self._video
-        time_base = self.info.time_base
-        step = _frame_step(self.info)
-        last_pts: int | None = None
-        streams = [video, *self.audio_templates]
-        demuxer = self._container.demux(streams)
-        while True:
+        container = self._container
+        video = container.streams.video[0]
+        # Audio streams are copied by position; a later session whose audio
+        # differs from the first one's has its audio dropped.
+        audio = {
+            s.index: t.index
+            for s, t in zip(container.streams.audio, self.audio_templates, strict=False)
+            if s.codec_context.name == t.codec_context.name
+        }
+        size = (self.info.height, self.info.width)
+        demuxer = container.demux([video, *(s for s in container.streams.audio if s.index in audio)])
+        while not self._closing.is_set():
             try:
                 packet = next(demuxer)
             except StopIteration:
                 return
             except av.error.FFmpegError as exc:
-                # A read error mid-stream: end here; the frames so far are kept.
+                # A read error mid-stream: like an end of stream; the frames so
+                # far are kept, a live input is opened again.
                 self.stats.error = f"read failed after {self.stats.frames} frames ({_reason(exc)})"
                 return
             if packet.stream.index != video.index:
                 if packet.size:
-                    yield PassthroughPacket(packet, packet.stream.index)
+                    if packet.pts is not None:
+                        clock.shift_packet(packet)
+                    yield PassthroughPacket(packet, audio[packet.stream.index])
                 continue
             try:
                 frames = packet.decode()
@@ -188,22 +244,51 @@ class MediaSource:
                 self.stats.corrupt_packets += 1
                 continue
             for frame in frames:
-                pts = frame.pts
-                if pts is None or (last_pts is not None and pts <= last_pts):
-                    pts = 0 if last_pts is None else last_pts + step
-                    self.stats.restamped += 1
-                last_pts = pts
+                pts, restamped = clock.video_pts(frame.pts, frame.time_base or video.time_base)
+                self.stats.restamped += restamped
+                if pace is not None:
+                    pace.wait(pts * self.info.time_base, self._closing)
                 image = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
-                duration = frame.duration or None
+                if image.shape[:2] != size:  # a reconnected stream with another size
+                    import cv2
+
+                    image = np.asarray(cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA), np.uint8)
                 yield FramePacket(
                     index=self.stats.frames,
                     image=image,
                     pts=pts,
-                    time_base=time_base,
-                    duration=duration,
+                    time_base=self.info.time_base,
+                    duration=frame.duration or None,
                     capture_time=time.monotonic(),
                 )
                 self.stats.frames += 1
+
+    def _reconnect(self) -> None:
+        """Open the input again with exponential backoff, or raise SourceError after the limit."""
+        config = self.config
+        with contextlib.suppress(Exception):
+            self._container.close()
+        delay = config.reconnect_backoff_s
+        last = self.stats.error or "the stream ended"
+        for attempt in range(1, config.reconnect_attempts + 1):
+            log.warning("input %s: lost (%s); reconnecting in %.1f s (attempt %d of %d)",
+                        self.description, last, delay, attempt, config.reconnect_attempts)  # fmt: skip
+            if self._closing.wait(delay):
+                return
+            try:
+                self._container = self._open()
+            except SourceError as exc:
+                last = str(exc)
+                delay = min(delay * 2, config.reconnect_backoff_max_s)
+                continue
+            self.stats.reconnects += 1
+            self.stats.error = None
+            log.warning("input %s: reconnected (%d so far)", self.description, self.stats.reconnects)
+            return
+        raise SourceError(
+            f"input {self.description}: lost, and {config.reconnect_attempts} attempts to reconnect "
+            f"failed (last: {last}); check the server, or raise source.reconnect_attempts"
+        )
 
     def damage(self) -> str | None:
         """What was wrong with the input once read to its end, or None if it was whole."""
@@ -216,8 +301,81 @@ class MediaSource:
             )
         return None
 
+    def interrupt(self) -> None:
+        """Stop reading at the next packet; a reconnect or pacing wait ends at once (any thread)."""
+        self._closing.set()
+
     def close(self) -> None:
-        self._container.close()
+        self._closing.set()
+        with contextlib.suppress(Exception):
+            self._container.close()
+
+
+class _Timeline:
+    """Time stamps that continue across sessions (reconnections, loops).
+
+    Video pts come out in the first session's video time base, re-stamped
+    where missing or not increasing. Each new session is shifted so that its
+    first time stamp lands one frame after the last one emitted; audio
+    packets get the same shift, in their own time base.
+    """
+
+    def __init__(self, time_base: Fraction, step_s: Fraction) -> None:
+        self.time_base = time_base
+        self.step = max(1, round(step_s / time_base))
+        self.last: int | None = None  # last video pts emitted, in time_base
+        self.end_s = Fraction(0)  # end of everything emitted, in seconds
+        self.shift_s: Fraction | None = Fraction(0)  # None: decided by the next session's first stamp
+
+    def new_session(self) -> None:
+        self.shift_s = None
+
+    def _shift(self, stamp_s: Fraction) -> Fraction:
+        if self.shift_s is None:
+            self.shift_s = self.end_s - stamp_s
+        return self.shift_s
+
+    def shift_packet(self, packet: Any) -> None:
+        tb = Fraction(packet.time_base)
+        shift = self._shift(packet.pts * tb)
+        if shift:
+            delta = round(shift / tb)
+            packet.pts += delta
+            if packet.dts is not None:
+                packet.dts += delta
+        self.end_s = max(self.end_s, packet.pts * tb)
+
+    def video_pts(self, pts: int | None, time_base: Any) -> tuple[int, int]:
+        """The frame's output pts and 1 if it had to be re-stamped."""
+        restamped = 0
+        if pts is None:
+            out = 0 if self.last is None else self.last + self.step
+            restamped = 1
+        else:
+            stamp = pts * Fraction(time_base)
+            out = round((stamp + self._shift(stamp)) / self.time_base)
+            if self.last is not None and out <= self.last:
+                out = self.last + self.step
+                restamped = 1
+        self.last = out
+        self.end_s = max(self.end_s, (out + self.step) * self.time_base)
+        return out, restamped
+
+
+class _Pacer:
+    """Holds frames back to their time stamps, as a camera would deliver them."""
+
+    def __init__(self) -> None:
+        self._start: tuple[float, Fraction] | None = None
+
+    def wait(self, stamp_s: Fraction, stop: threading.Event) -> None:
+        if self._start is None:
+            self._start = (time.monotonic(), stamp_s)
+            return
+        due = self._start[0] + float(stamp_s - self._start[1])
+        delay = due - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
 
 
 class CameraSource:
