@@ -45,6 +45,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", type=Path, help="TOML file with any of the options (sections as in stream/config.py)"
     )
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="any config option, e.g. source.reconnect_backoff_s=1 (repeatable)")  # fmt: skip
     g = p.add_argument_group("obscuring")
     g.add_argument(
         "--mode", choices=["blur", "pixelate", "mask", "synth"], help="how faces are hidden (blur)"
@@ -139,9 +141,11 @@ _OPTION_FIELDS = {
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from stream.config import build_config
+    from stream.config import build_config, parse_option
 
     overrides: dict[str, dict[str, Any]] = {}
+    for section, name, value in map(parse_option, getattr(args, "set", None) or []):
+        overrides.setdefault(section, {})[name] = value
     for option, (section, name) in _OPTION_FIELDS.items():
         value = getattr(args, option, None)
         if value is not None:

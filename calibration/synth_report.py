@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from engines.crops import crop_from_box
 from engines.evaluation import frame_sized, labelled_photos, main_face, read_rgb
 from engines.facemodels import FaceRes
+from stream.config import parse_option
 
 MEDIA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media"
 
@@ -269,17 +270,6 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
     return out
 
 
-def _option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with the value read as TOML (numbers, booleans, quoted strings)."""
-    import tomllib
-
-    key, _, value = text.partition("=")
-    try:
-        return key.strip(), tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key.strip(), value.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.synth_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -309,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['median_cosine']}; flicker {r['flicker_ratio']} x the input's")  # fmt: skip
         return 0
     options: dict[str, dict[str, Any]] = {}
-    for key, value in map(_option, args.set):
-        section, _, name = key.partition(".")
+    for section, name, value in map(parse_option, args.set):
         options.setdefault(section, {})[name] = value
     results = evaluate(args.media, args.modes, args.gallery, args.sheet, options)
     chance = 100 * results["chance"]

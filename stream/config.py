@@ -434,6 +434,20 @@ def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
     return cls(**{k: _coerce(f"{name}.{k}", hints[k], v) for k, v in values.items()})
 
 
+def parse_option(text: str) -> tuple[str, str, Any]:
+    """``SECTION.KEY=VALUE`` (a command line's ``--set``), the value read as TOML
+    (numbers, booleans, quoted strings; anything else is a plain string)."""
+    key, sep, value = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise ConfigError(f"--set {text}: expected SECTION.KEY=VALUE, e.g. source.reconnect_attempts=20")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return section, name.strip(), parsed
+
+
 def build_config(file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """The validated config from an optional TOML file, then CLI overrides on top.
 

@@ -95,7 +95,8 @@ class FramePacket:
     likewise, or None when unknown. ``capture_time`` is ``time.monotonic()``
     when the frame was read, for latency figures. ``detections`` is None on
     a frame where the detector did not run; ``full_detection`` is False
-    where it ran at reduced resolution (see ``DetectConfig.every``).
+    where it ran at reduced resolution (see ``DetectConfig.every``);
+    ``thumbnail`` is a tiny grey copy of the frame that tells scene cuts.
     ``attributes`` maps track id to its ``TrackAttributes`` (Stage I), when enabled;
     ``replaced`` holds the tracks whose face a surrogate replaced (Stage III),
     which the obscuring stage then leaves alone; ``drawn`` how each was drawn
@@ -113,6 +114,7 @@ class FramePacket:
     capture_time: float = 0.0
     detections: Detections | None = field(default_factory=Detections.empty)
     full_detection: bool = True
+    thumbnail: NDArray[np.float32] | None = None
     tracks: Tracks = field(default_factory=Tracks.empty)
     attributes: dict[int, Any] = field(default_factory=dict)
     replaced: set[int] = field(default_factory=set)

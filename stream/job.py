@@ -97,7 +97,8 @@ def load_styler(checkpoint: str, backend: str) -> AttributeStyler:
 
 
 def build_stages(config: Config, detector: CenterFace, estimator: Estimator | None = None) -> list[Stage]:
-    stages: list[Stage] = [DetectStage(detector, config.detect), TrackStage(config.track)]
+    detect = DetectStage(detector, config.detect)
+    stages: list[Stage] = [detect, TrackStage(config.track, detect)]
     synth = config.obscure.mode == "synth"
     if config.attributes.enabled or synth:
         distribution = (

@@ -336,7 +336,8 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
     conn: _Connection | None = None
     backoff = s.backoff_s
     next_try = 0.0
-    published: list[float] = []
+    published: list[float] = []  # capture-to-send seconds of frames sent since the last report
+    captured: dict[int, float] = {}  # pts -> capture time of frames inside the encoder
     dropped = [0, 0]
     last_report = time.monotonic()
 
@@ -352,9 +353,17 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
                 dropped[0] = dropped[1] = 0
             last_report = now
 
+    def send(packets: list[Any]) -> None:
+        """Mux encoded frames; a frame counts as published once its packet is sent."""
+        assert conn is not None
+        for out in packets:
+            conn.container.mux(out)
+            published.append(time.monotonic() - captured.pop(out.pts, time.monotonic()))
+
     def lost(exc: BaseException) -> None:
         nonlocal conn, next_try
         events.put(("error", f"{type(exc).__name__}: {exc}"))
+        captured.clear()  # frames inside the dropped encoder
         if conn is not None:
             conn.close()
         conn = None
@@ -384,12 +393,11 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
                 else:
                     frame = av.VideoFrame.from_ndarray(_even(frames[slot]), format="rgb24")
                     frame.pts, frame.time_base = pts, time_base
+                    captured[pts] = capture_time
                     try:
-                        for out in conn.video.encode(frame):
-                            conn.container.mux(out)
-                        published.append(time.monotonic() - capture_time)
+                        send(conn.video.encode(frame))
                     except (av.error.FFmpegError, OSError) as exc:
-                        dropped[0] += 1
+                        dropped[0] += len(captured)
                         lost(exc)
                 free.put(slot)
             else:
@@ -410,8 +418,7 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
             report()
         if conn is not None:
             with contextlib.suppress(av.error.FFmpegError, OSError):
-                for out in conn.video.encode(None):
-                    conn.container.mux(out)
+                send(conn.video.encode(None))
     finally:
         if conn is not None:
             conn.close()

@@ -42,3 +42,28 @@ def test_leak_rate_is_below_one_percent_in_every_mode(media, detector, name):
         assert r["reference_faces"] > 500, r  # the measurement has substance
         assert r["frames"] == r["reference_frames"]
         assert r["leak_rate"] < 0.01, (r["mode"], r["leak_rate"], r["leaks"])
+
+
+def test_a_scene_cut_on_a_frame_with_only_the_cheap_pass_is_detected_in_full(tmp_path, media, detector):
+    """Looping the clip puts a hard cut (crowd -> pianist and conductor) on frame 275, a
+    frame of the reduced-resolution pass (detect.every = 2); the pianist's small face
+    there must still be found and hidden, not carried in one frame late."""
+    import av
+
+    from stream.job import run_job
+
+    out = tmp_path / "loop.mkv"
+    config = build_config(
+        None, {"source": {"loop": True}, "obscure": {"mode": "mask"}, "runner": {"max_frames": 278}}
+    )
+    result = run_job(str(HAMILTON), str(out), config, detector=detector)
+    assert result.stats.frames_out == 278
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 278 and config.detect.every == 2
+    with av.open(str(HAMILTON)) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    (original,) = detector.detect([first], 1.0, 0.5, 0.3)
+    assert len(original.boxes) >= 2  # the clip's first frame: the pianist and the conductor
+    (after_cut,) = detector.detect([frames[275]], 1.0, 0.5, 0.3)
+    assert len(after_cut.boxes) == 0
