@@ -318,13 +318,19 @@ def run_job(
     or is interrupted part-way. ``stages`` replaces the default stage list
     (tests inject faults this way).
     """
-    source = open_source(input_spec, config.source)
+    try:
+        source = open_source(input_spec, config.source)
+    except AnonError as exc:
+        _report_setup_failure(report, input_spec, output, config, exc)
+        raise
     try:
         detector = detector or load_detector(config)
         stages = stages if stages is not None else build_stages(config, detector)
         sink = open_sink(output, config.sink, source.info.rate, source.audio_templates)
-    except BaseException:
+    except BaseException as exc:
         source.close()
+        if isinstance(exc, AnonError):
+            _report_setup_failure(report, input_spec, output, config, exc)
         raise
     runner = Runner(source, stages, sink, Obscurer(config.obscure), config.runner, on_frame=regions)
     total = source.info.frames
@@ -359,6 +365,15 @@ def run_job(
         if report is not None:
             write_report(report, result, config, error)
     return result
+
+
+def _report_setup_failure(
+    report: Path | None, input_spec: str, output: str, config: Config, error: AnonError
+) -> None:
+    """A run that failed before its first frame still leaves its report, with the error."""
+    if report is not None:
+        result = JobResult(input_spec, output, RunStats(), {}, live=False, backend="none")
+        write_report(report, result, config, error)
 
 
 def write_report(path: Path, result: JobResult, config: Config, error: AnonError | None = None) -> None:

@@ -146,6 +146,11 @@ class MediaSource:
             if self._scheme in ("rtsp", "rtsps"):
                 options["rtsp_transport"] = config.rtsp_transport
         target, fmt = (spec[len("lavfi:") :], "lavfi") if self._lavfi else (spec, None)
+        silent = SourceError(
+            f"input {spec}: no answer within {config.timeout_s:g} s; check the address "
+            "or raise source.timeout_s"
+        )
+        started = time.monotonic()
         try:
             container = av.open(target, mode="r", format=fmt, options=options, **kwargs)
         except FileNotFoundError:
@@ -153,11 +158,11 @@ class MediaSource:
         except PermissionError:
             raise SourceError(f"input {spec}: permission denied") from None
         except av.error.ExitError:
-            raise SourceError(
-                f"input {spec}: no answer within {config.timeout_s:g} s; check the address "
-                "or raise source.timeout_s"
-            ) from None
+            raise silent from None
         except (av.error.FFmpegError, OSError) as exc:
+            if self._network and time.monotonic() - started >= 0.9 * config.timeout_s:
+                # FFmpeg's own socket timeout reports itself as bad data.
+                raise silent from None
             what = "cannot connect" if self._network else "not a readable video"
             raise SourceError(f"input {spec}: {what} ({_reason(exc)})") from None
         if not container.streams.video:
