@@ -31,3 +31,5 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > .venv/.setup-stamp
 fi
 .venv/bin/python run_stream.py models --fetch
+# Debian's GStreamer RTSP server, which the live-stream tests run against.
+bash tests/servers/install.sh
