@@ -13,6 +13,7 @@ CUDA graph per input shape. torch is imported only when one is created.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,7 @@ class TorchCudaBackend:
                 setattr(module, key, buf.to(self._device, self._dtype))
         self._module = module
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, list[Any]]] = {}
+        self._replay = threading.Lock()
         self._cuda_graphs = cuda_graphs and self._device.type == "cuda"
         import onnx
 
@@ -287,8 +289,10 @@ class TorchCudaBackend:
                 torch.from_numpy(np.ascontiguousarray(x)).to(self._device, self._dtype) for x in inputs
             ]
             if not self._cuda_graphs:
-                outs = self._module(*tensors)
-            else:
+                return [o.float().cpu().numpy() for o in self._module(*tensors)]
+            # A graph's buffers are shared: the pipeline's detection workers
+            # (and several streams) call in from many threads.
+            with self._replay:
                 key = tuple(s for t in tensors for s in t.shape)
                 if key not in self._graphs:
                     static_in = [t.clone() for t in tensors]
@@ -306,8 +310,7 @@ class TorchCudaBackend:
                 for dst, src in zip(static_in, tensors, strict=True):
                     dst.copy_(src)
                 graph.replay()
-                outs = static_out
-            return [o.float().cpu().numpy() for o in outs]
+                return [o.float().cpu().numpy() for o in static_out]
 
     def close(self) -> None:
         self._graphs.clear()

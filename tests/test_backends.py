@@ -137,6 +137,25 @@ def test_torch_cuda_fp16_agrees_with_cpu(name):
 
 
 @pytest.mark.gpu
+def test_torch_cuda_graphs_give_each_thread_its_own_answer():
+    """The runner's detection workers call one backend from several threads; the
+    replayed CUDA graph's shared buffers must not mix their inputs up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _cuda()
+    backend, _ = sample_input("faceres", batch=1)
+    inputs = [sample_input("faceres", batch=1, seed=seed)[1] for seed in range(8)]
+    expected = [backend.infer(x)[0] for x in inputs]
+    gpu = create_backend("torch-cuda", zoo.ensure("faceres"))
+    gpu.infer(inputs[0])  # capture the graph
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda x: gpu.infer(x)[0], inputs))
+            for a, b in zip(expected, got, strict=True):
+                assert np.abs(a - b).max() / max(1.0, float(np.abs(a).max())) < 3e-2
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["cuda", "tensorrt"])
 def test_onnx_runtime_gpu_providers_agree_with_cpu(kind):
     from engines.base import available_backends
