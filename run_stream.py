@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -222,17 +223,30 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def cmd_anonymize(argv: list[str]) -> int:
     p = _Parser(prog="run_stream.py", description="Anonymize every face in a video file, stream or camera.")
-    p.add_argument("input", nargs="?", help="video file, URL (rtsp://, http://) or camera index")
-    p.add_argument("-o", "--output", help="output .mp4/.mkv/.mov, a folder for images, or 'null'")
+    p.add_argument("input", nargs="*", help="video file, URL (rtsp://, http://, lavfi:...) or camera "
+                   "index; several run at once, one -o each")  # fmt: skip
+    p.add_argument("-o", "--output", action="append",
+                   help="output .mp4/.mkv/.mov, rtsp://, image folder or 'null' (one per input)")  # fmt: skip
+    p.add_argument(
+        "--streams", type=Path, help="TOML file of [[stream]] tables (name, input, output, report)"
+    )
     p.add_argument("--demo", action="store_true", help="anonymize the built-in demo clip")
     p.add_argument("--report", type=Path, help="write a JSON run report here")
     p.add_argument("--regions", type=Path, help="write per-frame obscured boxes here (JSON lines)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     _add_pipeline_options(p)
     args = p.parse_args(argv)
 
     from stream.job import RegionLog, run_job
 
+    if args.streams or len(args.input) > 1:
+        return _anonymize_streams(p, args)
+    args.input = args.input[0] if args.input else None
+    if args.output and len(args.output) > 1:
+        p.error("one input takes one -o OUTPUT")
+    args.output = args.output[0] if args.output else None
+    collector = _metrics(args.metrics_port)
     if args.demo:
         from engines.zoo import cache_dir
         from stream.demo import write_demo_clip
@@ -255,6 +269,7 @@ def cmd_anonymize(argv: list[str]) -> int:
             progress=_progress_printer(args.quiet),
             regions=RegionLog(regions_file) if regions_file else None,
             report=args.report,
+            on_start=(lambda runner: collector.add("main", runner)) if collector else None,
         )  # fmt: skip
     finally:
         if regions_file:
@@ -265,6 +280,71 @@ def cmd_anonymize(argv: list[str]) -> int:
         print(f"error: {result.damage}; the output holds every frame before it", file=sys.stderr)
         return 4
     return 0
+
+
+def _metrics(port: int | None) -> Any:
+    """A collector serving /metrics on ``port``, or None without a port."""
+    if not port:
+        return None
+    from stream.metrics import StreamsCollector, serve
+
+    collector = StreamsCollector()
+    serve(port, collector)
+    return collector
+
+
+def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Several inputs at once in one process, models shared (``stream.multi``)."""
+    from stream.multi import StreamSpec, read_streams, run_streams
+
+    if args.demo or args.regions:
+        p.error("--demo and --regions take a single input")
+    if args.streams:
+        if args.input or args.output:
+            p.error("give the streams either in --streams FILE or as INPUT... -o OUTPUT..., not both")
+        specs = read_streams(args.streams)
+    else:
+        if not args.output or len(args.output) != len(args.input):
+            p.error(f"{len(args.input)} inputs need as many -o OUTPUT, in the same order")
+        specs = [
+            StreamSpec(f"stream{i + 1}", src, out)
+            for i, (src, out) in enumerate(zip(args.input, args.output, strict=True))
+        ]
+    config = config_from_args(args)
+    collector = _metrics(args.metrics_port)
+    last = [0.0]
+
+    def status(runners: dict[str, Any]) -> None:
+        if args.quiet or time.monotonic() - last[0] < 2:
+            return
+        last[0] = time.monotonic()
+        for name, runner in runners.items():
+            s = runner.stats
+            lat = sorted(s.latencies)
+            p50 = f"{lat[len(lat) // 2] * 1000:.0f}" if lat else "-"
+            print(f"{name}: {s.frames_out} frames, {s.fps:.1f}/s, {s.frames_dropped} dropped, "
+                  f"{s.faces} faces, p50 {p50} ms", file=sys.stderr)  # fmt: skip
+
+    outcomes = run_streams(
+        specs, config,
+        on_start=(lambda name, runner: collector.add(name, runner)) if collector else None,
+        progress=status,
+    )  # fmt: skip
+    summaries = {}
+    for outcome in outcomes:
+        name = outcome.spec.name
+        summary = outcome.result.summary() if outcome.result else None
+        summaries[name] = {"summary": summary, "error": str(outcome.error) if outcome.error else None}
+        if not args.quiet:
+            print(f"--- {name}", file=sys.stderr)
+            if summary:
+                _print_summary(summary)
+            if outcome.error:
+                print(f"error: {outcome.error}", file=sys.stderr)
+    if args.report:
+        args.report.write_text(json.dumps({"streams": summaries}, indent=2, default=str) + "\n")
+    failed = [o for o in outcomes if o.error is not None]
+    return max((o.error.exit_code for o in failed), default=0)  # type: ignore[union-attr]
 
 
 def cmd_models(argv: list[str]) -> int:

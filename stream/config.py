@@ -337,15 +337,20 @@ class RunnerConfig:
     goes on; ``stop`` ends the run with an error. Either way no raw frame is
     written. workers: threads running detection on several frames at once
     (0: one per core, at most 4); tracking and obscuring stay in frame order.
+    live_queue_size: frames a live input may have waiting for detection; when
+    the machine falls behind, the oldest are dropped, so this bounds the
+    latency (queue_size applies to files, which never drop).
     """
 
     queue_size: int = 8
+    live_queue_size: int = 2
     on_failure: FailPolicy = "mask"
     max_frames: int = 0
     workers: int = 0
 
     def validate(self) -> None:
         _range("runner.queue_size", self.queue_size, 1, 1024)
+        _range("runner.live_queue_size", self.live_queue_size, 1, 1024)
         _range("runner.workers", self.workers, 0, 64)
         _range("runner.max_frames", self.max_frames, 0, 10**9)
 

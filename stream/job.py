@@ -311,8 +311,12 @@ def run_job(
     regions: RegionLog | None = None,
     stages: list[Stage] | None = None,
     report: Path | None = None,
+    on_start: Callable[[Runner], None] | None = None,
 ) -> JobResult:
     """Anonymize ``input_spec`` into ``output``. Raises AnonError subclasses on failure.
+
+    ``on_start`` is handed the runner before it starts (to stop it from
+    another thread, or to read its counters for metrics).
 
     ``report``: where to write the JSON run report, also when the run fails
     or is interrupted part-way. ``stages`` replaces the default stage list
@@ -333,6 +337,8 @@ def run_job(
             _report_setup_failure(report, input_spec, output, config, exc)
         raise
     runner = Runner(source, stages, sink, Obscurer(config.obscure), config.runner, on_frame=regions)
+    if on_start is not None:
+        on_start(runner)
     total = source.info.frames
 
     def on_progress(stats: RunStats) -> None:

@@ -8,6 +8,7 @@ path, so a partial output stays playable.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 import threading
@@ -26,6 +27,8 @@ from .stages import Stage
 
 _END = object()
 _POLL_S = 0.1
+# Upper bounds (s) of the latency histogram's buckets, as Prometheus exports them.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
 @dataclass
@@ -43,6 +46,14 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096))
+    # Every latency since the start, by bucket (the last one: above every bound).
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latencies.append(seconds)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     @property
     def elapsed_s(self) -> float:
@@ -180,7 +191,7 @@ class Runner:
         self._error: BaseException | None = None
         self._input_error: BaseException | None = None
         self._error_lock = threading.Lock()
-        self._q_in = FrameQueue(config.queue_size, self._abort)
+        self._q_in = FrameQueue(config.live_queue_size if source.live else config.queue_size, self._abort)
         self._q_out = FrameQueue(config.queue_size, self._abort)
         self._reorder = Reorder(config.queue_size + 2 * self.workers, self._abort)
         # Leading stages that declare themselves independent per frame run on
@@ -208,10 +219,10 @@ class Runner:
                     break
                 if isinstance(item, FramePacket):
                     self.stats.frames_in += 1
-                    if self.source.live:
-                        self.stats.frames_dropped += self._q_in.put_latest(item)
-                    else:
-                        self._q_in.put(item)
+                if self.source.live:
+                    # Never wait on a live input, not even for an audio packet:
+                    # the oldest waiting video frame makes room instead.
+                    self.stats.frames_dropped += self._q_in.put_latest(item)
                 else:
                     self._q_in.put(item)
                 if limit and self.stats.frames_in >= limit:
@@ -325,9 +336,10 @@ class Runner:
                 self.sink.write_frame(item)
                 self.stats.frames_out += 1
                 if drain_latencies is None:
-                    self.stats.latencies.append(time.monotonic() - item.capture_time)
+                    self.stats.observe_latency(time.monotonic() - item.capture_time)
                 else:  # the sink knows when frames really left (published)
-                    self.stats.latencies.extend(drain_latencies())
+                    for seconds in drain_latencies():
+                        self.stats.observe_latency(seconds)
                 if self.on_frame is not None:
                     self.on_frame(item)
         except _Aborted:
@@ -344,6 +356,13 @@ class Runner:
             self._fail(exc)
 
     # --- driver -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading, from any thread; what is already queued is processed and written."""
+        self._stop.set()
+        interrupt = getattr(self.source, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
 
     def run(self, progress: Callable[[RunStats], None] | None = None) -> RunStats:
         """Run to the end of the input. Raises the first worker error, or Interrupted
@@ -370,10 +389,7 @@ class Runner:
         except KeyboardInterrupt:
             # Stop reading; what is already queued is processed and written.
             interrupted = True
-            self._stop.set()
-            interrupt = getattr(self.source, "interrupt", None)
-            if interrupt is not None:
-                interrupt()
+            self.stop()
             try:
                 while not self._written.wait(0.2):
                     pass

@@ -115,6 +115,7 @@ class MediaSource:
         if self._scheme is None and os.path.isdir(spec):
             raise SourceError(f"input {spec}: is a folder, expected a video file")
         self._closing = threading.Event()
+        self._size: tuple[int, ...] | None = None  # of the first frame, upright; kept across reconnections
         self._container = self._open()
         self._video = self._container.streams.video[0]
         self.audio_templates = list(self._container.streams.audio)
@@ -225,7 +226,6 @@ class MediaSource:
             for s, t in zip(container.streams.audio, self.audio_templates, strict=False)
             if s.codec_context.name == t.codec_context.name
         }
-        size = (self.info.height, self.info.width)
         demuxer = container.demux([video, *(s for s in container.streams.audio if s.index in audio)])
         while not self._closing.is_set():
             try:
@@ -254,6 +254,7 @@ class MediaSource:
                 if pace is not None:
                     pace.wait(pts * self.info.time_base, self._closing)
                 image = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+                size = self._size = self._size or image.shape[:2]
                 if image.shape[:2] != size:  # a reconnected stream with another size
                     import cv2
 

@@ -1,0 +1,220 @@
+"""Several streams in one process: one pipeline per stream, the models shared.
+
+Each stream keeps its own runner (capture, detection workers, tracking and
+obscuring in order, writing) and its own state (tracks, surrogates), so
+one stream's trouble (a lost camera, a stalled server) touches no other.
+The models are loaded once: the detector behind a ``BatchedDetector``, which
+gathers the detection calls that the streams' workers make at the same
+time into one batched inference per frame size, and the face models of the
+attribute and synthesis stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.centerface import CenterFace, FaceArrays
+
+from .config import Config
+from .errors import AnonError, ConfigError
+from .job import JobResult, build_stages, load_detector, load_estimator
+from .runner import Runner
+
+log = logging.getLogger("anonymousnet")
+
+
+@dataclass
+class _Call:
+    images: list[Any]
+    key: tuple[Any, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[FaceArrays] | None = None
+    error: BaseException | None = None
+
+
+class BatchedDetector:
+    """Stands in for a ``CenterFace``: ``detect`` calls made at the same time from
+    many threads run as one batch per (frame size, scale, threshold) group.
+
+    A call waits at most ``wait_s`` for others to join its batch; a batch
+    holds at most ``max_batch`` frames.
+    """
+
+    def __init__(self, detector: CenterFace, max_batch: int = 8, wait_s: float = 0.003) -> None:
+        self.detector = detector
+        self.backend = detector.backend
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self.calls = 0
+        self.batches = 0
+        self._queue: queue.Queue[_Call | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="batched-detector", daemon=True)
+        self._thread.start()
+
+    def detect(
+        self, images: Sequence[Any], scale: float = 1.0, threshold: float = 0.5, nms_iou: float = 0.3
+    ) -> list[FaceArrays]:
+        if not images:
+            return []
+        call = _Call(list(images), (images[0].shape, scale, threshold, nms_iou))
+        self._queue.put(call)
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            calls, frames = [first], len(first.images)
+            deadline = time.monotonic() + self.wait_s
+            while frames < self.max_batch:
+                try:
+                    call = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if call is None:
+                    self._queue.put(None)
+                    break
+                calls.append(call)
+                frames += len(call.images)
+            groups: dict[tuple[Any, ...], list[_Call]] = {}
+            for call in calls:
+                groups.setdefault(call.key, []).append(call)
+            for (_, scale, threshold, nms_iou), members in groups.items():
+                self._run(members, scale, threshold, nms_iou)
+
+    def _run(self, calls: list[_Call], scale: float, threshold: float, nms_iou: float) -> None:
+        images = [image for call in calls for image in call.images]
+        try:
+            faces = self.detector.detect(images, scale, threshold, nms_iou)
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+            for call in calls:
+                call.error = exc
+                call.done.set()
+            return
+        self.calls += len(calls)
+        self.batches += 1
+        start = 0
+        for call in calls:
+            call.result = faces[start : start + len(call.images)]
+            start += len(call.images)
+            call.done.set()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    input: str
+    output: str
+    report: Path | None = None
+
+
+def read_streams(path: Path) -> list[StreamSpec]:
+    """A TOML list of streams: ``[[stream]]`` tables with ``input``, ``output``, and
+    optionally ``name`` and ``report``."""
+    try:
+        with open(path, "rb") as fh:
+            tree = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"streams file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"streams file {path}: not valid TOML ({exc})") from None
+    tables = tree.get("stream")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"streams file {path}: expected [[stream]] tables with input and output")
+    specs = []
+    for i, table in enumerate(tables):
+        unknown = sorted(set(table) - {"name", "input", "output", "report"})
+        if unknown or "input" not in table or "output" not in table:
+            raise ConfigError(
+                f"streams file {path}: stream {i + 1} needs input and output "
+                f"(and may have name, report){'; unknown: ' + ', '.join(unknown) if unknown else ''}"
+            )
+        report = Path(table["report"]) if table.get("report") else None
+        specs.append(
+            StreamSpec(str(table.get("name", f"stream{i + 1}")), table["input"], table["output"], report)
+        )
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"streams file {path}: stream names must differ, got {names}")
+    return specs
+
+
+@dataclass
+class StreamOutcome:
+    spec: StreamSpec
+    result: JobResult | None = None
+    error: AnonError | None = None
+
+
+def run_streams(
+    specs: Sequence[StreamSpec],
+    config: Config,
+    on_start: Callable[[str, Runner], None] | None = None,
+    progress: Callable[[dict[str, Runner]], None] | None = None,
+) -> list[StreamOutcome]:
+    """Run every stream to its end (or until Ctrl-C) with shared models.
+
+    A stream that fails ends alone, with its error in its outcome; the others
+    go on. Ctrl-C stops every stream; each output is finalized.
+    """
+    from .job import run_job
+
+    detector = BatchedDetector(load_detector(config), max_batch=max(8, 2 * len(specs)))
+    needs_estimator = config.attributes.enabled or config.obscure.mode == "synth"
+    estimator = load_estimator(config) if needs_estimator else None
+    runners: dict[str, Runner] = {}
+    outcomes = [StreamOutcome(spec) for spec in specs]
+
+    def started(name: str, runner: Runner) -> None:
+        runners[name] = runner
+        if on_start is not None:
+            on_start(name, runner)
+
+    def one(outcome: StreamOutcome) -> None:
+        spec = outcome.spec
+        try:
+            stages = build_stages(config, detector, estimator)  # type: ignore[arg-type]
+            outcome.result = run_job(
+                spec.input, spec.output, config, detector=detector,  # type: ignore[arg-type]
+                stages=stages, report=spec.report, on_start=lambda r: started(spec.name, r),
+            )  # fmt: skip
+        except AnonError as exc:
+            outcome.error = exc
+            log.error("stream %s: %s", spec.name, exc)
+
+    threads = [threading.Thread(target=one, args=(o,), name=f"stream-{o.spec.name}") for o in outcomes]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for thread in threads:
+                thread.join(0.5)
+            if progress is not None:
+                progress(runners)
+    except KeyboardInterrupt:
+        for runner in list(runners.values()):
+            runner.stop()
+        for thread in threads:
+            thread.join()
+    finally:
+        detector.close()
+    if progress is not None:
+        progress(runners)
+    return outcomes
