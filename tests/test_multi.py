@@ -1,0 +1,201 @@
+"""Several streams in one process, detection batched across them, live pacing,
+and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import HAMILTON, ROOT, audio_packets, digest, video_pts
+
+from stream.config import ConfigError, SourceConfig, build_config
+from stream.frames import FramePacket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(detector):
+    from stream.multi import BatchedDetector
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (96, 160, 3), dtype=np.uint8) for _ in range(6)]
+    frames[3][30:70, 60:100] = 255  # every frame differs
+    expected = [detector.detect([f], 1.0, 0.05, 0.3)[0] for f in frames]
+    batched = BatchedDetector(detector, max_batch=8, wait_s=0.05)
+    got: dict[int, object] = {}
+    barrier = threading.Barrier(len(frames))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        got[i] = batched.detect([frames[i]], 1.0, 0.05, 0.3)[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(frames))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batched.close()
+    assert batched.calls == len(frames) and batched.batches < len(frames)  # calls were batched
+    for i, faces in enumerate(expected):
+        assert np.allclose(got[i].scores, faces.scores, atol=1e-4)  # type: ignore[attr-defined]
+        assert np.allclose(got[i].boxes, faces.boxes, atol=1e-2)  # type: ignore[attr-defined]
+
+
+def test_a_failing_batch_raises_in_every_caller():
+    from stream.multi import BatchedDetector
+
+    class Broken:
+        backend = None
+
+        def detect(self, *args):
+            raise RuntimeError("engine lost")
+
+    batched = BatchedDetector(Broken())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="engine lost"):
+        batched.detect([np.zeros((8, 8, 3), np.uint8)])
+    batched.close()
+
+
+def test_two_files_in_one_process_keep_every_frame_and_their_audio(tmp_path, media):
+    outs = [tmp_path / "a.mp4", tmp_path / "b.mkv"]
+    report = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "run_stream.py", str(HAMILTON), str(HAMILTON), "-o", str(outs[0]), "-o", str(outs[1]),
+         "--report", str(report), "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    streams = json.loads(report.read_text())["streams"]
+    assert set(streams) == {"stream1", "stream2"}
+    for out, (name, entry) in zip(outs, sorted(streams.items()), strict=True):
+        assert entry["error"] is None
+        assert len(video_pts(out)) == len(video_pts(HAMILTON)) == entry["summary"]["frames_out"]
+        assert [digest(a) for a in audio_packets(out)] == [digest(a) for a in audio_packets(HAMILTON)]
+        assert entry["summary"]["faces_detected"] > 500, name
+
+
+def test_streams_file_and_one_broken_stream_does_not_stop_the_others(tmp_path, media):
+    good = tmp_path / "good.mp4"
+    streams = tmp_path / "streams.toml"
+    streams.write_text(
+        f'[[stream]]\nname = "lobby"\ninput = "{HAMILTON}"\noutput = "{good}"\n'
+        f'[[stream]]\nname = "gone"\ninput = "{tmp_path / "missing.mp4"}"\noutput = "null"\n'
+    )
+    report = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "run_stream.py", "--streams", str(streams), "--max-frames", "40", "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    entries = json.loads(report.read_text())["streams"]
+    assert entries["lobby"]["summary"]["frames_out"] == 40 and len(video_pts(good)) == 40
+    assert "missing.mp4: no such file" in entries["gone"]["error"]
+    assert "--- lobby" in done.stderr and "no such file" in done.stderr
+
+
+def test_streams_file_errors_are_clear(tmp_path):
+    from stream.multi import read_streams
+
+    bad = tmp_path / "s.toml"
+    bad.write_text('[[stream]]\ninput = "a.mp4"\n')
+    with pytest.raises(ConfigError, match="needs input and output"):
+        read_streams(bad)
+    bad.write_text(
+        '[[stream]]\ninput = "a"\noutput = "b"\nname = "x"\n[[stream]]\ninput = "c"\noutput = "d"\nname = "x"\n'
+    )
+    with pytest.raises(ConfigError, match="names must differ"):
+        read_streams(bad)
+
+
+def test_simulated_camera_is_paced_to_its_frame_rate():
+    from stream.sources import open_source
+
+    source = open_source("lavfi:testsrc2=size=320x180:rate=30", SourceConfig(realtime=True))
+    assert source.live
+    started = time.monotonic()
+    frames = 0
+    for item in source.packets():
+        frames += isinstance(item, FramePacket)
+        if frames == 45:
+            break
+    source.close()
+    assert 1.3 < time.monotonic() - started < 2.5  # 44 frame intervals of 1/30 s
+
+
+def test_loop_keeps_time_stamps_and_audio_going_up(media):
+    from stream.sources import open_source
+
+    source = open_source(str(HAMILTON), SourceConfig(loop=True))
+    video, audio = [], []
+    for item in source.packets():
+        if isinstance(item, FramePacket):
+            video.append(item.pts)
+            if len(video) == 300:
+                break
+        else:
+            audio.append(item.packet.dts)
+    source.close()
+    assert len(video) == 300  # past the clip's 275 frames
+    assert all(b > a for a, b in zip(video, video[1:], strict=False))
+    assert all(b > a for a, b in zip(audio, audio[1:], strict=False))
+
+
+def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path, media):
+    """Four paced copies of a 30 fps clip on this machine's cores: it cannot keep
+    up, so frames are dropped; the output is still complete in its own right."""
+    from stream.job import run_job
+
+    config = build_config(None, {"source": {"realtime": True}, "runner": {"max_frames": 120}})
+    out = tmp_path / "live.mp4"
+    result = run_job(str(HAMILTON), str(out), config)
+    s = result.stats
+    assert result.live and s.frames_in == 120
+    assert s.frames_out + s.frames_dropped == 120 and len(video_pts(out)) == s.frames_out
+    assert len(audio_packets(out)[0]) > 150  # 4 s of audio, none dropped
+    assert sorted(s.latencies)[len(s.latencies) // 2] < 1.0
+
+
+def test_prometheus_endpoint_counts_frames_and_latency(tmp_path, media):
+    port = free_port()
+    run = subprocess.Popen(
+        [sys.executable, "run_stream.py", str(HAMILTON), "--realtime", "-o", "null", "--max-frames", "150",
+         "--metrics-port", str(port), "-q"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        text = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and 'kind="out"' not in text:
+            time.sleep(0.5)
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        time.sleep(1.5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    finally:
+        _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    frames_in = values['anonymousnet_frames_total{kind="in",stream="main"}']
+    frames_out = values['anonymousnet_frames_total{kind="out",stream="main"}']
+    assert 0 < frames_out <= frames_in <= 150
+    assert values['anonymousnet_faces_detected_total{stream="main"}'] > 0
+    count = values['anonymousnet_latency_seconds_count{stream="main"}']
+    assert frames_out - 1 <= count <= frames_out  # one latency per frame written (read a moment apart)
+    assert values['anonymousnet_latency_seconds_bucket{le="+Inf",stream="main"}'] == count
