@@ -168,15 +168,19 @@ def run_streams(
     config: Config,
     on_start: Callable[[str, Runner], None] | None = None,
     progress: Callable[[dict[str, Runner]], None] | None = None,
+    detector: BatchedDetector | None = None,
 ) -> list[StreamOutcome]:
     """Run every stream to its end (or until Ctrl-C) with shared models.
 
     A stream that fails ends alone, with its error in its outcome; the others
-    go on. Ctrl-C stops every stream; each output is finalized.
+    go on. Ctrl-C stops every stream; each output is finalized. ``detector``:
+    a batched detector of the caller's (who then reads its batch counts and
+    closes it); by default one is made and closed here.
     """
     from .job import run_job
 
-    detector = BatchedDetector(load_detector(config), max_batch=max(8, 2 * len(specs)))
+    own = detector is None
+    detector = detector or BatchedDetector(load_detector(config), max_batch=max(8, 2 * len(specs)))
     needs_estimator = config.attributes.enabled or config.obscure.mode == "synth"
     estimator = load_estimator(config) if needs_estimator else None
     runners: dict[str, Runner] = {}
@@ -214,7 +218,8 @@ def run_streams(
         for thread in threads:
             thread.join()
     finally:
-        detector.close()
+        if own:
+            detector.close()
     if progress is not None:
         progress(runners)
     return outcomes
