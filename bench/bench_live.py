@@ -28,7 +28,7 @@ DEFAULT_CLIP = ROOT.parent / "shared" / "media" / "face_recognition" / "examples
 
 
 def run(
-    n: int, seconds: float, mode: str, clip: Path, folder: Path, workers: int
+    n: int, seconds: float, mode: str, clip: Path, folder: Path, workers: int, backend: str
 ) -> tuple[list[dict[str, float]], float]:
     """Per-stream figures, and the mean number of frames per detector call."""
     from stream.config import build_config
@@ -41,6 +41,7 @@ def run(
         {
             "source": {"realtime": True, "loop": True},
             "obscure": {"mode": mode},
+            "detect": {"backend": backend},
             "runner": {"max_frames": frames, "workers": workers},
         },
     )
@@ -72,15 +73,18 @@ def main() -> int:
     p.add_argument("--mode", default="blur")
     p.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     p.add_argument("--workers", type=int, default=0, help="detection workers per stream (0: one per core)")
+    p.add_argument("--backend", default="cpu", help="inference backend (cpu, torch-cuda, ...)")
     args = p.parse_args()
-    print(f"{os.cpu_count()} cores; {args.mode} mode; {args.seconds:g} s of 30 fps input per stream")
+    print(
+        f"{os.cpu_count()} cores; {args.backend}; {args.mode} mode; {args.seconds:g} s of 30 fps input per stream"
+    )
     print(
         f"{'streams':>7} {'fps/stream':>10} {'min fps':>8} {'dropped':>8} {'p50 ms':>7} {'p95 ms':>7} {'vs 1':>6}"
     )
     baseline = None
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.streams:
-            rows, batch = run(n, args.seconds, args.mode, args.clip, Path(tmp), args.workers)
+            rows, batch = run(n, args.seconds, args.mode, args.clip, Path(tmp), args.workers, args.backend)
             fps = statistics.mean(r["fps"] for r in rows)
             baseline = baseline or fps
             print(
