@@ -89,15 +89,18 @@ class FrameQueue:
             self._cond.notify_all()
 
     def put_latest(self, item: Any) -> int:
-        """Append without blocking; returns how many video frames were dropped."""
+        """Append without blocking; returns how many video frames were dropped.
+
+        Only video frames count against the size here: an audio packet never
+        pushes a frame out, and a new frame pushes out the oldest waiting one.
+        """
         dropped = 0
         with self._cond:
-            while len(self._items) >= self._size:
-                oldest = next((x for x in self._items if isinstance(x, FramePacket)), None)
-                if oldest is None:
-                    break
-                self._items.remove(oldest)
-                dropped += 1
+            if isinstance(item, FramePacket):
+                frames = [x for x in self._items if isinstance(x, FramePacket)]
+                while len(frames) >= self._size:
+                    self._items.remove(frames.pop(0))
+                    dropped += 1
             self._items.append(item)
             self._cond.notify_all()
         return dropped

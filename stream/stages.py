@@ -131,12 +131,16 @@ class TrackStage:
 
     def process(self, packet: FramePacket) -> FramePacket:
         thumb, self.previous = self.previous, packet.thumbnail
+        # The first frame seen counts as a cut too: a live input may have
+        # dropped frame 0, and the tracker has nothing yet to carry.
         if (
             self.detect is not None
             and not packet.full_detection
-            and thumb is not None
-            and packet.thumbnail is not None
-            and float(np.abs(packet.thumbnail - thumb).mean()) > SCENE_CUT
+            and (
+                thumb is None
+                or packet.thumbnail is None
+                or float(np.abs(packet.thumbnail - thumb).mean()) > SCENE_CUT
+            )
         ):
             packet = self.detect.detect(packet, full=True)
             self.cuts_redetected += 1

@@ -67,3 +67,25 @@ def test_a_scene_cut_on_a_frame_with_only_the_cheap_pass_is_detected_in_full(tmp
     assert len(original.boxes) >= 2  # the clip's first frame: the pianist and the conductor
     (after_cut,) = detector.detect([frames[275]], 1.0, 0.5, 0.3)
     assert len(after_cut.boxes) == 0
+
+
+def test_the_first_frame_a_live_run_keeps_gets_a_full_detection_pass(media, detector):
+    """A live input can drop frame 0: frame 1, a reduced-resolution frame, is then
+    the first the tracker sees, with nothing to carry; it must be detected in full."""
+    from fractions import Fraction
+
+    import av
+
+    from stream.frames import FramePacket
+    from stream.stages import DetectStage, TrackStage
+
+    config = build_config()
+    with av.open(str(HAMILTON)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    detect = DetectStage(detector, config.detect)
+    track = TrackStage(config.track, detect)
+    cheap = detect.process(FramePacket(index=1, image=image.copy(), pts=1, time_base=Fraction(1, 30)))
+    assert not cheap.full_detection
+    packet = track.process(cheap)
+    assert packet.full_detection and track.cuts_redetected == 1
+    assert len(packet.tracks) >= 2  # the pianist's small face too, not only the conductor's

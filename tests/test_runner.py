@@ -268,6 +268,27 @@ def test_live_sources_drop_the_oldest_frames_but_never_passthrough_packets():
     assert sink.passthrough == source.passthrough_sent == 30
 
 
+def test_live_queue_counts_frames_only_so_audio_never_pushes_a_frame_out():
+    from fractions import Fraction
+
+    from stream.frames import FramePacket, PassthroughPacket
+    from stream.runner import FrameQueue
+
+    queue = FrameQueue(2, threading.Event())
+
+    def frame(i):
+        return FramePacket(index=i, image=np.zeros((2, 2, 3), np.uint8), pts=i, time_base=Fraction(1, 30))
+
+    assert queue.put_latest(frame(0)) == 0
+    for _ in range(5):  # audio between two frames: nothing is dropped
+        assert queue.put_latest(PassthroughPacket(object(), 1)) == 0
+    assert queue.put_latest(frame(1)) == 0
+    assert queue.put_latest(frame(2)) == 1  # a third frame: the oldest frame goes, the audio stays
+    items = [queue.get() for _ in range(7)]
+    assert [x.index for x in items if isinstance(x, FramePacket)] == [1, 2]
+    assert sum(isinstance(x, PassthroughPacket) for x in items) == 5
+
+
 class Jittery:
     """A parallel stage that takes a random time, so workers finish out of order."""
 
