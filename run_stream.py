@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,9 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--colour", "--color", type=_colour, help="mask colour R,G,B (0,0,0)")
     g = p.add_argument_group("detection and tracking")
-    g.add_argument("--backend", help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda (cpu)")
+    g.add_argument(
+        "--backend", help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT (cpu)"
+    )
     g.add_argument("--threads", type=int, help="inference threads per call (1; 0: all cores)")
     g.add_argument("--workers", type=int, help="frames detected at once (0: one per core)")
     g.add_argument("--min-face", type=int, help="smallest face height to find, px (16; 10 upscales)")
@@ -481,7 +484,44 @@ def cmd_privacy(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "leak": cmd_leak, "privacy": cmd_privacy}
+def cmd_batch(argv: list[str]) -> int:
+    from stream.batch import expand_inputs, run_batch
+
+    p = _Parser(prog="run_stream.py batch",
+                description="Anonymize an archive: many videos over a local process pool or a Ray cluster. "
+                            "OUTDIR/manifest.json records each; a rerun skips what is done.")  # fmt: skip
+    p.add_argument(
+        "inputs", nargs="+", help="video files, globs ('archive/**/*.mp4'), or .txt lists of paths"
+    )
+    p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (with manifest.json)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray: a cluster's address, or none for a local one")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=0, help="videos at once (0: one per core)")
+    p.add_argument("--retries", type=int, default=2, help="attempts after the first for a failed video (2)")
+    _add_pipeline_options(p)
+    args = p.parse_args(argv)
+    config = config_from_args(args)
+    if not config.runner.workers:  # one video per core: each pipeline on one detection worker
+        import dataclasses
+
+        config = dataclasses.replace(config, runner=dataclasses.replace(config.runner, workers=1))
+    inputs = expand_inputs(args.inputs)
+    jobs = args.jobs or os.cpu_count() or 1
+
+    def event(kind: str, path: str, entry: dict[str, Any]) -> None:
+        detail = entry.get("error") or (
+            f"{entry['summary']['frames_out']} frames" if entry.get("summary") else ""
+        )
+        print(f"{kind:8s} {path} -> {entry.get('output')} {detail}", file=sys.stderr)
+
+    result = run_batch(inputs, args.outdir, config, jobs, ray_address=args.ray or None,
+                       use_ray=args.ray is not None, retries=args.retries, on_event=event)  # fmt: skip
+    print(f"batch: {result.done} done, {result.skipped} already done, {result.failed} failed, "
+          f"{result.seconds:.1f} s; manifest {result.manifest}", file=sys.stderr)  # fmt: skip
+    return 0 if result.failed == 0 else 4
+
+
+COMMANDS = {"models": cmd_models, "leak": cmd_leak, "privacy": cmd_privacy, "batch": cmd_batch}
 
 
 def main(argv: list[str] | None = None) -> int:

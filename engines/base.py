@@ -149,6 +149,11 @@ def resolve_backend_name(requested: str) -> str:
 def create_backend(
     requested: str, model: Path, threads: int = 0, options: BackendOptions | None = None
 ) -> Backend:
-    """A backend for ``model``, chosen by name (see ``resolve_backend_name``)."""
+    """A backend for ``model``, chosen by name (see ``resolve_backend_name``), or
+    ``triton://HOST:PORT``: the model of the same zoo name on a Triton server."""
+    if requested.startswith("triton://"):
+        from .triton import TritonBackend
+
+        return TritonBackend(requested[len("triton://") :], model.stem)
     name = resolve_backend_name(requested)
     return _BACKENDS[name][1](model, options or BackendOptions(threads=threads))

@@ -83,7 +83,7 @@ class DetectConfig:
     the tracker predicts), which still catches new large faces and cuts.
     """
 
-    backend: BackendName = "cpu"
+    backend: str = "cpu"  # a BackendName, or triton://HOST:PORT
     precision: Precision = "fp16"
     calibration_table: str = ""
     threads: int = 1
@@ -107,6 +107,11 @@ class DetectConfig:
         _range("detect.threshold", self.threshold, 0.01, 0.99)
         _range("detect.nms_iou", self.nms_iou, 0.05, 0.95)
         _range("detect.every", self.every, 1, 60)
+        if self.backend not in get_args(BackendName) and not self.backend.startswith("triton://"):
+            raise ConfigError(
+                f"detect.backend: expected one of {', '.join(get_args(BackendName))} or triton://HOST:PORT, "
+                f"got {self.backend!r}"
+            )
         _range("detect.inter_scale", self.inter_scale, 0.0, 1.0)
         if 0 < self.max_side < 64:
             raise ConfigError(f"detect.max_side: expected 0 or 64..16384, got {self.max_side}")

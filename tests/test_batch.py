@@ -1,0 +1,129 @@
+"""Archive redaction: run_stream.py batch on a local process pool and on a Ray
+cluster the test starts (2 CPUs), a worker killed mid-run, resuming from the
+manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import HAMILTON, MEDIA, ROOT, audio_packets, digest, video_pts
+
+pytestmark = pytest.mark.media
+
+DRIVING = MEDIA / "LivePortrait" / "assets" / "examples" / "driving"
+CLIPS = [DRIVING / "d0.mp4", DRIVING / "d11.mp4", DRIVING / "d12.mp4", HAMILTON]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# A throw-away cluster on loopback: no usage reports, no token to hand around.
+RAY_ENV = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def ray_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], capture_output=True, text=True,
+                          timeout=120, env=RAY_ENV)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    pytest.importorskip("ray")
+    port = next(p for p in range(26379, 26479) if port_free(p))  # outside Ray's worker port range
+    started = ray_cli("start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                      "--include-dashboard", "false", "--disable-usage-stats",
+                      "--temp-dir", str(tmp_path_factory.mktemp("ray")))  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    yield f"127.0.0.1:{port}"
+    ray_cli("stop", "--force")
+
+
+def faces_left(path: Path, detector, every: int = 10) -> tuple[int, int]:
+    import av
+
+    frames = found = 0
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every == 0:
+                (faces,) = detector.detect([frame.to_ndarray(format="rgb24")], 1.0, 0.5, 0.3)
+                found += int(((faces.boxes[:, 3] - faces.boxes[:, 1]) >= 12).sum())
+                frames += 1
+    return frames, found
+
+
+def check_outputs(outdir: Path, detector) -> dict:
+    manifest = json.loads((outdir / "manifest.json").read_text())["inputs"]
+    assert len(manifest) == len(CLIPS)
+    assert not list(outdir.glob("*.part.*"))  # no half-written output left behind
+    for clip in CLIPS:
+        entry = manifest[str(clip)]
+        assert entry["status"] == "done", entry
+        out = outdir / entry["output"]
+        assert len(video_pts(out)) == len(video_pts(clip)) == entry["summary"]["frames_out"]
+        assert [digest(a) for a in audio_packets(out)] == [digest(a) for a in audio_packets(clip)]
+        frames, found = faces_left(out, detector)
+        assert frames > 5 and found == 0, (clip.name, found)
+    return manifest
+
+
+def test_batch_on_ray_survives_a_killed_worker(tmp_path, media, detector, ray_cluster):
+    outdir = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "run_stream.py", "batch", *map(str, CLIPS), "-o", str(outdir), "--ray", ray_cluster,
+         "--mode", "mask"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env=RAY_ENV,
+    )  # fmt: skip
+    killed = None
+    try:
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and run.poll() is None:
+            found = subprocess.run(["pgrep", "-f", "ray::process_video"], capture_output=True, text=True)
+            pids = [int(p) for p in found.stdout.split()]
+            if pids:
+                time.sleep(3)  # let it get well into its video
+                killed = pids[0]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        _, stderr = run.communicate(timeout=600)
+    finally:
+        run.kill()
+    assert killed is not None, "no Ray worker ran a task"
+    assert run.returncode == 0, stderr
+    check_outputs(outdir, detector)
+
+
+def test_local_pool_batch_resumes_from_its_manifest(tmp_path, media, detector):
+    outdir = tmp_path / "out"
+    command = [sys.executable, "run_stream.py", "batch", *map(str, CLIPS), "-o", str(outdir), "--mode", "mask",
+               "--jobs", "2"]  # fmt: skip
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    manifest = check_outputs(outdir, detector)
+    # A rerun does nothing; one lost output (and one tampered with) are done again.
+    (outdir / manifest[str(CLIPS[0])]["output"]).unlink()
+    with open(outdir / manifest[str(CLIPS[1])]["output"], "ab") as fh:
+        fh.write(b"x")
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "2 done, 2 already done, 0 failed" in again.stderr
+    check_outputs(outdir, detector)
+
+
+def test_batch_names_a_missing_input():
+    done = subprocess.run([sys.executable, "run_stream.py", "batch", "no/such/*.mp4", "-o", "/tmp/never"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "matches no file" in done.stderr
