@@ -241,9 +241,7 @@ def _run_on_ray(
                 # A cluster on this machine's loopback is joined from loopback too.
                 local = address.split(":")[0] in ("127.0.0.1", "localhost")
                 ray.init(
-                    address=address,
-                    log_to_driver=False,
-                    **({"_node_ip_address": "127.0.0.1"} if local else {}),
+                    address=address, log_to_driver=False, _node_ip_address="127.0.0.1" if local else None
                 )
             else:
                 ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
