@@ -350,9 +350,34 @@ def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return max((o.error.exit_code for o in failed), default=0)  # type: ignore[union-attr]
 
 
+def cmd_export_triton(argv: list[str]) -> int:
+    from engines import zoo
+    from engines.triton import export_repository
+
+    p = _Parser(prog="run_stream.py models export-triton",
+                description="Write a Triton Inference Server model repository of the zoo's ONNX models "
+                            "(dynamic batching; TensorRT FP16 on GPU instances).")  # fmt: skip
+    p.add_argument("folder", type=Path)
+    p.add_argument("names", nargs="*", help="models (default: all)")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch the server forms (8)")
+    p.add_argument("--cpu", action="store_true", help="CPU instances, no TensorRT (a server without GPU)")
+    args = p.parse_args(argv)
+    names = args.names or list(zoo.REGISTRY)
+    unknown = sorted(set(names) - set(zoo.REGISTRY))
+    if unknown:
+        p.error(f"unknown model {unknown[0]} (known: {', '.join(zoo.REGISTRY)})")
+    for folder in export_repository(args.folder, names, args.max_batch, gpu=not args.cpu):
+        print(folder)
+    print(f"start a server on it: tritonserver --model-repository {args.folder.resolve()}; "
+          "then --backend triton://HOST:8001", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def cmd_models(argv: list[str]) -> int:
     from engines import zoo
 
+    if argv[:1] == ["export-triton"]:
+        return cmd_export_triton(argv[1:])
     p = _Parser(prog="run_stream.py models", description="List, fetch and verify the model zoo.")
     p.add_argument("--fetch", action="store_true", help="fetch and convert what is missing")
     p.add_argument("--verify", action="store_true", help="check cached models against their sha256")

@@ -27,7 +27,7 @@ fi
 stamp=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,torch]"
+  .venv/bin/python -m pip install -q -e ".[dev,torch,cluster]"
   echo "$stamp" > .venv/.setup-stamp
 fi
 .venv/bin/python run_stream.py models --fetch

@@ -1,0 +1,82 @@
+"""Triton: the exported model repository, and the gRPC backend against a stand-in
+server on loopback (tests/servers/fake_triton.py: the real protocol, ONNX
+Runtime behind it). No real Triton server runs in these tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, write_clip
+from test_backends import sample_input
+
+from engines import zoo
+from engines.base import create_backend
+
+pytest.importorskip("tritonclient.grpc")
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "tests" / "servers"))
+    from fake_triton import serve
+
+    repository = tmp_path_factory.mktemp("triton")
+    done = subprocess.run([sys.executable, "run_stream.py", "models", "export-triton", str(repository),
+                           "centerface", "faceres", "--max-batch", "4"],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    server, port, servicer = serve(repository)
+    yield repository, f"triton://127.0.0.1:{port}", servicer
+    server.stop(0)
+
+
+def test_repository_layout_and_configs(triton):
+    repository, _, _ = triton
+    config = (repository / "centerface" / "config.pbtxt").read_text()
+    assert (repository / "centerface" / "1" / "model.onnx").read_bytes() == zoo.ensure(
+        "centerface"
+    ).read_bytes()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 4" in config
+    assert 'name: "input.1" data_type: TYPE_FP32 dims: [3, -1, -1]' in config
+    assert "dynamic_batching" in config and 'value: "FP16"' in config and "KIND_GPU" in config
+    faceres = (repository / "faceres" / "config.pbtxt").read_text()
+    assert 'name: "global_pooling/Mean" data_type: TYPE_FP32 dims: [1024]' in faceres
+
+
+@pytest.mark.parametrize("name", ["centerface", "faceres"])
+def test_triton_backend_agrees_with_the_local_one(triton, name):
+    _, url, servicer = triton
+    local, x = sample_input(name, batch=2)
+    remote = create_backend(url, zoo.ensure(name))
+    assert [s.name for s in remote.input_spec()] == [s.name for s in local.input_spec()]
+    assert [s.name for s in remote.output_spec()] == [s.name for s in local.output_spec()]
+    before = servicer.requests
+    for a, b in zip(local.infer(x), remote.infer(x), strict=True):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+    assert servicer.requests == before + 1
+    remote.close()
+
+
+def test_the_pipeline_runs_on_triton(tmp_path, triton, demo_clip):
+    _, url, servicer = triton
+    out = tmp_path / "out.mp4"
+    before = servicer.requests
+    done = subprocess.run([sys.executable, "run_stream.py", str(demo_clip), "-o", str(out), "--backend", url,
+                           "--max-frames", "10", "-q"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert servicer.requests - before >= 10  # every frame's detection went to the server
+
+
+def test_a_server_without_the_model_or_no_server_is_a_clear_error(triton, tmp_path):
+    from stream.errors import BackendUnavailableError
+
+    _, url, _ = triton
+    with pytest.raises(BackendUnavailableError, match="no ready model 'gear'"):
+        create_backend(url, zoo.ensure("gear"))
+    clip = write_clip(tmp_path / "c.mp4", [np.zeros((64, 64, 3), np.uint8)] * 3)
+    done = subprocess.run([sys.executable, "run_stream.py", str(clip), "-o", "null", "--backend",
+                           "triton://127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "Triton server 127.0.0.1:1" in done.stderr
