@@ -57,7 +57,15 @@ from engines.crops import crop_from_box
 from engines.evaluation import frame_sized, labelled_photos, main_face, read_rgb
 from stream.errors import AnonError, ConfigError, ModelError
 from stream.facewarp import SIZE, canonical, canonical_map
-from stream.perturbation import NORMS, Perturbation, build_manifest, noise, pattern_norm, track_generator
+from stream.perturbation import (
+    MAX_LEVEL,
+    NORMS,
+    Perturbation,
+    build_manifest,
+    noise,
+    pattern_norm,
+    track_generator,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -126,6 +134,15 @@ def project(v: torch.Tensor, norm: str, xi: float) -> torch.Tensor:
     return v * (xi / length) if length > xi else v
 
 
+def into_ball(v: torch.Tensor, keep: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """``v`` zeroed where ``keep`` is 0 and projected onto the ball, then clipped to the
+    ``MAX_LEVEL`` a pattern may hold to be drawn (binds only for l_2, whose ball lets one value
+    grow to ``xi``; clipping only shortens ``v``, so it stays in the ball)."""
+    import torch
+
+    return torch.clamp(project(v * keep, settings.norm, settings.xi), -MAX_LEVEL, MAX_LEVEL)
+
+
 def deepfool(
     logits_of: Logits, v: torch.Tensor, label: int, candidates: Sequence[int], overshoot: float = 0.02,
     max_iter: int = 50,
@@ -192,7 +209,7 @@ def _deepfool_pass(
             settings.overshoot, settings.max_iter,
         )  # fmt: skip
         if iterations > 0:
-            v = project((v + step) * keep, settings.norm, settings.xi)
+            v = into_ball(v + step, keep, settings)
         done(1)
     return v
 
@@ -227,7 +244,7 @@ def _sgd_pass(
             direction = grad.sign()
         else:
             direction = grad / torch.linalg.vector_norm(grad).clamp_min(1e-12)
-        v = project((v - length * direction) * keep, settings.norm, settings.xi)
+        v = into_ball(v - length * direction, keep, settings)
         done(len(batch))
     return v
 

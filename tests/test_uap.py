@@ -14,7 +14,7 @@ from engines.crops import crop_from_box
 from engines.facemodels import FaceMesh, FaceRes
 from stream import facewarp
 from stream.errors import ConfigError, ModelError
-from stream.perturbation import Perturbation, build_manifest, noise, pattern_norm, track_generator
+from stream.perturbation import MAX_LEVEL, Perturbation, build_manifest, noise, pattern_norm, track_generator
 
 SIZE = facewarp.SIZE
 
@@ -140,6 +140,31 @@ def test_sgd_reaches_the_best_corner_of_the_l_inf_ball():
     assert 0.3 < best < 0.7
     assert fit.fooling_rate == pytest.approx(best, abs=0.03)
     assert np.array_equal(np.sign(fit.perturbation), -np.sign(problem.u.numpy()))
+
+
+class OnePixel:
+    """Class 0 until the first value passes ``-margin``; the gradient lies on that value alone."""
+
+    def __init__(self, margin: float) -> None:
+        self.x = torch.zeros(6, 16)
+        self.x[:, 0] = margin
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def logits(self, indices, v):
+        score = (self.x[list(indices)] + v)[:, 0]
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+@pytest.mark.parametrize("method", uap.METHODS)
+@pytest.mark.parametrize(("margin", "fooled"), [(100.0, 1.0), (200.0, 0.0)])
+def test_an_l2_pattern_never_holds_more_than_the_stream_can_draw(method, margin, fooled):
+    """The l_2 ball of radius 1000 would let one value reach 1000; the stream draws at most 127."""
+    settings = uap.Settings(norm="2", xi=1000.0, delta=0.0, max_passes=3, candidates=2, method=method)
+    fit = uap.fit_universal(OnePixel(margin), (16,), settings, np.random.default_rng(0), progress=False)
+    assert pattern_norm(fit.perturbation, "inf") <= MAX_LEVEL
+    assert fit.fooling_rate == fooled
 
 
 def test_the_clipped_margin_stops_at_clip():
