@@ -1,6 +1,7 @@
 """Stage IV, offline: a universal adversarial perturbation against face recognizers.
 
     python -m calibration.uap fit -o uap.npz [--norm inf] [--xi 10] [--delta 0.2] [--target identity]
+                                             [--method deepfool|sgd]
     python -m calibration.uap report --seed 0 [--picture uap.png] [-o half.npz]
 
 One pattern in the canonical face frame of ``stream/facewarp.py`` (Moosavi-Dezfooli
@@ -11,6 +12,14 @@ the l_2-smallest step that changes the decision, and the pattern plus that step
 is projected back onto the l_p ball (p = inf or 2) of radius ``xi`` (pixel
 levels, 0-255), as in the paper's Algorithm 1. Passes end when the fooling rate
 reaches ``1 - delta`` or after ``--max-passes`` (each takes minutes on a CPU).
+
+``--method sgd`` fits the same ball by stochastic gradient instead (Shafahi et
+al. 2020, "Universal adversarial training"): per mini-batch of faces, one step
+against the mean clipped margin loss ``max(z_label - max_other z, -clip)``
+(signed gradient for l_inf, normalised gradient for l_2), then the same
+projection; a face pushed ``clip`` past the boundary stops pulling the pattern.
+On faces DeepFool's l_2-minimal per-face steps exceed the l_inf radius (median
+l_inf about 17 levels against xi = 10) and clipping them undoes most of each.
 
 Targets, from the faceres model run as a torch module: ``identity`` classifies a
 face among the fitting identities by the cosine of its descriptor to each
@@ -48,7 +57,15 @@ from engines.crops import crop_from_box
 from engines.evaluation import frame_sized, labelled_photos, main_face, read_rgb
 from stream.errors import AnonError, ConfigError, ModelError
 from stream.facewarp import SIZE, canonical, canonical_map
-from stream.perturbation import NORMS, Perturbation, build_manifest, noise, pattern_norm, track_generator
+from stream.perturbation import (
+    MAX_LEVEL,
+    NORMS,
+    Perturbation,
+    build_manifest,
+    noise,
+    pattern_norm,
+    track_generator,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +76,7 @@ MEDIA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media"
 DESCRIPTOR = "global_pooling/Mean"
 GENDER = "gender_pred/Sigmoid"
 TARGETS = ("identity", "attributes")
+METHODS = ("deepfool", "sgd")
 FACERES_SIZE = 224
 LOGIT_SCALE = 10.0  # cosine logits; DeepFool's decisions do not depend on the scale
 FALSE_ACCEPTS = 0.01
@@ -67,7 +85,10 @@ CHUNK = 16  # faces per no-grad forward pass
 
 @dataclass(frozen=True)
 class Settings:
-    """UAP and DeepFool settings; ``xi`` in pixel levels (0-255) of the canonical frame."""
+    """UAP settings; ``xi`` in pixel levels (0-255) of the canonical frame. ``candidates``,
+    ``overshoot`` and ``max_iter`` are DeepFool's; ``batch`` (faces per step), ``step`` (the
+    step length as a fraction of ``xi``) and ``clip`` (logit units past the boundary at which
+    a face stops counting) are the SGD method's, whose passes are epochs."""
 
     norm: str = "inf"
     xi: float = 10.0
@@ -76,6 +97,10 @@ class Settings:
     candidates: int = 10
     overshoot: float = 0.02
     max_iter: int = 50
+    method: str = "deepfool"
+    batch: int = 8
+    step: float = 0.1
+    clip: float = 0.5
 
     def __post_init__(self) -> None:
         checks = (
@@ -86,6 +111,10 @@ class Settings:
             ("candidates", self.candidates >= 2, ">= 2"),
             ("overshoot", self.overshoot >= 0, ">= 0"),
             ("max_iter", self.max_iter >= 1, ">= 1"),
+            ("method", self.method in METHODS, f"one of {METHODS}"),
+            ("batch", self.batch >= 1, ">= 1"),
+            ("step", 0 < self.step <= 1, "in (0, 1] (a fraction of xi)"),
+            ("clip", self.clip >= 0, ">= 0"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -103,6 +132,15 @@ def project(v: torch.Tensor, norm: str, xi: float) -> torch.Tensor:
         return torch.clamp(v, -xi, xi)
     length = float(torch.linalg.vector_norm(v))
     return v * (xi / length) if length > xi else v
+
+
+def into_ball(v: torch.Tensor, keep: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """``v`` zeroed where ``keep`` is 0 and projected onto the ball, then clipped to the
+    ``MAX_LEVEL`` a pattern may hold to be drawn (binds only for l_2, whose ball lets one value
+    grow to ``xi``; clipping only shortens ``v``, so it stays in the ball)."""
+    import torch
+
+    return torch.clamp(project(v * keep, settings.norm, settings.xi), -MAX_LEVEL, MAX_LEVEL)
 
 
 def deepfool(
@@ -159,6 +197,61 @@ def _one(problem: Problem, index: int, keep: torch.Tensor, v: torch.Tensor) -> t
     return problem.logits([index], v * keep)[0]
 
 
+def _deepfool_pass(
+    problem: Problem, v: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor,
+    order: NDArray[np.intp], settings: Settings, done: Callable[[int], Any],
+) -> torch.Tensor:  # fmt: skip
+    """One pass of Algorithm 1: a DeepFool step for each input ``v`` does not fool yet, each
+    followed by the projection."""
+    for i in order:
+        step, iterations = deepfool(
+            partial(_one, problem, int(i), keep), v, int(labels[i]), candidates[i].tolist(),
+            settings.overshoot, settings.max_iter,
+        )  # fmt: skip
+        if iterations > 0:
+            v = into_ball(v + step, keep, settings)
+        done(1)
+    return v
+
+
+def clipped_margin(logits: torch.Tensor, labels: torch.Tensor, clip: float) -> torch.Tensor:
+    """``(B,)`` the label's logit minus the best other one, floored at ``-clip``: positive while
+    the decision stands; below ``-clip`` an input gives no gradient."""
+    import torch
+
+    own = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.masked_fill(torch.nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    return torch.clamp(own - others.max(1).values, min=-clip)
+
+
+def _sgd_pass(
+    problem: Problem, v: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor,
+    order: NDArray[np.intp], settings: Settings, done: Callable[[int], Any],
+) -> torch.Tensor:  # fmt: skip
+    """One epoch of stochastic gradient descent on the mean clipped margin over mini-batches of
+    ``order`` (Shafahi et al. 2020), each step followed by the projection. l_inf steps by the
+    gradient's sign, l_2 by its direction; both ``settings.step * xi`` long per value or in all."""
+    import torch
+
+    length = settings.step * settings.xi
+    for start in range(0, len(order), settings.batch):
+        batch = [int(i) for i in order[start : start + settings.batch]]
+        point = v.detach().requires_grad_(True)
+        loss = clipped_margin(problem.logits(batch, point * keep), labels[batch], settings.clip).mean()
+        (grad,) = torch.autograd.grad(loss, point)
+        grad = grad * keep
+        if settings.norm == "inf":
+            direction = grad.sign()
+        else:
+            direction = grad / torch.linalg.vector_norm(grad).clamp_min(1e-12)
+        v = into_ball(v - length * direction, keep, settings)
+        done(len(batch))
+    return v
+
+
+_METHOD_PASSES = {"deepfool": _deepfool_pass, "sgd": _sgd_pass}
+
+
 @dataclass(frozen=True)
 class Fit:
     """``perturbation`` shaped like the inputs' perturbation, float32; ``history``: the fooling
@@ -190,17 +283,14 @@ def fit_universal(
     clean = decisions(problem, v)
     labels = clean.argmax(1)
     candidates = clean.topk(min(settings.candidates, clean.shape[1]), dim=1).indices
+    one_pass = _METHOD_PASSES[settings.method]
     history: list[float] = []
     for p in range(settings.max_passes):
-        bar = tqdm(rng.permutation(len(problem)), desc=f"uap pass {p + 1}/{settings.max_passes}",
+        order = rng.permutation(len(problem))
+        bar = tqdm(desc=f"uap pass {p + 1}/{settings.max_passes}", total=len(order),
                    disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
-        for i in bar:
-            step, iterations = deepfool(
-                partial(_one, problem, int(i), keep), v, int(labels[i]), candidates[i].tolist(),
-                settings.overshoot, settings.max_iter,
-            )  # fmt: skip
-            if iterations > 0:
-                v = project((v + step) * keep, settings.norm, settings.xi)
+        v = one_pass(problem, v, keep, labels, candidates, order, settings, bar.update)
+        bar.close()
         history.append(float((decisions(problem, v).argmax(1) != labels).float().mean()))
         if progress:
             print(f"uap pass {p + 1}: fooling rate {history[-1]:.3f}", file=sys.stderr)
@@ -468,11 +558,22 @@ def fit_artifact(
     manifest = build_manifest(
         fit.perturbation, "faceres", output, settings.norm, settings.xi,
         classifier=target, delta=settings.delta, fooling_rate=fit.fooling_rate, passes=fit.passes,
-        max_passes=settings.max_passes, history=list(fit.history), candidates=settings.candidates,
-        overshoot=settings.overshoot, max_iter=settings.max_iter, seed=seed,
+        max_passes=settings.max_passes, history=list(fit.history), method=settings.method,
+        **_method_settings(settings), seed=seed,
         fit_seconds=round(fit.seconds, 1), data=data_record(media, faces), torch=torch.__version__,
     )  # fmt: skip
     return Perturbation(fit.perturbation, manifest), fit
+
+
+def _method_settings(settings: Settings) -> dict[str, Any]:
+    """The settings the fitting method used, for the manifest."""
+    if settings.method == "deepfool":
+        return {
+            "candidates": settings.candidates,
+            "overshoot": settings.overshoot,
+            "max_iter": settings.max_iter,
+        }
+    return {"batch": settings.batch, "step": settings.step, "clip": settings.clip}
 
 
 # --- evaluation through the stream's drawing --------------------------------------------------
@@ -664,7 +765,8 @@ def report(args: argparse.Namespace, settings: Settings) -> None:
     print(f"seed {args.seed}: fit on {len({f.identity for f in fitting})} identities ({len(fitting)} faces), "
           f"evaluated on {len({f.identity for f in held_out})} others ({len(held_out)} faces)")  # fmt: skip
     print(f"target faceres {args.target}, l_{settings.norm} xi={settings.xi:g}, delta={settings.delta:g}, "
-          f"{settings.candidates} candidates: fooling rate on the fitting faces {fit.fooling_rate:.3f} "
+          f"{settings.method} {_method_settings(settings)}: "
+          f"fooling rate on the fitting faces {fit.fooling_rate:.3f} "
           f"after {fit.passes} passes ({', '.join(f'{h:.3f}' for h in fit.history)}) "
           f"in {fit.seconds:.0f} s")  # fmt: skip
     print(f"pattern: l_inf {pattern_norm(pattern, 'inf'):.2f}, l_2 {pattern_norm(pattern, '2'):.0f} levels; "
@@ -697,10 +799,16 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm", choices=NORMS, default="inf")
     p.add_argument("--xi", type=float, help="radius in pixel levels (default 10 for inf, 2000 for 2)")
     p.add_argument("--delta", type=float, default=Settings.delta, help="stop at fooling rate 1 - delta")
-    p.add_argument("--max-passes", type=int, default=Settings.max_passes)
+    p.add_argument("--method", choices=METHODS, default=Settings.method, help="DeepFool passes or SGD epochs")
+    p.add_argument("--max-passes", type=int, default=Settings.max_passes, help="passes (sgd: epochs)")
     p.add_argument("--candidates", type=int, default=Settings.candidates, help="DeepFool's candidate classes")
     p.add_argument("--overshoot", type=float, default=Settings.overshoot)
     p.add_argument("--max-iter", type=int, default=Settings.max_iter, help="DeepFool iterations per face")
+    p.add_argument("--batch", type=int, default=Settings.batch, help="sgd: faces per step")
+    p.add_argument("--step", type=float, default=Settings.step, help="sgd: step length, a fraction of xi")
+    p.add_argument(
+        "--clip", type=float, default=Settings.clip, help="sgd: margin (logits) past which a face stops"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: all cores; 1 on a busy machine)"
@@ -726,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         settings = Settings(args.norm, xi, args.delta, args.max_passes, args.candidates, args.overshoot,
-                            args.max_iter)  # fmt: skip
+                            args.max_iter, args.method, args.batch, args.step, args.clip)  # fmt: skip
         if args.command == "report":
             report(args, settings)
             return 0

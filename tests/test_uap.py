@@ -14,7 +14,7 @@ from engines.crops import crop_from_box
 from engines.facemodels import FaceMesh, FaceRes
 from stream import facewarp
 from stream.errors import ConfigError, ModelError
-from stream.perturbation import Perturbation, build_manifest, noise, pattern_norm, track_generator
+from stream.perturbation import MAX_LEVEL, Perturbation, build_manifest, noise, pattern_norm, track_generator
 
 SIZE = facewarp.SIZE
 
@@ -91,12 +91,13 @@ class SharedMargin:
         return (self.x[list(indices)] + v) @ self.w.T
 
 
+@pytest.mark.parametrize("method", uap.METHODS)
 @pytest.mark.parametrize(("norm", "xi"), [("inf", 0.5), ("2", 3.0)])
-def test_the_uap_loop_reaches_the_requested_fooling_rate_within_the_ball(norm, xi):
+def test_the_uap_loop_reaches_the_requested_fooling_rate_within_the_ball(norm, xi, method):
     problem = SharedMargin()
     clean = problem.logits(range(40), torch.zeros(48)).argmax(1)
     assert (clean == 0).float().mean() > 0.9
-    settings = uap.Settings(norm=norm, xi=xi, delta=0.1, max_passes=10, candidates=3)
+    settings = uap.Settings(norm=norm, xi=xi, delta=0.1, max_passes=10, candidates=3, method=method)
     fit = uap.fit_universal(problem, (48,), settings, np.random.default_rng(0), progress=False)
     fooled = (problem.logits(range(40), torch.from_numpy(fit.perturbation)).argmax(1) != clean).float().mean()
     assert fit.fooling_rate >= 0.9 and float(fooled) == pytest.approx(fit.fooling_rate)
@@ -104,9 +105,81 @@ def test_the_uap_loop_reaches_the_requested_fooling_rate_within_the_ball(norm, x
     assert fit.passes == len(fit.history) <= 10
 
 
+class SpreadMargins:
+    """Linear logits over 64 values whose class-0 margins all lie along one direction ``u``,
+    each input's margin ``m_i`` from 1 to 8 (in ``u`` units); everything else is noise the
+    classifier ignores. The best l_inf pattern of radius xi is ``-xi * sign(u)``: it fools the
+    inputs with ``m_i < xi * |u|_1``."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(5)
+        self.u = torch.randn(64, generator=g)
+        self.u = self.u / self.u.norm()
+        margins = torch.linspace(1.0, 8.0, 40)
+        noise = torch.randn(40, 64, generator=g)
+        noise = noise - (noise @ self.u)[:, None] * self.u
+        self.x = margins[:, None] * self.u + noise
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def logits(self, indices, v):
+        score = (self.x[list(indices)] + v) @ self.u
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def test_sgd_reaches_the_best_corner_of_the_l_inf_ball():
+    """The signed gradient walks to ``-xi * sign(u)``: exactly the inputs the best pattern can
+    fool are fooled, none more, and the pattern stays within the ball."""
+    problem = SpreadMargins()
+    xi = 0.6  # xi * |u|_1 is about 4.6: about half of the margins can be crossed
+    settings = uap.Settings(xi=xi, delta=0.0, max_passes=3, method="sgd")
+    fit = uap.fit_universal(problem, (64,), settings, np.random.default_rng(0), progress=False)
+    assert pattern_norm(fit.perturbation, "inf") <= xi * (1 + 1e-6)
+    best = float((problem.x @ problem.u < xi * problem.u.abs().sum()).float().mean())
+    assert 0.3 < best < 0.7
+    assert fit.fooling_rate == pytest.approx(best, abs=0.03)
+    assert np.array_equal(np.sign(fit.perturbation), -np.sign(problem.u.numpy()))
+
+
+class OnePixel:
+    """Class 0 until the first value passes ``-margin``; the gradient lies on that value alone."""
+
+    def __init__(self, margin: float) -> None:
+        self.x = torch.zeros(6, 16)
+        self.x[:, 0] = margin
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def logits(self, indices, v):
+        score = (self.x[list(indices)] + v)[:, 0]
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+@pytest.mark.parametrize("method", uap.METHODS)
+@pytest.mark.parametrize(("margin", "fooled"), [(100.0, 1.0), (200.0, 0.0)])
+def test_an_l2_pattern_never_holds_more_than_the_stream_can_draw(method, margin, fooled):
+    """The l_2 ball of radius 1000 would let one value reach 1000; the stream draws at most 127."""
+    settings = uap.Settings(norm="2", xi=1000.0, delta=0.0, max_passes=3, candidates=2, method=method)
+    fit = uap.fit_universal(OnePixel(margin), (16,), settings, np.random.default_rng(0), progress=False)
+    assert pattern_norm(fit.perturbation, "inf") <= MAX_LEVEL
+    assert fit.fooling_rate == fooled
+
+
+def test_the_clipped_margin_stops_at_clip():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.2, 0.1]], requires_grad=True)
+    margin = uap.clipped_margin(logits, torch.tensor([0, 0, 0]), clip=0.5)
+    assert margin.tolist() == pytest.approx([2.0, -0.5, -0.2])
+    (grad,) = torch.autograd.grad(margin.sum(), logits)
+    assert not grad[1].any() and grad[2].tolist() == [1.0, -1.0, 0.0]  # past -clip: no pull
+
+
 def test_settings_name_the_field_and_its_range():
     with pytest.raises(ConfigError, match="uap delta: expected in \\[0, 1\\), got 1.5"):
         uap.Settings(delta=1.5)
+    with pytest.raises(ConfigError, match="uap method: expected one of \\('deepfool', 'sgd'\\), got 'adam'"):
+        uap.Settings(method="adam")
 
 
 def write_raw(path, pattern, manifest):
