@@ -523,6 +523,8 @@ def cmd_batch(argv: list[str]) -> int:
                    help="run on Ray: a cluster's address, or none for a local one")  # fmt: skip
     p.add_argument("--jobs", type=int, default=0, help="videos at once (0: one per core)")
     p.add_argument("--retries", type=int, default=2, help="attempts after the first for a failed video (2)")
+    p.add_argument("--segment-s", type=float, default=0.0,
+                   help="cut longer videos into keyframe-aligned segments this long (0: never)")  # fmt: skip
     _add_pipeline_options(p)
     args = p.parse_args(argv)
     config = config_from_args(args)
@@ -540,7 +542,8 @@ def cmd_batch(argv: list[str]) -> int:
         print(f"{kind:8s} {path} -> {entry.get('output')} {detail}", file=sys.stderr)
 
     result = run_batch(inputs, args.outdir, config, jobs, ray_address=args.ray or None,
-                       use_ray=args.ray is not None, retries=args.retries, on_event=event)  # fmt: skip
+                       use_ray=args.ray is not None, retries=args.retries, on_event=event,
+                       segment_s=args.segment_s)  # fmt: skip
     print(f"batch: {result.done} done, {result.skipped} already done, {result.failed} failed, "
           f"{result.seconds:.1f} s; manifest {result.manifest}", file=sys.stderr)  # fmt: skip
     return 0 if result.failed == 0 else 4

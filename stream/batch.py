@@ -127,7 +127,24 @@ class BatchResult:
     manifest: Path
 
 
+@dataclass(frozen=True)
+class Job:
+    """One task: ``fn(*args)`` in a worker; ``key`` names it in the callbacks."""
+
+    key: str
+    fn: Callable[..., dict[str, Any]]
+    args: tuple[Any, ...]
+
+
 Event = Callable[[str, str, dict[str, Any]], None]
+Finished = Callable[[str, dict[str, Any] | None, str | None, int], None]
+
+
+def process_part(path: str, segment: Any, output: str, config: Config) -> dict[str, Any]:
+    """One segment of a long video (``stream.segments``), in a worker."""
+    from .segments import process_segment
+
+    return process_segment(path, segment, output, config)
 
 
 def run_batch(
@@ -139,8 +156,17 @@ def run_batch(
     use_ray: bool = False,
     retries: int = 2,
     on_event: Event | None = None,
+    segment_s: float = 0.0,
 ) -> BatchResult:
-    """Anonymize every input into ``folder``, skipping what a previous run finished."""
+    """Anonymize every input into ``folder``, skipping what a previous run finished.
+
+    ``segment_s`` > 0: videos longer than that are cut into keyframe-aligned
+    segments of about that length, run as tasks of their own and stitched
+    back here (every frame kept, track identities carried across borders);
+    ``NAME.tracks.jsonl`` beside the output holds the joined track log.
+    """
+    from .segments import link_tracks, plan, stitch, write_tracks
+
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(folder)
     todo, skipped = [], 0
@@ -154,7 +180,7 @@ def run_batch(
             manifest.update(path, output=output_name(path), status="pending", error=None)
     started = time.monotonic()
 
-    def finished(path: str, outcome: dict[str, Any] | None, error: str | None, attempts: int) -> None:
+    def record(path: str, outcome: dict[str, Any] | None, error: str | None, attempts: int) -> None:
         if outcome is not None:
             manifest.update(path, status="done", sha256=outcome["sha256"], summary=outcome["summary"],
                             host=outcome["host"], error=None, attempts=attempts)  # fmt: skip
@@ -163,11 +189,71 @@ def run_batch(
         if on_event:
             on_event("done" if outcome is not None else "failed", path, manifest.entries[path])
 
-    jobs = [(path, str(folder / output_name(path))) for path in todo]
+    jobs: list[Job] = []
+    plans: dict[str, list[Any]] = {}
+    parts: dict[str, dict[int, dict[str, Any] | None]] = {}
+    part_of: dict[str, tuple[str, int]] = {}  # job key -> (video, segment number)
+    scratch = folder / ".parts"
+    for path in todo:
+        output = str(folder / output_name(path))
+        segments = plan(path, segment_s) if segment_s > 0 else []
+        if len(segments) < 2:
+            jobs.append(Job(path, process_video, (path, output, config)))
+            continue
+        scratch.mkdir(exist_ok=True)
+        plans[path], parts[path] = segments, {}
+        for seg in segments:
+            part = scratch / f"{Path(output).stem}.{seg.number}.mp4"
+            key = f"{path} (segment {seg.number})"
+            part_of[key] = (path, seg.number)
+            jobs.append(Job(key, process_part, (path, seg, str(part), config)))
+
+    def finished(key: str, outcome: dict[str, Any] | None, error: str | None, attempts: int) -> None:
+        if key not in part_of:
+            record(key, outcome, error, attempts)
+            return
+        path, number = part_of[key]
+        parts[path][number] = outcome
+        if outcome is None:
+            manifest.update(path, error=f"segment {number}: {error}")
+        if len(parts[path]) < len(plans[path]):
+            return
+        if any(result is None for result in parts[path].values()):
+            record(path, None, manifest.entries[path].get("error") or "a segment failed", attempts)
+            return
+        segments = plans[path]
+        results = [parts[path][seg.number] for seg in segments]
+        files = [scratch / f"{Path(output_name(path)).stem}.{seg.number}.mp4" for seg in segments]
+        final = folder / output_name(path)
+        stamps = [
+            [f["pts"] for f in r["tracks"] if f["pts"] >= seg.start_pts]
+            for r, seg in zip(results, segments, strict=True)
+            if r is not None
+        ]
+        try:
+            frames_out = stitch(path, files, final, stamps)
+        except AnonError as exc:
+            record(path, None, str(exc), attempts)
+            return
+        tracks = link_tracks([r for r in results if r is not None], segments)
+        write_tracks(tracks, final.with_suffix(".tracks.jsonl"))
+        for file in files:
+            file.unlink(missing_ok=True)
+        summary = {
+            "input": path,
+            "output": str(final),
+            "frames_out": frames_out,
+            "segments": len(segments),
+            "tracks": len({i for frame in tracks for i in frame["ids"]}),
+            "frames_masked_whole": sum(r["masked_whole"] for r in results if r is not None),
+        }
+        record(path, {"summary": summary, "sha256": sha256_file(final), "host": os.uname().nodename}, None,
+               attempts)  # fmt: skip
+
     if use_ray:
-        _run_on_ray(jobs, config, ray_address, workers, retries, finished)
+        _run_on_ray(jobs, ray_address, workers, retries, finished)
     else:
-        _run_on_pool(jobs, config, workers, retries, finished)
+        _run_on_pool(jobs, workers, retries, finished)
     statuses = [manifest.entries[path]["status"] for path in todo]
     return BatchResult(
         done=statuses.count("done"),
@@ -178,61 +264,49 @@ def run_batch(
     )
 
 
-Finished = Callable[[str, dict[str, Any] | None, str | None, int], None]
-
-
-def _run_on_pool(
-    jobs: list[tuple[str, str]], config: Config, workers: int, retries: int, finished: Finished
-) -> None:
+def _run_on_pool(jobs: list[Job], workers: int, retries: int, finished: Finished) -> None:
     """A local process pool; a task that raised or whose worker died is retried."""
     import multiprocessing
 
-    attempts = {path: 0 for path, _ in jobs}
+    attempts = {job.key: 0 for job in jobs}
     queue = list(jobs)
     while queue:
         pool = ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"))
-        running: dict[Future[dict[str, Any]], tuple[str, str]] = {}
+        running: dict[Future[dict[str, Any]], Job] = {}
         broken = False
         try:
             for job in queue:
-                attempts[job[0]] += 1
-                running[pool.submit(process_video, job[0], job[1], config)] = job
+                attempts[job.key] += 1
+                running[pool.submit(job.fn, *job.args)] = job
             queue = []
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     job = running.pop(future)
                     try:
-                        finished(job[0], future.result(), None, attempts[job[0]])
+                        finished(job.key, future.result(), None, attempts[job.key])
                     except BrokenProcessPool:
                         broken = True  # a worker died: every unfinished task is retried
                         queue.append(job)
                     except Exception as exc:  # noqa: BLE001 - recorded, retried
-                        if attempts[job[0]] <= retries:
-                            log.warning("batch: %s failed (%s); retrying", job[0], exc)
+                        if attempts[job.key] <= retries:
+                            log.warning("batch: %s failed (%s); retrying", job.key, exc)
                             queue.append(job)
                         else:
-                            finished(job[0], None, f"{type(exc).__name__}: {exc}", attempts[job[0]])
+                            finished(job.key, None, f"{type(exc).__name__}: {exc}", attempts[job.key])
                 if broken:
                     queue.extend(running.values())
                     running.clear()
         finally:
             pool.shutdown(wait=not broken, cancel_futures=True)
         for job in list(queue):
-            if attempts[job[0]] > retries:
+            if attempts[job.key] > retries:
                 queue.remove(job)
-                finished(job[0], None, "its worker died on every attempt", attempts[job[0]])
+                finished(job.key, None, "its worker died on every attempt", attempts[job.key])
 
 
-def _run_on_ray(
-    jobs: list[tuple[str, str]],
-    config: Config,
-    address: str | None,
-    workers: int,
-    retries: int,
-    finished: Finished,
-) -> None:
-    """Ray tasks, one per video; Ray retries a task whose worker died, we retry one that raised."""
+def _run_on_ray(jobs: list[Job], address: str | None, workers: int, retries: int, finished: Finished) -> None:
+    """Ray tasks; Ray retries a task whose worker died, we retry one that raised."""
     import ray
 
     if not ray.is_initialized():
@@ -247,19 +321,19 @@ def _run_on_ray(
                 ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
         except ConnectionError as exc:
             raise ConfigError(f"--ray {address}: cannot reach the Ray cluster ({exc})") from None
-    task = ray.remote(num_cpus=1, max_retries=retries)(process_video)
-    attempts = {path: 1 for path, _ in jobs}
-    running = {task.remote(path, output, config): (path, output) for path, output in jobs}
+    remote = {fn: ray.remote(num_cpus=1, max_retries=retries)(fn) for fn in {job.fn for job in jobs}}
+    attempts = {job.key: 1 for job in jobs}
+    running = {remote[job.fn].remote(*job.args): job for job in jobs}
     while running:
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
-            path, output = running.pop(ref)
+            job = running.pop(ref)
             try:
-                finished(path, ray.get(ref), None, attempts[path])
+                finished(job.key, ray.get(ref), None, attempts[job.key])
             except Exception as exc:  # noqa: BLE001 - a task error, or a worker that died on every retry
-                if attempts[path] <= retries and not isinstance(exc, ray.exceptions.WorkerCrashedError):
-                    attempts[path] += 1
-                    log.warning("batch: %s failed (%s); retrying", path, exc)
-                    running[task.remote(path, output, config)] = (path, output)
+                if attempts[job.key] <= retries and not isinstance(exc, ray.exceptions.WorkerCrashedError):
+                    attempts[job.key] += 1
+                    log.warning("batch: %s failed (%s); retrying", job.key, exc)
+                    running[remote[job.fn].remote(*job.args)] = job
                 else:
-                    finished(path, None, f"{type(exc).__name__}: {exc}", attempts[path])
+                    finished(job.key, None, f"{type(exc).__name__}: {exc}", attempts[job.key])

@@ -255,6 +255,7 @@ class SinkConfig:
     preset: str = "veryfast"
     pix_fmt: str = "yuv420p"
     image_format: str = "png"
+    x264_params: str = ""  # passed to libx264 as is, e.g. "bframes=0"
     rtsp_transport: RtspTransport = "tcp"
     timeout_s: float = 5.0
     keyint_s: float = 1.0

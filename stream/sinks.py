@@ -149,6 +149,8 @@ class VideoFileSink:
             options = {}
             if cfg.codec in ("libx264", "libx265"):
                 options = {"crf": str(cfg.crf), "preset": cfg.preset}
+            if cfg.codec == "libx264" and cfg.x264_params:
+                options["x264-params"] = cfg.x264_params
             stream: Any = container.add_stream(cfg.codec, rate=self.rate, options=options)
             # 4:2:0 needs even sizes; odd frames get one replicated row or column.
             stream.width = width + width % 2

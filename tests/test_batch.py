@@ -127,3 +127,49 @@ def test_batch_names_a_missing_input():
     done = subprocess.run([sys.executable, "run_stream.py", "batch", "no/such/*.mp4", "-o", "/tmp/never"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "matches no file" in done.stderr
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def test_segment_split_matches_a_single_process_run(tmp_path, media, detector):
+    """Hamilton in keyframe-aligned segments of about 3 s, run as separate tasks
+    and stitched: every frame and audio packet kept, and the tracks are the
+    single run's tracks, one identity each across the borders."""
+    from stream.config import build_config
+    from stream.job import RegionLog, run_job
+
+    outdir = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "run_stream.py", "batch", str(HAMILTON), "-o", str(outdir), "--segment-s", "3",
+         "--jobs", "2", "--mode", "mask"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    entry = json.loads((outdir / "manifest.json").read_text())["inputs"][str(HAMILTON)]
+    out = outdir / entry["output"]
+    assert entry["summary"]["segments"] >= 3 and not list((outdir / ".parts").glob("*"))
+    assert video_pts(out) == video_pts(HAMILTON)
+    assert [digest(a) for a in audio_packets(out)] == [digest(a) for a in audio_packets(HAMILTON)]
+    frames, found = faces_left(out, detector)
+    assert frames > 20 and found == 0
+
+    single = RegionLog()
+    config = build_config(None, {"obscure": {"mode": "mask"}})
+    run_job(str(HAMILTON), str(tmp_path / "single.mp4"), config, detector=detector, regions=single)
+    split = [json.loads(line) for line in out.with_suffix(".tracks.jsonl").read_text().splitlines()]
+    assert [f["pts"] for f in split] == [f["pts"] for f in single.frames]
+    assert [len(f["ids"]) for f in split] == [len(f["track_ids"]) for f in single.frames]
+    # One to one and the same in every frame: each split track is one single-run track.
+    mapping: dict[int, set[int]] = {}
+    for a, b in zip(split, single.frames, strict=True):
+        for tid, box in zip(a["ids"], a["boxes"], strict=True):
+            best = max(zip(b["track_ids"], b["boxes"], strict=True), key=lambda t: _iou(box, t[1]))
+            mapping.setdefault(tid, set()).add(best[0])
+    assert all(len(v) == 1 for v in mapping.values()), mapping
+    assert len({next(iter(v)) for v in mapping.values()}) == len(mapping) == entry["summary"]["tracks"]
+    assert entry["summary"]["tracks"] == len({i for f in single.frames for i in f["track_ids"]})
