@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.zoo import sha256_file
+
 from .config import Config
 from .errors import AnonError, ConfigError
 from .sinks import VIDEO_EXTENSIONS
@@ -64,14 +66,6 @@ def output_name(input_path: str) -> str:
     suffix = path.suffix.lower() if path.suffix.lower() in VIDEO_EXTENSIONS else ".mp4"
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     return f"{path.stem}-{digest}{suffix}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Manifest:

@@ -445,6 +445,17 @@ def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
     return cls(**{k: _coerce(f"{name}.{k}", hints[k], v) for k, v in values.items()})
 
 
+def load_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's tree, or a ConfigError naming ``what`` and the problem."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not valid TOML ({exc})") from None
+
+
 def parse_option(text: str) -> tuple[str, str, Any]:
     """``SECTION.KEY=VALUE`` (a command line's ``--set``), the value read as TOML
     (numbers, booleans, quoted strings; anything else is a plain string)."""
@@ -464,15 +475,7 @@ def build_config(file: Path | None = None, overrides: dict[str, dict[str, Any]] 
 
     ``overrides`` maps section name to ``{option: value}``.
     """
-    tree: dict[str, dict[str, Any]] = {}
-    if file is not None:
-        try:
-            with open(file, "rb") as fh:
-                tree = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {file}: not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {file}: not valid TOML ({exc})") from None
+    tree: dict[str, dict[str, Any]] = load_toml(file, "config file") if file is not None else {}
     for section, values in (overrides or {}).items():
         tree.setdefault(section, {}).update(values)
     hints = get_type_hints(Config)

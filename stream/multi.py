@@ -15,7 +15,6 @@ import logging
 import queue
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from engines.centerface import CenterFace, FaceArrays
 
-from .config import Config
+from .config import Config, load_toml
 from .errors import AnonError, ConfigError
 from .job import JobResult, build_stages, load_detector, load_estimator
 from .runner import Runner
@@ -128,13 +127,7 @@ class StreamSpec:
 def read_streams(path: Path) -> list[StreamSpec]:
     """A TOML list of streams: ``[[stream]]`` tables with ``input``, ``output``, and
     optionally ``name`` and ``report``."""
-    try:
-        with open(path, "rb") as fh:
-            tree = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"streams file {path}: not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"streams file {path}: not valid TOML ({exc})") from None
+    tree = load_toml(path, "streams file")
     tables = tree.get("stream")
     if not isinstance(tables, list) or not tables:
         raise ConfigError(f"streams file {path}: expected [[stream]] tables with input and output")
