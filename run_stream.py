@@ -174,11 +174,10 @@ def _progress_printer(quiet: bool) -> Any:
         bar.n = stats.frames_out
         postfix = {"faces": stats.faces, "tracks": stats.max_track_id}
         if live:
-            lat = sorted(stats.latencies)
             postfix["dropped"] = stats.frames_dropped
-            if lat:  # glass to glass: capture to write, or to publish for rtsp:// outputs
+            if stats.latencies:  # glass to glass: capture to write, or to publish for rtsp:// outputs
                 for name, q in (("p50ms", 0.5), ("p95ms", 0.95), ("p99ms", 0.99)):
-                    postfix[name] = round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000)
+                    postfix[name] = round(stats.latency_ms(q))
         bar.set_postfix(postfix, refresh=False)
         bar.refresh()
         if stats.finished is not None:
@@ -323,8 +322,8 @@ def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         last[0] = time.monotonic()
         for name, runner in runners.items():
             s = runner.stats
-            lat = sorted(s.latencies)
-            p50 = f"{lat[len(lat) // 2] * 1000:.0f}" if lat else "-"
+            ms = s.latency_ms(0.5)
+            p50 = f"{ms:.0f}" if ms is not None else "-"
             print(f"{name}: {s.frames_out} frames, {s.fps:.1f}/s, {s.frames_dropped} dropped, "
                   f"{s.faces} faces, p50 {p50} ms", file=sys.stderr)  # fmt: skip
 

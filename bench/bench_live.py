@@ -54,13 +54,12 @@ def run(
         if outcome.error is not None or outcome.result is None:
             raise SystemExit(f"stream {outcome.spec.name} failed: {outcome.error}")
         s = outcome.result.stats
-        lat = sorted(s.latencies)
         rows.append(
             {
                 "fps": s.frames_out / s.elapsed_s,
                 "drop": s.frames_dropped / max(1, s.frames_in),
-                "p50": 1000 * lat[len(lat) // 2],
-                "p95": 1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+                "p50": s.latency_ms(0.5) or 0.0,
+                "p95": s.latency_ms(0.95) or 0.0,
             }
         )
     return rows, detector.calls / max(1, detector.batches)

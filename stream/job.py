@@ -250,10 +250,10 @@ class JobResult:
 
     def summary(self) -> dict[str, Any]:
         s = self.stats
-        lat = sorted(s.latencies)
 
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 1) if lat else None
+        def pct(q: float) -> float | None:
+            ms = s.latency_ms(q)
+            return round(ms, 1) if ms is not None else None
 
         return {
             "input": self.input,

@@ -31,14 +31,13 @@ from typing import Any
 import numpy as np
 
 from .config import SinkConfig
-from .errors import SinkError
 from .frames import FramePacket, PassthroughPacket
+from .sinks import even_size, hold_audio, refuse_raw
 
 log = logging.getLogger("anonymousnet")
 
 _SLOTS = 4  # frames in flight between the pipeline and the publisher
 _MAX_AUDIO_IN_FLIGHT = 2000  # audio messages not yet taken by the publisher
-_MAX_HELD_PACKETS = 20000  # audio held until the first video frame
 
 
 @dataclass(frozen=True)
@@ -179,12 +178,10 @@ class RtspSink:
         return True
 
     def write_frame(self, packet: FramePacket) -> None:
-        if not packet.anonymized:
-            raise SinkError(f"frame {packet.index} reached the sink without being anonymized; refusing it")
+        refuse_raw(packet)
         if self._process is None:
             self._start(packet)
-        self._poll()
-        self._alive()
+        self._alive()  # what the publisher reported is taken in by drain_latencies, once a frame
         try:
             slot = self._free.get_nowait()
         except queue.Empty:
@@ -200,11 +197,7 @@ class RtspSink:
         if packet.stream_index not in self._audio_indices:
             return
         if self._process is None:
-            if len(self._held) >= _MAX_HELD_PACKETS:
-                raise SinkError(
-                    f"output {self.description}: {_MAX_HELD_PACKETS} audio packets before any video frame"
-                )
-            self._held.append(packet)
+            hold_audio(self._held, packet, self.description)
             return
         self._send_audio(packet)
 
@@ -391,7 +384,7 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
                 if conn is None:
                     dropped[0] += 1
                 else:
-                    frame = av.VideoFrame.from_ndarray(_even(frames[slot]), format="rgb24")
+                    frame = av.VideoFrame.from_ndarray(even_size(frames[slot]), format="rgb24")
                     frame.pts, frame.time_base = pts, time_base
                     captured[pts] = capture_time
                     try:
@@ -425,11 +418,3 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
         report(force=True)
         del frames
         shm.close()
-
-
-def _even(image: np.ndarray) -> np.ndarray:
-    """4:2:0 needs even sizes: one replicated row or column where odd."""
-    h, w = image.shape[:2]
-    if h % 2 or w % 2:
-        return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    return image

@@ -50,6 +50,11 @@ class RunStats:
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
 
+    def latency_ms(self, q: float) -> float | None:
+        """The ``q`` quantile (0-1) of the recent latencies, in ms; None before the first frame."""
+        lat = sorted(self.latencies)
+        return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+
     def observe_latency(self, seconds: float) -> None:
         self.latencies.append(seconds)
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1

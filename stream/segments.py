@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .config import Config
 from .errors import AnonError, SourceError
 from .frames import FramePacket, PassthroughPacket
 from .sources import MediaSource, upright
+from .tracker import iou_matrix
 
 
 @dataclass(frozen=True)
@@ -150,14 +152,6 @@ def process_segment(path: str, segment: Segment, output: str, config: Config) ->
     }
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def link_tracks(results: list[dict[str, Any]], segments: list[Segment]) -> list[dict[str, Any]]:
     """Per written frame (in order): pts and global track ids, identities carried across
     each border by the mean box overlap over the frames both segments processed."""
@@ -170,9 +164,10 @@ def link_tracks(results: list[dict[str, Any]], segments: list[Segment]) -> list[
         scores: dict[tuple[int, int], list[float]] = {}
         for record in overlap:
             before = previous[record["pts"]]
-            for tid, box in zip(record["ids"], record["boxes"], strict=True):
-                for gid, other in zip(before["ids"], before["boxes"], strict=True):
-                    scores.setdefault((tid, gid), []).append(_iou(box, other))
+            overlaps = iou_matrix(np.array(record["boxes"], np.float32).reshape(-1, 4),
+                                  np.array(before["boxes"], np.float32).reshape(-1, 4))  # fmt: skip
+            for (i, tid), (j, gid) in itertools.product(enumerate(record["ids"]), enumerate(before["ids"])):
+                scores.setdefault((tid, gid), []).append(float(overlaps[i, j]))
         for (tid, gid), values in sorted(scores.items(), key=lambda kv: -float(np.mean(kv[1]))):
             if np.mean(values) >= 0.5 and tid not in mapping and gid not in mapping.values():
                 mapping[tid] = gid

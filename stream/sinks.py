@@ -34,7 +34,20 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _refuse_raw(packet: FramePacket) -> None:
+def even_size(image: np.ndarray) -> np.ndarray:
+    """4:2:0 needs even sizes: one replicated row or column where odd."""
+    h, w = image.shape[:2]
+    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else image
+
+
+def hold_audio(held: deque[PassthroughPacket], packet: PassthroughPacket, output: str) -> None:
+    """Keep an audio packet until the output opens at its first video frame (bounded)."""
+    if len(held) >= _MAX_HELD_PACKETS:
+        raise SinkError(f"output {output}: {_MAX_HELD_PACKETS} audio packets arrived before any video frame")
+    held.append(packet)
+
+
+def refuse_raw(packet: FramePacket) -> None:
     if not packet.anonymized:
         raise SinkError(f"frame {packet.index} reached the sink without being anonymized; refusing it")
 
@@ -69,7 +82,7 @@ class NullSink:
         self.frames_written = 0
 
     def write_frame(self, packet: FramePacket) -> None:
-        _refuse_raw(packet)
+        refuse_raw(packet)
         self.frames_written += 1
 
     def write_passthrough(self, packet: PassthroughPacket) -> None:
@@ -96,7 +109,7 @@ class ImageSequenceSink:
     def write_frame(self, packet: FramePacket) -> None:
         import cv2
 
-        _refuse_raw(packet)
+        refuse_raw(packet)
         name = self._pattern % packet.index
         if not cv2.imwrite(name, cv2.cvtColor(packet.image, cv2.COLOR_RGB2BGR)):
             raise SinkError(f"output {name}: cannot write image")
@@ -173,13 +186,10 @@ class VideoFileSink:
     def write_frame(self, packet: FramePacket) -> None:
         import av
 
-        _refuse_raw(packet)
+        refuse_raw(packet)
         if self._container is None:
             self._open(packet)
-        image = packet.image
-        if image.shape[0] % 2 or image.shape[1] % 2:
-            image = np.pad(image, ((0, image.shape[0] % 2), (0, image.shape[1] % 2), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(even_size(packet.image), format="rgb24")
         frame.pts = packet.pts
         frame.time_base = packet.time_base
         if packet.duration:
@@ -195,11 +205,7 @@ class VideoFileSink:
         if packet.stream_index not in self._templates:
             return
         if self._container is None:
-            if len(self._held) >= _MAX_HELD_PACKETS:
-                raise SinkError(
-                    f"output {self.path}: {_MAX_HELD_PACKETS} audio packets arrived before any video frame"
-                )
-            self._held.append(packet)
+            hold_audio(self._held, packet, str(self.path))
             return
         self._mux_passthrough(packet)
 

@@ -102,6 +102,15 @@ def audio_packets(path: Path) -> list[list[bytes]]:
         return out
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 (for the test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def digest(chunks: list[bytes]) -> str:
     return hashlib.sha256(b"".join(chunks)).hexdigest()
 

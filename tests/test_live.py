@@ -26,19 +26,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HAMILTON, ROOT, audio_packets, video_pts
+from conftest import HAMILTON, ROOT, audio_packets, free_port, video_pts
 
 pytestmark = pytest.mark.media
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = ROOT / "tests" / "servers" / "rtsp_server.py"
 RECORDER = ROOT / "tests" / "servers" / "rtsp_recorder.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gstreamer_missing() -> str | None:
@@ -100,6 +94,12 @@ def anonymize(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedPro
     document = json.loads(report.read_text())
     report.unlink()
     return done, document["summary"] | {"error": document["error"]}, elapsed
+
+
+def start_anonymizing(*args: str, report: Path) -> subprocess.Popen:
+    """run_stream.py with ``args`` in the background, its report to ``report``, stderr captured."""
+    return subprocess.Popen([sys.executable, "run_stream.py", *args, "--report", str(report), "-q"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def faces_in(path: Path, detector, every: int = 3) -> tuple[int, int]:
@@ -179,11 +179,8 @@ def test_source_server_killed_and_restarted_mid_stream(tmp_path, media, detector
     port = free_port()
     server = start_server(port)
     out = tmp_path / "resumed.mkv"
-    run = subprocess.Popen(
-        [sys.executable, "run_stream.py", f"rtsp://127.0.0.1:{port}/clip", "-o", str(out), "--max-frames", "210", "--mode", "mask",
-         "--report", str(tmp_path / "r.json"), "-q", "--set", "source.reconnect_backoff_s=0.3"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run = start_anonymizing(f"rtsp://127.0.0.1:{port}/clip", "-o", str(out), "--max-frames", "210", "--mode",
+                            "mask", "--set", "source.reconnect_backoff_s=0.3", report=tmp_path / "r.json")  # fmt: skip
     try:
         time.sleep(4)
         stop(server, signal.SIGKILL)
@@ -211,11 +208,8 @@ def test_sink_server_killed_run_goes_on_and_publishes_again(tmp_path, media, det
     first, second = tmp_path / "first.mkv", tmp_path / "second.mkv"
     recorder = start_recorder(url, first)
     report = tmp_path / "r.json"
-    run = subprocess.Popen(
-        [sys.executable, "run_stream.py", str(HAMILTON), "--realtime", "--loop", "-o", url, "--max-frames", "300", "--mode", "mask",
-         "--report", str(report), "-q", "--set", "sink.reconnect_backoff_s=0.3"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run = start_anonymizing(str(HAMILTON), "--realtime", "--loop", "-o", url, "--max-frames", "300", "--mode", "mask",
+                            "--set", "sink.reconnect_backoff_s=0.3", report=report)  # fmt: skip
     try:
         time.sleep(4)
         stop(recorder, signal.SIGKILL)

@@ -4,7 +4,6 @@ and the Prometheus endpoint."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -13,16 +12,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import HAMILTON, ROOT, audio_packets, digest, video_pts
+from conftest import HAMILTON, ROOT, audio_packets, digest, free_port, video_pts
 
 from stream.config import ConfigError, SourceConfig, build_config
 from stream.frames import FramePacket
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(detector):
