@@ -23,7 +23,7 @@ from typing import Literal
 
 from stream.errors import ModelError
 
-from . import centerface, tfjs
+from . import centerface, faceapi, tfjs
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,31 @@ REGISTRY: dict[str, ModelSpec] = {
             "P(male); age_pred/Softmax: (B, 100) age in years"
         ),
         license=_HUMAN_LICENSE + "HSE FaceRes (A. Savchenko), Apache-2.0",
+    ),
+    "faceapi-recognition": ModelSpec(
+        name="faceapi-recognition",
+        source=PackageSource(
+            registry="npm",
+            package="@vladmandic/face-api",
+            version="1.7.15",
+            archive="vladmandic-face-api-1.7.15.tgz",
+            archive_sha256="0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
+            members=(
+                (
+                    "package/model/face_recognition_model-weights_manifest.json",
+                    "cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b",
+                ),
+                (
+                    "package/model/face_recognition_model.bin",
+                    "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589",
+                ),
+            ),
+        ),
+        onnx_sha256="e4d378a5c9e708c89684b17214b3b4d8546c5f900a17f74d5375a06313f2f7a7",
+        convert=lambda files: faceapi.convert(files[0], files[1]),
+        inputs="input: (B, 150, 150, 3) float32, (RGB 0-255 - faceapi.MEAN_RGB) / 255, a tight face crop",
+        outputs="descriptor: (B, 128) identity descriptor, not normalised (measurements only)",
+        license="MIT (@vladmandic/face-api, face-api.js by V. Muehler); dlib's face ResNet (D. King), CC0",
     ),
     "emotion": ModelSpec(
         name="emotion",

@@ -90,6 +90,29 @@ def test_descriptor_separates_identities_and_gender_is_right(detector, photos):
         assert predicted == GENDER_LABELS[identity], (identity, figures.gender[identity])
 
 
+def test_dlib_descriptor_from_face_api_separates_identities(detector, photos):
+    """The attacker the measurements use besides faceres, rebuilt from face-api's weights."""
+    from engines.evaluation import photo_faces, roc_auc
+    from engines.faceapi import FaceApiRecognition
+
+    net = model(FaceApiRecognition, "faceapi-recognition")
+    crops, identities = [], []
+    for photo, padded, face in photo_faces(detector, photos):
+        crops.append(crop_from_box(padded, face.boxes[0], face.landmarks[0], net.size, net.enlarge))
+        identities.append(photo.identity)
+    d = net.describe(crops)
+    np.testing.assert_allclose(net.describe(crops[:1])[0], d[0], atol=1e-4)  # batching changes nothing
+    upper = np.triu_indices(len(d), k=1)
+    ids = np.array(identities)
+    same = ids[upper[0]] == ids[upper[1]]
+    scores = (d @ d.T)[upper]
+    assert len(d) >= 95 and roc_auc(scores.astype(np.float64), same) >= 0.97
+    # Most photos' nearest other photo is of the same person.
+    similarity = d @ d.T
+    np.fill_diagonal(similarity, -1)
+    assert np.mean(ids[similarity.argmax(axis=1)] == ids) >= 0.85
+
+
 @pytest.mark.media
 def test_mesh_landmarks_land_on_the_detector_landmarks(detector, photos):
     errors = landmark_errors(detector, model(FaceMesh, "facemesh"), photos)
