@@ -183,13 +183,19 @@ class SynthConfig:
     surround_blur: blur of the head around the surrogate (hair, ears, jaw line
     inside the track's box), as a fraction of the box width (0: none); it
     takes away cues the surrogate does not replace. reshape: how far the face's
-    outline, nose and jaw are moved toward the mean face layout (0: not at all;
-    geometry identifies a person too). own_eyes: the person's own eyes show
-    through the surrogate (gaze and blinks; they also identify). keep_tone: the
-    share of the person's own mean skin tone in the relit surrogate (1: theirs, 0:
-    the surrogate's; tone helps identify, and hides the seam). stargan: a StarGAN
+    mesh is moved toward the mean face layout (0: not at all, 1: onto it, above 1:
+    past it, away from the person's own; geometry identifies a person most).
+    own_eyes: the person's own eyes show through the surrogate (gaze and blinks;
+    they also identify). keep_tone: the share of the person's own mean skin tone
+    in the relit surrogate (1: theirs, 0: the surrogate's; tone helps identify,
+    and hides the seam). stargan: a StarGAN
     generator checkpoint (``run_stream.py models --stargan``) that directs the
     surrogate to the five attributes PPAS selected, once per track; empty: none.
+    max_likeness: the highest cosine allowed between the identity descriptor of
+    the replaced face and the person's own, checked when a track's surrogate is
+    chosen: candidates are tried at the configured settings and then stronger
+    ones (more reshape, none of their tone, more surround blur) until one stays
+    below it; a track none does falls back (``recognisable``). 1: no check.
     """
 
     gallery: str = "builtin"
@@ -197,19 +203,21 @@ class SynthConfig:
     fallback: FallbackMode = "blur"
     min_face: int = 40
     min_cover: float = 0.75
-    surround_blur: float = 0.04
-    reshape: float = 0.5
+    surround_blur: float = 0.06
+    reshape: float = 1.6
     own_eyes: bool = False
-    keep_tone: float = 0.3
+    keep_tone: float = 0.0
     stargan: str = ""
+    max_likeness: float = 0.6
 
     def validate(self) -> None:
         _range("synth.k", self.k, 2, 100)
         _range("synth.surround_blur", self.surround_blur, 0.0, 1.0)
-        _range("synth.reshape", self.reshape, 0.0, 1.0)
+        _range("synth.reshape", self.reshape, 0.0, 2.0)
         _range("synth.keep_tone", self.keep_tone, 0.0, 1.0)
         _range("synth.min_face", self.min_face, 8, 4096)
         _range("synth.min_cover", self.min_cover, 0.0, 1.0)
+        _range("synth.max_likeness", self.max_likeness, -1.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,8 @@ def synthesis_report(stages: list[Stage]) -> dict[str, Any] | None:
         "replaced": stage.counts.replaced,
         "fallback": dict(stage.counts.fallback),
         "surrogates": {str(t): origin for t, origin in stage.origins.items()},
+        # The identity check's cosine of each track's replaced face to the person (null: unchecked).
+        "likeness": {str(t): None if v is None else round(v, 3) for t, v in stage.likeness.items()},
         "perturbed": next((s.perturbed for s in stages if isinstance(s, PerturbStage)), 0),
         "k": min([stage.config.k] + ([stage.gallery.k] if stage.gallery else [])),
     }

@@ -26,12 +26,11 @@ from .synthesis import (
     GalleryEntry,
     Surrogate,
     TexturePool,
-    choose_entry,
+    draw_surrogate,
     match_score,
-    replace_face,
-    reshape,
+    rank_entries,
     sample_lab,
-    soften_surround,
+    strengths,
     unit,
 )
 from .tracker import FaceTracker
@@ -258,6 +257,9 @@ def crop_from_mesh(image: NDArray[np.uint8], points: NDArray[np.float32], shift:
     )
 
 
+Candidate = tuple[GalleryEntry, str]  # a possible surrogate and where it comes from
+
+
 class SynthStage:
     """Stage III: replaces each described track's face with its k-Same surrogate.
 
@@ -274,6 +276,7 @@ class SynthStage:
     name = "synth"
     parallel = False
     RETRY_FRAMES = 25  # a track with no surrogate yet asks again after this many frames
+    CANDIDATES = 3  # surrogates checked per track, best attribute match first
     FOLLOW_FRAMES = 2  # a mesh older than this is not followed
     FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.5, 0.2  # the mesh model's face flag
 
@@ -288,6 +291,8 @@ class SynthStage:
         self.surrogates: dict[int, Surrogate] = {}
         self.origins: dict[int, str] = {}
         self.retry_at: dict[int, int] = {}
+        self.waiting: dict[int, str] = {}
+        self.likeness: dict[int, float | None] = {}  # per track: its surrogate's cosine to them
         self.seen: dict[int, _MeshSeen] = {}
         self.counts = SynthCounts()
 
@@ -298,40 +303,95 @@ class SynthStage:
             if s.estimates
         }
 
-    def _surrogate(self, track_id: int, index: int) -> Surrogate | str:
-        """The track's surrogate, or why it has none (yet)."""
+    def _surrogate(self, track_id: int, index: int, det: int) -> Surrogate | list[Candidate] | str:
+        """The track's surrogate; or, when it has none yet and this frame can check them, its
+        candidates (best attribute match first); or why it has none (yet)."""
         if track_id in self.surrogates:
             return self.surrogates[track_id]
         record = self.attributes.privacy.tracks.get(track_id)
         if record is None:
             return "not described yet"
         if self.retry_at.get(track_id, -1) > index:
-            return "no surrogate"
+            return self.waiting.get(track_id, "no surrogate")
+        if det < 0:
+            return "not checked yet"  # candidates are checked on a detected face
         described = self._described()
         own = described[track_id][1] if track_id in described else None
-        best: tuple[float, GalleryEntry, str] | None = None
+        scored: list[tuple[float, Candidate]] = []
         if self.gallery is not None:
-            choice = choose_entry(self.gallery, record.released, own)
-            if choice is not None:
-                entry = self.gallery.entries[choice]
-                best = (match_score(entry.attributes, record.released), entry, f"gallery entry {choice}")
+            for i in rank_entries(self.gallery, record.released, own):
+                entry = self.gallery.entries[i]
+                scored.append((match_score(entry.attributes, record.released), (entry, f"gallery entry {i}")))
         pooled = self.pool.entry(track_id, record.released, described)
-        if pooled is not None and (best is None or pooled[1] >= best[0]):
-            best = (pooled[1], pooled[0], f"{pooled[0].k} people of this stream")
-        if best is None or best[0] == -np.inf:
-            self.retry_at[track_id] = index + self.RETRY_FRAMES
+        if pooled is not None and pooled[1] > -np.inf:
+            scored.append((pooled[1], (pooled[0], f"{pooled[0].k} people of this stream")))
+        if not scored:
+            self._wait(track_id, index, "no surrogate")
             return "no surrogate"
-        entry, origin = best[1], best[2]
+        scored.sort(key=lambda s: -s[0])  # stable: on a tie the gallery's entries first
+        return [candidate for _, candidate in scored[: self.CANDIDATES]]
+
+    def _wait(self, track_id: int, index: int, reason: str) -> None:
+        self.retry_at[track_id] = index + self.RETRY_FRAMES
+        self.waiting[track_id] = reason
+
+    def _check(self, image: NDArray[np.uint8], track_id: int, index: int, candidates: list[Candidate],
+               face: tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
+               lab: NDArray[np.float32], lab_mask: NDArray[np.bool_]) -> Surrogate | None:  # fmt: skip
+        """The first candidate, at the weakest strength, whose drawn face the attribute
+        estimator's identity descriptor no longer matches to the person (cosine at most
+        ``max_likeness``); it becomes the track's surrogate for life. None when every
+        candidate at every strength still looks like them (the track falls back for now).
+
+        face: the detection's box and five landmarks, and the mesh points, in ``image``.
+        """
+        cfg = self.config
+        record = self.attributes.privacy.tracks[track_id]
+        state = self.attributes.states.get(track_id)
+        own = unit(state.descriptor_sum) if state is not None and state.estimates else None
+        box, landmarks, points = face
+        # Drawn on a copy of the face's surroundings (three box widths), not the frame.
+        h, w = image.shape[:2]
+        size = box[2:] - box[:2]
+        x1, y1 = (int(v) for v in np.maximum(box[:2] - size, 0))
+        x2, y2 = int(min(w, box[2] + size[0])), int(min(h, box[3] + size[1]))
+        shift = np.array([x1, y1], np.float32)
+        local_box, local_landmarks = box - np.tile(shift, 2), landmarks - shift
+        local_points = points - np.array([x1, y1, 0], np.float32)
         if self.styler is not None:
-            entry, origin = self.styler.style(entry, record.released), origin + ", StarGAN"
-        self.surrogates[track_id] = Surrogate.of(entry)
-        self.origins[track_id] = origin
-        return self.surrogates[track_id]
+            styler = self.styler
+            candidates = [(styler.style(e, record.released), f"{o}, StarGAN") for e, o in candidates]
+        closest: float | None = None
+        for strength in strengths(cfg.reshape, cfg.keep_tone, cfg.surround_blur):
+            for entry, origin in candidates:
+                surrogate = Surrogate.of(entry, strength)
+                if own is None or cfg.max_likeness >= 1.0:
+                    likeness = None
+                else:
+                    canvas = image[y1:y2, x1:x2].copy()
+                    if draw_surrogate(canvas, local_points, local_box, surrogate, lab, lab_mask,
+                                      cfg.own_eyes) is None:  # fmt: skip
+                        continue
+                    estimate = self.attributes.estimator.estimate(
+                        [FaceInput(canvas, local_box, local_landmarks)]
+                    )
+                    likeness = float(unit(estimate.descriptor[0]) @ own)
+                    closest = likeness if closest is None else min(closest, likeness)
+                    if likeness > cfg.max_likeness:
+                        continue
+                surrogate.light = None  # lit afresh by the first frame it is drawn on
+                self.surrogates[track_id] = surrogate
+                self.origins[track_id] = origin
+                self.likeness[track_id] = likeness
+                return surrogate
+        self.likeness[track_id] = closest
+        self._wait(track_id, index, "recognisable")
+        return None
 
     def _forget(self, alive: set[int]) -> None:
         """Drop what is held for ended tracks (their ids never return), so a stream running
         for days holds only its live tracks' surrogates; what they were stays in ``origins``."""
-        for held in (self.surrogates, self.retry_at, self.seen):
+        for held in (self.surrogates, self.retry_at, self.waiting, self.seen):
             for track_id in [t for t in held if t not in alive]:
                 del held[track_id]
 
@@ -349,10 +409,10 @@ class SynthStage:
         tracks, detections = packet.tracks, packet.detections
         self.pool.seen_together(tracks.track_id[tracks.detection >= 0].tolist())
         self._forget(set(tracks.track_id.tolist()))
-        jobs: list[tuple[int, int, int, Surrogate | None, Crop]] = []
+        jobs: list[tuple[int, int, int, Surrogate | list[Candidate] | None, Crop]] = []
         rows = zip(tracks.track_id.tolist(), tracks.detection.tolist(), strict=True)
         for row, (tid, det) in enumerate(rows):
-            chosen = self._surrogate(tid, packet.index)
+            chosen = self._surrogate(tid, packet.index, det)
             surrogate = None if isinstance(chosen, str) else chosen
             if isinstance(chosen, str):
                 self.counts.fell_back(chosen)
@@ -367,8 +427,7 @@ class SynthStage:
         if not jobs:
             return packet
         mesh = self.mesh.predict([job[4] for job in jobs])
-        draws: list[tuple[int, int, Surrogate, NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]]
-        draws = []
+        draws: list[tuple[int, Surrogate, NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]] = []
         cfg = self.config
         # Everything is read from the frame before any face is drawn on it (faces may overlap).
         for i, (row, tid, det, surrogate, _) in enumerate(jobs):
@@ -396,15 +455,24 @@ class SynthStage:
             if box is not None and covered_share(points, box) < cfg.min_cover:
                 self.counts.fell_back("not covered")
                 continue
-            draws.append((row, tid, surrogate, points, *sample_lab(packet.image, points)))
-        for row, tid, surrogate, points, lab, lab_mask in draws:
-            texture = surrogate.relit(lab, lab_mask, cfg.keep_tone)
-            shape = reshape(points, cfg.reshape, keep_openings=cfg.own_eyes)
-            drawn = replace_face(packet.image, points, texture, surrogate.entry.mask, shape, cfg.own_eyes)
+            lab, lab_mask = sample_lab(packet.image, points)
+            if isinstance(surrogate, list):
+                assert box is not None and detections is not None  # candidates come with a detection
+                face = (box, detections.landmarks[det], points)
+                checked = self._check(packet.image, tid, packet.index, surrogate, face, lab, lab_mask)
+                if checked is None:
+                    self.counts.fell_back("recognisable")
+                    continue
+                surrogate = checked
+            draws.append((row, surrogate, points, lab, lab_mask))
+        for row, surrogate, points, lab, lab_mask in draws:
+            tid = int(tracks.track_id[row])
+            drawn = draw_surrogate(
+                packet.image, points, tracks.xyxy[row], surrogate, lab, lab_mask, cfg.own_eyes
+            )
             if drawn is None:
                 self.counts.fell_back("not covered")
                 continue
-            soften_surround(packet.image, tracks.xyxy[row], drawn, cfg.surround_blur)
             packet.replaced.add(tid)
             packet.drawn[tid] = drawn
             self.counts.replaced += 1
@@ -415,6 +483,8 @@ class SynthStage:
         self.surrogates.clear()
         self.origins.clear()
         self.retry_at.clear()
+        self.waiting.clear()
+        self.likeness.clear()
         self.seen.clear()
         self.counts = SynthCounts()
 

@@ -163,19 +163,17 @@ def contains(members: NDArray[np.float32], descriptor: NDArray[np.float32] | Non
     return bool((unit(members) @ unit(descriptor)).max() > OWN_IDENTITY_COSINE)
 
 
-def choose_entry(
+def rank_entries(
     gallery: Gallery, selected: NDArray[np.bool_], descriptor: NDArray[np.float32] | None
-) -> int | None:
-    """Index of the entry best matching the selected attributes, excluding entries that
-    contain the track's own identity or are of the other gender; None when none is left."""
-    best, best_score = None, -np.inf
+) -> list[int]:
+    """Indices of the entries that may stand in for a person, best match to the selected
+    attributes first: not those containing the person's own identity, nor of the other gender."""
+    scored = []
     for i, entry in enumerate(gallery.entries):
-        if contains(entry.members, descriptor):
-            continue
         score = match_score(entry.attributes, selected)
-        if score > best_score:
-            best, best_score = i, score
-    return best
+        if score > -np.inf and not contains(entry.members, descriptor):
+            scored.append((-score, i))
+    return [i for _, i in sorted(scored)]
 
 
 @dataclass
@@ -317,30 +315,57 @@ def sample_lab(
     return cv2.cvtColor(texture, cv2.COLOR_RGB2LAB).astype(np.float32), mask
 
 
+@dataclass(frozen=True)
+class Strength:
+    """How far a drawn surrogate departs from the person beyond its texture: ``reshape``
+    (geometry toward the mean face), ``keep_tone`` (share of their own skin tone) and
+    ``surround_blur`` (the head around the face), as in ``SynthConfig``."""
+
+    reshape: float
+    keep_tone: float
+    surround_blur: float
+
+
+def strengths(reshape: float, keep_tone: float, surround_blur: float) -> list[Strength]:
+    """The configured strength, then stronger ones tried when a surrogate still looks like
+    the person: none of their tone, the geometry moved twice as far as to the mean face (as
+    far past it, away from theirs), the surroundings blurred harder, last far harder (hair
+    and head outline become a haze); never weaker than configured."""
+    ladder = [Strength(reshape, keep_tone, surround_blur)]
+    for blur in (0.08, 0.2):
+        stronger = Strength(max(reshape, 2.0), 0.0, max(surround_blur, blur))
+        if stronger != ladder[-1]:
+            ladder.append(stronger)
+    return ladder
+
+
 @dataclass
 class Surrogate:
     """A track's chosen surrogate, ready to draw: its Lab detail (texture minus its own
-    lighting) and the track's smoothed lighting, so the tone follows the scene without flicker."""
+    lighting), the strength it is drawn with, and the track's smoothed lighting, so the tone
+    follows the scene without flicker."""
 
     entry: GalleryEntry
     detail: NDArray[np.float32]
     tone: NDArray[np.float32]
+    strength: Strength
     light: NDArray[np.float32] | None = None
 
     @classmethod
-    def of(cls, entry: GalleryEntry) -> Surrogate:
+    def of(cls, entry: GalleryEntry, strength: Strength) -> Surrogate:
         lab = cv2.cvtColor(entry.texture, cv2.COLOR_RGB2LAB).astype(np.float32)
         own = lighting(lab, entry.mask)
         if own is None:
             own = np.zeros((6, 3), np.float32)
             own[0] = lab[entry.mask].mean(axis=0)
-        return cls(entry, lab - surface(own), own[0])
+        return cls(entry, lab - surface(own), own[0], strength)
 
     def relit(self, target_lab: NDArray[np.float32], target_mask: NDArray[np.bool_],
-              keep_tone: float = 1.0, smoothing: float = 0.5) -> NDArray[np.uint8]:  # fmt: skip
-        """The surrogate texture (RGB) under the target's lighting, smoothed over frames;
-        ``keep_tone``: the share of the target's own mean skin tone (the rest is the
+              smoothing: float = 0.5) -> NDArray[np.uint8]:  # fmt: skip
+        """The surrogate texture (RGB) under the target's lighting, smoothed over frames,
+        keeping ``strength.keep_tone`` of the target's own mean skin tone (the rest is the
         surrogate's), a cue to identity as well as to a seamless fit."""
+        keep_tone = self.strength.keep_tone
         common = target_mask & self.entry.mask[::_STEP, ::_STEP]
         light = lighting(target_lab, common)
         if light is not None:
@@ -499,6 +524,22 @@ def replace_face(
     face = alpha * rendered.pixels[..., :3] + (1 - alpha) * fill
     roi[:] = np.clip(face, 0, 255).astype(np.uint8)
     return Rendered(rendered.pixels[..., :3], valid, rendered.x1, rendered.y1, rendered.coords)
+
+
+def draw_surrogate(
+    frame: NDArray[np.uint8], points: NDArray[np.float32], box: NDArray[np.float32], surrogate: Surrogate,
+    lab: NDArray[np.float32], lab_mask: NDArray[np.bool_], own_eyes: bool,
+) -> Rendered | None:  # fmt: skip
+    """Draw ``surrogate`` in place on the face with mesh ``points`` and track box ``box``, at
+    its strength: relit to the face's sampled Lab texture (``sample_lab``), on the reshaped
+    mesh, the head around it softened. Returns what was drawn, or None."""
+    strength = surrogate.strength
+    texture = surrogate.relit(lab, lab_mask)
+    shape = reshape(points, strength.reshape, keep_openings=own_eyes)
+    drawn = replace_face(frame, points, texture, surrogate.entry.mask, shape, own_eyes)
+    if drawn is not None:
+        soften_surround(frame, box, drawn, strength.surround_blur)
+    return drawn
 
 
 def soften_surround(
