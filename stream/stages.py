@@ -290,8 +290,7 @@ class SynthStage:
         self.pool = TexturePool(config.k)
         self.surrogates: dict[int, Surrogate] = {}
         self.origins: dict[int, str] = {}
-        self.retry_at: dict[int, int] = {}
-        self.waiting: dict[int, str] = {}
+        self.waiting: dict[int, tuple[int, str]] = {}  # track -> (frame to ask again, why not yet)
         self.likeness: dict[int, float | None] = {}  # per track: its surrogate's cosine to them
         self.seen: dict[int, _MeshSeen] = {}
         self.counts = SynthCounts()
@@ -311,8 +310,9 @@ class SynthStage:
         record = self.attributes.privacy.tracks.get(track_id)
         if record is None:
             return "not described yet"
-        if self.retry_at.get(track_id, -1) > index:
-            return self.waiting.get(track_id, "no surrogate")
+        retry_at, reason = self.waiting.get(track_id, (-1, ""))
+        if retry_at > index:
+            return reason
         if det < 0:
             return "not checked yet"  # candidates are checked on a detected face
         described = self._described()
@@ -332,8 +332,7 @@ class SynthStage:
         return [candidate for _, candidate in scored[: self.CANDIDATES]]
 
     def _wait(self, track_id: int, index: int, reason: str) -> None:
-        self.retry_at[track_id] = index + self.RETRY_FRAMES
-        self.waiting[track_id] = reason
+        self.waiting[track_id] = (index + self.RETRY_FRAMES, reason)
 
     def _check(self, image: NDArray[np.uint8], track_id: int, index: int, candidates: list[Candidate],
                face: tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
@@ -361,37 +360,37 @@ class SynthStage:
         if self.styler is not None:
             styler = self.styler
             candidates = [(styler.style(e, record.released), f"{o}, StarGAN") for e, o in candidates]
+        ladder = strengths(cfg.reshape, cfg.keep_tone, cfg.surround_blur)
+        if own is None or cfg.max_likeness >= 1.0:  # nothing to check against, or no check
+            return self._keep(track_id, Surrogate.of(candidates[0][0], ladder[0]), candidates[0][1], None)
         closest: float | None = None
-        for strength in strengths(cfg.reshape, cfg.keep_tone, cfg.surround_blur):
+        for strength in ladder:
             for entry, origin in candidates:
                 surrogate = Surrogate.of(entry, strength)
-                if own is None or cfg.max_likeness >= 1.0:
-                    likeness = None
-                else:
-                    canvas = image[y1:y2, x1:x2].copy()
-                    if draw_surrogate(canvas, local_points, local_box, surrogate, lab, lab_mask,
-                                      cfg.own_eyes) is None:  # fmt: skip
-                        continue
-                    estimate = self.attributes.estimator.estimate(
-                        [FaceInput(canvas, local_box, local_landmarks)]
-                    )
-                    likeness = float(unit(estimate.descriptor[0]) @ own)
-                    closest = likeness if closest is None else min(closest, likeness)
-                    if likeness > cfg.max_likeness:
-                        continue
-                surrogate.light = None  # lit afresh by the first frame it is drawn on
-                self.surrogates[track_id] = surrogate
-                self.origins[track_id] = origin
-                self.likeness[track_id] = likeness
-                return surrogate
+                canvas = image[y1:y2, x1:x2].copy()
+                if draw_surrogate(canvas, local_points, local_box, surrogate, lab, lab_mask,
+                                  cfg.own_eyes) is None:  # fmt: skip
+                    continue
+                estimate = self.attributes.estimator.estimate([FaceInput(canvas, local_box, local_landmarks)])
+                likeness = float(unit(estimate.descriptor[0]) @ own)
+                closest = likeness if closest is None else min(closest, likeness)
+                if likeness <= cfg.max_likeness:
+                    surrogate.light = None  # lit afresh by the first frame it is drawn on
+                    return self._keep(track_id, surrogate, origin, likeness)
         self.likeness[track_id] = closest
         self._wait(track_id, index, "recognisable")
         return None
 
+    def _keep(self, track_id: int, surrogate: Surrogate, origin: str, likeness: float | None) -> Surrogate:
+        self.surrogates[track_id] = surrogate
+        self.origins[track_id] = origin
+        self.likeness[track_id] = likeness
+        return surrogate
+
     def _forget(self, alive: set[int]) -> None:
         """Drop what is held for ended tracks (their ids never return), so a stream running
         for days holds only its live tracks' surrogates; what they were stays in ``origins``."""
-        for held in (self.surrogates, self.retry_at, self.waiting, self.seen):
+        for held in (self.surrogates, self.waiting, self.seen):
             for track_id in [t for t in held if t not in alive]:
                 del held[track_id]
 
@@ -482,7 +481,6 @@ class SynthStage:
         self.pool.reset()
         self.surrogates.clear()
         self.origins.clear()
-        self.retry_at.clear()
         self.waiting.clear()
         self.likeness.clear()
         self.seen.clear()
