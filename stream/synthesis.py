@@ -339,6 +339,9 @@ def strengths(reshape: float, keep_tone: float, surround_blur: float) -> list[St
     return ladder
 
 
+NEUTRAL_RATE = 0.05  # per frame: a person's usual face layout follows over about 20 frames
+
+
 @dataclass
 class Surrogate:
     """A track's chosen surrogate, ready to draw: its Lab detail (texture minus its own
@@ -350,6 +353,7 @@ class Surrogate:
     tone: NDArray[np.float32]
     strength: Strength
     light: NDArray[np.float32] | None = None
+    neutral: NDArray[np.float32] | None = None  # the person's usual aligned layout (``reshape``)
 
     @classmethod
     def of(cls, entry: GalleryEntry, strength: Strength) -> Surrogate:
@@ -469,6 +473,11 @@ def openings(
     return through, fill
 
 
+# Eyes and the whole mouth (inner and outer lip contours), by mesh index.
+OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+_OPENINGS = [list(LEFT_EYE), list(RIGHT_EYE), list(INNER_LIPS + OUTER_LIPS)]
+
+
 @lru_cache(maxsize=1)
 def _reshape_weights() -> NDArray[np.float32]:
     """Per mesh point, how much of its own place it gives up to the mean face layout: none
@@ -479,23 +488,34 @@ def _reshape_weights() -> NDArray[np.float32]:
     return np.asarray(np.clip((distance - 8) / 24, 0, 1), np.float32)
 
 
-def reshape(points: NDArray[np.float32], amount: float, keep_openings: bool = True) -> NDArray[np.float32]:
-    """The mesh ``(468, 3)`` moved ``amount`` of the way to the mean face layout (after a
-    similarity alignment): the face outline, nose and jaw carry identity the texture does
-    not. ``keep_openings``: eyes and mouth stay in place (the person's own eyes show there)."""
+def reshape(
+    points: NDArray[np.float32], amount: float, keep_openings: bool = True,
+    neutral: NDArray[np.float32] | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:  # fmt: skip
+    """The mesh ``(468, 3)`` with the person's face layout moved ``amount`` of the way to the
+    mean face layout (after a similarity alignment; past it above 1): the face outline, nose
+    and jaw carry identity the texture does not. What moves is ``neutral``, the person's
+    usual layout (aligned, ``(468, 2)``), so the frame's expression still follows them;
+    without it, this frame's own layout. ``keep_openings``: eyes and mouth stay in place.
+
+    Returns the moved mesh and this frame's aligned layout (None when it could not be aligned).
+    """
     if amount <= 0:
-        return points
+        return points, None
     canon = canonical().points
     to_canon, _ = cv2.estimateAffinePartial2D(np.ascontiguousarray(points[:, :2]), canon, method=cv2.LMEDS)
     if to_canon is None:
-        return points
+        return points, None
     aligned = points[:, :2] @ to_canon[:, :2].T + to_canon[:, 2]
     weight = (amount * (_reshape_weights() if keep_openings else np.ones(len(canon), np.float32)))[:, None]
-    moved = aligned + weight * (canon - aligned)
+    offset = canon - (aligned if neutral is None else neutral)
+    for group in _OPENINGS:  # an opening moves up or down as a whole: how far it is open stays theirs
+        offset[group, 1] = offset[group, 1].mean()
+    moved = aligned + weight * offset
     back = cv2.invertAffineTransform(to_canon)
     out = points.copy()
     out[:, :2] = moved @ back[:, :2].T + back[:, 2]
-    return out
+    return out, np.asarray(aligned, np.float32)
 
 
 def replace_face(
@@ -535,7 +555,10 @@ def draw_surrogate(
     mesh, the head around it softened. Returns what was drawn, or None."""
     strength = surrogate.strength
     texture = surrogate.relit(lab, lab_mask)
-    shape = reshape(points, strength.reshape, keep_openings=own_eyes)
+    shape, layout = reshape(points, strength.reshape, own_eyes, surrogate.neutral)
+    if layout is not None:  # the person's usual layout: a slow average over the frames drawn
+        last = surrogate.neutral
+        surrogate.neutral = layout if last is None else last + NEUTRAL_RATE * (layout - last)
     drawn = replace_face(frame, points, texture, surrogate.entry.mask, shape, own_eyes)
     if drawn is not None:
         soften_surround(frame, box, drawn, strength.surround_blur)
