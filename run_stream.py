@@ -51,7 +51,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="any config option, e.g. source.reconnect_backoff_s=1 (repeatable)")  # fmt: skip
     g = p.add_argument_group("obscuring")
     g.add_argument(
-        "--mode", choices=["blur", "pixelate", "mask", "synth"], help="how faces are hidden (blur)"
+        "--mode", choices=["blur", "pixelate", "mask", "synth"], help="how faces are hidden (synth)"
     )
     g.add_argument(
         "--gallery",

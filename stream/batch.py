@@ -161,6 +161,10 @@ def run_batch(
     """
     from .segments import link_tracks, plan, stitch, write_tracks
 
+    if segment_s > 0 and config.obscure.mode == "synth":
+        log.warning("synth with segments: each segment chooses its own surrogates, so a person who "
+                    "crosses a segment border may change face there; run without --segment-s to keep "
+                    "one surrogate per person")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(folder)
     todo, skipped = [], 0

@@ -156,7 +156,7 @@ class ObscureConfig:
     colour: RGB of the mask, and of whole-frame masks under the fail policy.
     """
 
-    mode: ObscureMode = "blur"
+    mode: ObscureMode = "synth"
     shape: MaskShape = "ellipse"
     strength: float = 0.125
     colour: tuple[int, int, int] = (0, 0, 0)

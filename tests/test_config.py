@@ -9,7 +9,7 @@ from stream.errors import ConfigError
 def test_defaults_are_valid():
     config = build_config()
     assert config == Config()
-    assert config.obscure.mode == "blur"
+    assert config.obscure.mode == "synth"
 
 
 def test_file_then_overrides(tmp_path: Path):
