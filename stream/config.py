@@ -196,6 +196,11 @@ class SynthConfig:
     chosen: candidates are tried at the configured settings and then stronger
     ones (more reshape, none of their tone, more surround blur) until one stays
     below it; a track none does falls back (``recognisable``). 1: no check.
+    max_lead: how far that cosine may also stand above the highest cosine of any
+    other person known (the gallery's members, the stream's other tracks): a
+    recognizer ranks people, so a face is safe when someone else scores about as
+    well as the person does. 2: no limit. Of the candidates that pass at the
+    weakest strength, the one least like the person is kept.
     """
 
     gallery: str = "builtin"
@@ -209,6 +214,7 @@ class SynthConfig:
     keep_tone: float = 0.0
     stargan: str = ""
     max_likeness: float = 0.6
+    max_lead: float = 0.05
 
     def validate(self) -> None:
         _range("synth.k", self.k, 2, 100)
@@ -218,6 +224,7 @@ class SynthConfig:
         _range("synth.min_face", self.min_face, 8, 4096)
         _range("synth.min_cover", self.min_cover, 0.0, 1.0)
         _range("synth.max_likeness", self.max_likeness, -1.0, 1.0)
+        _range("synth.max_lead", self.max_lead, -2.0, 2.0)
 
 
 @dataclass(frozen=True)

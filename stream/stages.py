@@ -21,6 +21,7 @@ from .obscure import Obscurer
 from .perturbation import Offset, Perturbation, add_to_face, noise_pattern, track_generator
 from .privacy import StreamPrivacy
 from .synthesis import (
+    OWN_IDENTITY_COSINE,
     AttributeStyler,
     Gallery,
     GalleryEntry,
@@ -258,6 +259,8 @@ def crop_from_mesh(image: NDArray[np.uint8], points: NDArray[np.float32], shift:
 
 
 Candidate = tuple[GalleryEntry, str]  # a possible surrogate and where it comes from
+# A detection's box and landmarks, the mesh points, and the track's box.
+FaceToCheck = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
 
 
 class SynthStage:
@@ -335,51 +338,82 @@ class SynthStage:
         self.waiting[track_id] = (index + self.RETRY_FRAMES, reason)
 
     def _check(self, image: NDArray[np.uint8], track_id: int, index: int, candidates: list[Candidate],
-               face: tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
+               face: FaceToCheck,
                lab: NDArray[np.float32], lab_mask: NDArray[np.bool_]) -> Surrogate | None:  # fmt: skip
-        """The first candidate, at the weakest strength, whose drawn face the attribute
-        estimator's identity descriptor no longer matches to the person (cosine at most
-        ``max_likeness``); it becomes the track's surrogate for life. None when every
-        candidate at every strength still looks like them (the track falls back for now).
+        """At the weakest strength where any does, the candidate whose drawn face the
+        attribute estimator's identity descriptor matches least to the person, provided it
+        passes: a cosine to them of at most ``max_likeness``, and no more than ``max_lead``
+        above the closest other person known (the gallery's members, the stream's other
+        tracks). A recognizer ranks people, so a face is safe when someone else scores
+        about as well as the person. The one kept is the track's surrogate for life. None
+        when every candidate at every strength still singles them out (the track falls
+        back for now).
 
-        face: the detection's box and five landmarks, and the mesh points, in ``image``.
+        face: the detection's box and five landmarks (where the descriptor is read, as a
+        recognizer finding the face would), the mesh points, and the track's box the frame
+        is drawn with (how far the surroundings are softened), in ``image``.
         """
         cfg = self.config
         record = self.attributes.privacy.tracks[track_id]
         state = self.attributes.states.get(track_id)
         own = unit(state.descriptor_sum) if state is not None and state.estimates else None
-        box, landmarks, points = face
+        box, landmarks, points, track_box = face
         # Drawn on a copy of the face's surroundings (three box widths), not the frame.
         h, w = image.shape[:2]
-        size = box[2:] - box[:2]
-        x1, y1 = (int(v) for v in np.maximum(box[:2] - size, 0))
-        x2, y2 = int(min(w, box[2] + size[0])), int(min(h, box[3] + size[1]))
+        size = track_box[2:] - track_box[:2]
+        x1, y1 = (int(v) for v in np.maximum(track_box[:2] - size, 0))
+        x2, y2 = int(min(w, track_box[2] + size[0])), int(min(h, track_box[3] + size[1]))
         shift = np.array([x1, y1], np.float32)
         local_box, local_landmarks = box - np.tile(shift, 2), landmarks - shift
+        local_track_box = track_box - np.tile(shift, 2)
         local_points = points - np.array([x1, y1, 0], np.float32)
         if self.styler is not None:
             styler = self.styler
             candidates = [(styler.style(e, record.released), f"{o}, StarGAN") for e, o in candidates]
         ladder = strengths(cfg.reshape, cfg.keep_tone, cfg.surround_blur)
-        if own is None or cfg.max_likeness >= 1.0:  # nothing to check against, or no check
+        if own is None or (
+            cfg.max_likeness >= 1.0 and cfg.max_lead >= 2.0
+        ):  # nothing to check against, or no check
             return self._keep(track_id, Surrogate.of(candidates[0][0], ladder[0]), candidates[0][1], None)
+        others = self._others(track_id, own)
         closest: float | None = None
         for strength in ladder:
+            passing: list[tuple[float, int]] = []
+            drawn: list[tuple[Surrogate, str]] = []
             for entry, origin in candidates:
                 surrogate = Surrogate.of(entry, strength)
                 canvas = image[y1:y2, x1:x2].copy()
-                if draw_surrogate(canvas, local_points, local_box, surrogate, lab, lab_mask,
+                if draw_surrogate(canvas, local_points, local_track_box, surrogate, lab, lab_mask,
                                   cfg.own_eyes) is None:  # fmt: skip
                     continue
                 estimate = self.attributes.estimator.estimate([FaceInput(canvas, local_box, local_landmarks)])
-                likeness = float(unit(estimate.descriptor[0]) @ own)
+                descriptor = unit(estimate.descriptor[0])
+                likeness = float(descriptor @ own)
+                rival = float((others @ descriptor).max()) if len(others) else -1.0
                 closest = likeness if closest is None else min(closest, likeness)
-                if likeness <= cfg.max_likeness:
-                    surrogate.light = None  # lit afresh by the first frame it is drawn on
-                    return self._keep(track_id, surrogate, origin, likeness)
+                if likeness <= cfg.max_likeness and likeness - rival <= cfg.max_lead:
+                    passing.append((likeness, len(drawn)))
+                drawn.append((surrogate, origin))
+            if passing:
+                likeness, best = min(passing)
+                surrogate, origin = drawn[best]
+                surrogate.light = None  # lit afresh by the first frame it is drawn on
+                return self._keep(track_id, surrogate, origin, likeness)
         self.likeness[track_id] = closest
         self._wait(track_id, index, "recognisable")
         return None
+
+    def _others(self, track_id: int, own: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Unit identity descriptors of the other people known: the gallery's members and the
+        stream's other described tracks, less any that are the person (a gallery built from
+        photos of them)."""
+        known = [d for t, (_, d) in self._described().items() if t != track_id]
+        if self.gallery is not None:
+            known += [unit(m) for e in self.gallery.entries for m in e.members]
+        if not known:
+            return np.zeros((0, len(own)), np.float32)
+        others = np.array(known, np.float32)
+        return others[others @ own <= OWN_IDENTITY_COSINE]
 
     def _keep(self, track_id: int, surrogate: Surrogate, origin: str, likeness: float | None) -> Surrogate:
         self.surrogates[track_id] = surrogate
@@ -457,7 +491,7 @@ class SynthStage:
             lab, lab_mask = sample_lab(packet.image, points)
             if isinstance(surrogate, list):
                 assert box is not None and detections is not None  # candidates come with a detection
-                face = (box, detections.landmarks[det], points)
+                face = (box, detections.landmarks[det], points, tracks.xyxy[row])
                 checked = self._check(packet.image, tid, packet.index, surrogate, face, lab, lab_mask)
                 if checked is None:
                     self.counts.fell_back("recognisable")

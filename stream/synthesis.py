@@ -38,7 +38,8 @@ OWN_IDENTITY_COSINE = 0.55  # faceres on the media photos: 95% of one person's p
 class GalleryEntry:
     """``texture`` ``(SIZE, SIZE, 3)`` uint8 RGB canonical frame; ``mask`` where it is valid;
     ``attributes`` ``(40,)`` members' mean probabilities (NaN: unknown); ``members`` the
-    identity descriptors ``(k, 1024)`` kept only to exclude a person from their own surrogate."""
+    identity descriptors ``(k, 1024)``, kept to exclude a person from their own surrogate
+    and, as other people, to judge whether a drawn face still singles a person out."""
 
     texture: NDArray[np.uint8]
     mask: NDArray[np.bool_]

@@ -202,3 +202,51 @@ def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k():
     assert synth["top1"] <= 1 / 4 and synth["top1"] < original["top1"] / 4
     # dlib's network, which the stream never uses, does no better.
     assert original["dlib_top1"] > 0.8 and synth["dlib_top1"] < original["dlib_top1"] / 4
+
+
+def _still_through_synth(detector, synth_options):
+    """A media photo through fresh synth stages: the packet, the synth stage, the estimator."""
+    from engines.evaluation import frame_sized, main_face, read_rgb
+    from stream.config import build_config
+    from stream.job import anonymize_still, build_stages, load_estimator
+    from stream.obscure import Obscurer
+    from stream.stages import SynthStage
+
+    overrides = {"every": 1, "min_estimates": 1, "max_estimates": 1}
+    config = build_config(
+        None, {"obscure": {"mode": "synth"}, "attributes": overrides, "synth": synth_options}
+    )
+    estimator = load_estimator(config)
+    stages = build_stages(config, detector, estimator)
+    synth = next(s for s in stages if isinstance(s, SynthStage))
+    photo = main_face(detector, frame_sized(read_rgb(MEDIA / "deepface/tests/unit/dataset/img48.jpg")))
+    assert photo is not None
+    return photo[0], anonymize_still(photo[0], stages, Obscurer(config.obscure)), synth, estimator
+
+
+def test_the_identity_check_scores_the_face_as_it_is_drawn(detector):
+    from stream.attributes import FaceInput
+    from stream.synthesis import unit
+
+    _, packet, synth, estimator = _still_through_synth(detector, {})
+    ((track_id, likeness),) = synth.likeness.items()
+    assert likeness is not None and track_id in packet.replaced
+    # The cosine the check kept is the one of the face the frame carries, read where the
+    # face was found (the soft surroundings the check drew reach as far as the frame's).
+    found = packet.detections
+    assert found is not None
+    drawn = unit(
+        estimator.estimate([FaceInput(packet.image, found.xyxy[0], found.landmarks[0])]).descriptor[0]
+    )
+    own = unit(synth.attributes.states[track_id].descriptor_sum)
+    assert float(drawn @ own) == pytest.approx(likeness, abs=0.01)
+    # And someone else known scores about as well: the person does not lead by more than max_lead.
+    others = synth._others(track_id, own)
+    assert len(others) >= synth.config.k and float((others @ own).max()) <= 0.55
+    assert likeness - float((others @ drawn).max()) <= SynthConfig.max_lead + 0.01
+
+
+def test_a_face_that_still_leads_every_other_person_is_not_drawn(detector):
+    original, packet, synth, _ = _still_through_synth(detector, {"max_lead": -2.0})
+    assert not packet.replaced and synth.counts.fallback["recognisable"] == 1
+    assert packet.anonymized and not np.array_equal(packet.image, original)  # obscured, not left
