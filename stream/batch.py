@@ -134,11 +134,13 @@ Event = Callable[[str, str, dict[str, Any]], None]
 Finished = Callable[[str, dict[str, Any] | None, str | None, int], None]
 
 
-def process_part(path: str, segment: Any, output: str, config: Config) -> dict[str, Any]:
+def process_part(
+    path: str, segment: Any, output: str, config: Config, pinned: dict[int, Any] | None = None
+) -> dict[str, Any]:
     """One segment of a long video (``stream.segments``), in a worker."""
     from .segments import process_segment
 
-    return process_segment(path, segment, output, config)
+    return process_segment(path, segment, output, config, pinned)
 
 
 def run_batch(
@@ -157,14 +159,13 @@ def run_batch(
     ``segment_s`` > 0: videos longer than that are cut into keyframe-aligned
     segments of about that length, run as tasks of their own and stitched
     back here (every frame kept, track identities carried across borders);
-    ``NAME.tracks.jsonl`` beside the output holds the joined track log.
+    ``NAME.tracks.jsonl`` beside the output holds the joined track log. In
+    synth mode a person keeps their surrogate across borders: segments where a
+    track crossing one chose another than before it are run again with it
+    pinned (a second round, after the first).
     """
-    from .segments import link_tracks, plan, stitch, write_tracks
+    from .segments import carried_surrogates, link_tracks, plan, stitch, write_tracks
 
-    if segment_s > 0 and config.obscure.mode == "synth":
-        log.warning("synth with segments: each segment chooses its own surrogates, so a person who "
-                    "crosses a segment border may change face there; run without --segment-s to keep "
-                    "one surrogate per person")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(folder)
     todo, skipped = [], 0
@@ -191,6 +192,8 @@ def run_batch(
     plans: dict[str, list[Any]] = {}
     parts: dict[str, dict[int, dict[str, Any] | None]] = {}
     part_of: dict[str, tuple[str, int]] = {}  # job key -> (video, segment number)
+    carried: dict[str, dict[int, dict[int, Any]]] = {}  # video -> segment -> pinned surrogates
+    again: list[Job] = []  # the second round: segments run again with surrogates pinned
     scratch = folder / ".parts"
     for path in todo:
         output = str(folder / output_name(path))
@@ -220,20 +223,30 @@ def run_batch(
             record(path, None, manifest.entries[path].get("error") or "a segment failed", attempts)
             return
         segments = plans[path]
-        results = [parts[path][seg.number] for seg in segments]
+        results = [r for seg in segments if (r := parts[path][seg.number]) is not None]  # none failed
         files = [scratch / f"{Path(output_name(path)).stem}.{seg.number}.mp4" for seg in segments]
+        if path not in carried:
+            carried[path] = carried_surrogates(results, segments)
+            for number, pinned in carried[path].items():
+                key = f"{path} (segment {number}, surrogates carried)"
+                part_of[key] = (path, number)
+                del parts[path][number]
+                again.append(
+                    Job(key, process_part, (path, segments[number], str(files[number]), config, pinned))
+                )
+            if carried[path]:
+                return
         final = folder / output_name(path)
         stamps = [
             [f["pts"] for f in r["tracks"] if f["pts"] >= seg.start_pts]
             for r, seg in zip(results, segments, strict=True)
-            if r is not None
         ]
         try:
             frames_out = stitch(path, files, final, stamps)
         except AnonError as exc:
             record(path, None, str(exc), attempts)
             return
-        tracks = link_tracks([r for r in results if r is not None], segments)
+        tracks = link_tracks(results, segments)
         write_tracks(tracks, final.with_suffix(".tracks.jsonl"))
         for file in files:
             file.unlink(missing_ok=True)
@@ -243,15 +256,22 @@ def run_batch(
             "frames_out": frames_out,
             "segments": len(segments),
             "tracks": len({i for frame in tracks for i in frame["ids"]}),
-            "frames_masked_whole": sum(r["masked_whole"] for r in results if r is not None),
+            "surrogates_carried": sum(len(pins) for pins in carried[path].values()),
+            # Tracks whose person still shows another surrogate after a border (pooled ones,
+            # made of this stream's people, cannot be carried).
+            "surrogate_changes": sum(len(pins) for pins in carried_surrogates(results, segments).values()),
+            "frames_masked_whole": sum(r["masked_whole"] for r in results),
         }
         record(path, {"summary": summary, "sha256": sha256_file(final), "host": os.uname().nodename}, None,
                attempts)  # fmt: skip
 
-    if use_ray:
-        _run_on_ray(jobs, ray_address, workers, retries, finished)
-    else:
-        _run_on_pool(jobs, workers, retries, finished)
+    for round_ in (jobs, again):
+        if not round_:
+            continue
+        if use_ray:
+            _run_on_ray(list(round_), ray_address, workers, retries, finished)
+        else:
+            _run_on_pool(list(round_), workers, retries, finished)
     statuses = [manifest.entries[path]["status"] for path in todo]
     return BatchResult(
         done=statuses.count("done"),

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from .errors import AnonError, SourceError
 from .frames import FramePacket, PassthroughPacket
 from .sources import MediaSource, upright
 from .tracker import iou_matrix
+
+if TYPE_CHECKING:
+    from .stages import Pick
 
 
 @dataclass(frozen=True)
@@ -127,12 +130,17 @@ class WriteFrom:
         self.sink.close()
 
 
-def process_segment(path: str, segment: Segment, output: str, config: Config) -> dict[str, Any]:
-    """One segment: its frames anonymized into ``output`` (video only), and its track log."""
+def process_segment(
+    path: str, segment: Segment, output: str, config: Config, pinned: dict[int, Pick] | None = None
+) -> dict[str, Any]:
+    """One segment: its frames anonymized into ``output`` (video only), its track log, and
+    the gallery surrogate each track got (``surrogates``). ``pinned``: surrogates to give
+    these tracks (``carried_surrogates``), chosen for the same people before the border."""
     from .job import RegionLog, build_stages, load_detector
     from .obscure import Obscurer
     from .runner import Runner
     from .sinks import VideoFileSink
+    from .stages import SynthStage
 
     # Parts are joined by stream copy: no B-frames, so each part's decode order ends
     # where the next one's begins.
@@ -140,8 +148,11 @@ def process_segment(path: str, segment: Segment, output: str, config: Config) ->
     source = SegmentSource(path, config.source, segment)
     sink = WriteFrom(VideoFileSink(Path(output), sink_config, source.info.rate, []), segment.start_pts)
     regions = RegionLog()
-    runner = Runner(source, build_stages(config, load_detector(config)), sink, Obscurer(config.obscure),
-                    config.runner, on_frame=regions)  # fmt: skip
+    stages = build_stages(config, load_detector(config))
+    synth = next((s for s in stages if isinstance(s, SynthStage)), None)
+    if synth is not None:
+        synth.pinned = dict(pinned or {})
+    runner = Runner(source, stages, sink, Obscurer(config.obscure), config.runner, on_frame=regions)
     stats = runner.run()
     return {
         "segment": segment.number,
@@ -149,13 +160,40 @@ def process_segment(path: str, segment: Segment, output: str, config: Config) ->
         "frames_processed": stats.frames_out,
         "masked_whole": stats.frames_masked_whole,
         "tracks": [{"pts": r["pts"], "ids": r["track_ids"], "boxes": r["boxes"]} for r in regions.frames],
+        "surrogates": dict(synth.picks) if synth is not None else {},
+        "carried": len(pinned or {}),
     }
 
 
 def link_tracks(results: list[dict[str, Any]], segments: list[Segment]) -> list[dict[str, Any]]:
     """Per written frame (in order): pts and global track ids, identities carried across
     each border by the mean box overlap over the frames both segments processed."""
+    return _linked(results, segments)[0]
+
+
+def carried_surrogates(results: list[dict[str, Any]], segments: list[Segment]) -> dict[int, dict[int, Pick]]:
+    """Per segment number, the tracks whose person got another surrogate in an earlier
+    segment than here, with that one: run those segments again with them ``pinned``, so a
+    person keeps one face across borders. Empty when every linked track already agrees."""
+    first: dict[int, Pick] = {}  # global track -> the surrogate its earliest segment chose
+    pins: dict[int, dict[int, Pick]] = {}
+    for result, segment, mapping in zip(results, segments, _linked(results, segments)[1], strict=True):
+        chosen = result.get("surrogates", {})
+        for local, global_id in mapping.items():
+            if global_id not in first:
+                if local in chosen:
+                    first[global_id] = chosen[local]
+            elif chosen.get(local) != first[global_id]:
+                pins.setdefault(segment.number, {})[local] = first[global_id]
+    return pins
+
+
+def _linked(
+    results: list[dict[str, Any]], segments: list[Segment]
+) -> tuple[list[dict[str, Any]], list[dict[int, int]]]:
+    """``link_tracks``'s frames, and per segment its local to global track ids."""
     frames: list[dict[str, Any]] = []
+    mappings: list[dict[int, int]] = []
     next_id = 1
     previous: dict[int, dict[str, Any]] = {}  # pts -> the last segment's frame record (global ids)
     for result, segment in zip(results, segments, strict=True):
@@ -185,7 +223,8 @@ def link_tracks(results: list[dict[str, Any]], segments: list[Segment]) -> list[
                 frames.append(entry)
         next_id = max([next_id, *(i + 1 for e in current.values() for i in e["ids"])])
         previous = current
-    return frames
+        mappings.append(mapping)
+    return frames, mappings
 
 
 def stitch(path: str, parts: list[Path], output: Path, stamps: list[list[int]]) -> int:

@@ -25,6 +25,7 @@ from .synthesis import (
     AttributeStyler,
     Gallery,
     GalleryEntry,
+    Strength,
     Surrogate,
     TexturePool,
     draw_surrogate,
@@ -258,7 +259,16 @@ def crop_from_mesh(image: NDArray[np.uint8], points: NDArray[np.float32], shift:
     )
 
 
-Candidate = tuple[GalleryEntry, str]  # a possible surrogate and where it comes from
+@dataclass(frozen=True)
+class Candidate:
+    """A possible surrogate, where it comes from, and its gallery index (None: this stream's)."""
+
+    entry: GalleryEntry
+    origin: str
+    index: int | None = None
+
+
+Pick = tuple[int, Strength]  # a track's surrogate as a gallery index and strength, to carry elsewhere
 # A detection's box and landmarks, the mesh points, and the track's box.
 FaceToCheck = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
 
@@ -295,6 +305,9 @@ class SynthStage:
         self.origins: dict[int, str] = {}
         self.waiting: dict[int, tuple[int, str]] = {}  # track -> (frame to ask again, why not yet)
         self.likeness: dict[int, float | None] = {}  # per track: its surrogate's cosine to them
+        self.picks: dict[int, Pick] = {}  # per track: its surrogate, when a gallery entry
+        # Surrogates chosen for these tracks before a segment border (``stream.segments``).
+        self.pinned: dict[int, Pick] = {}
         self.seen: dict[int, _MeshSeen] = {}
         self.counts = SynthCounts()
 
@@ -310,6 +323,9 @@ class SynthStage:
         candidates (best attribute match first); or why it has none (yet)."""
         if track_id in self.surrogates:
             return self.surrogates[track_id]
+        carried = self._carried(track_id)
+        if carried is not None:
+            return carried
         record = self.attributes.privacy.tracks.get(track_id)
         if record is None:
             return "not described yet"
@@ -324,10 +340,11 @@ class SynthStage:
         if self.gallery is not None:
             for i in rank_entries(self.gallery, record.released, own):
                 entry = self.gallery.entries[i]
-                scored.append((match_score(entry.attributes, record.released), (entry, f"gallery entry {i}")))
+                score = match_score(entry.attributes, record.released)
+                scored.append((score, Candidate(entry, f"gallery entry {i}", i)))
         pooled = self.pool.entry(track_id, record.released, described)
         if pooled is not None and pooled[1] > -np.inf:
-            scored.append((pooled[1], (pooled[0], f"{pooled[0].k} people of this stream")))
+            scored.append((pooled[1], Candidate(pooled[0], f"{pooled[0].k} people of this stream")))
         if not scored:
             self._wait(track_id, index, "no surrogate")
             return "no surrogate"
@@ -369,19 +386,22 @@ class SynthStage:
         local_points = points - np.array([x1, y1, 0], np.float32)
         if self.styler is not None:
             styler = self.styler
-            candidates = [(styler.style(e, record.released), f"{o}, StarGAN") for e, o in candidates]
+            candidates = [
+                Candidate(styler.style(c.entry, record.released), f"{c.origin}, StarGAN", c.index)
+                for c in candidates
+            ]
         ladder = strengths(cfg.reshape, cfg.keep_tone, cfg.surround_blur)
         if own is None or (
             cfg.max_likeness >= 1.0 and cfg.max_lead >= 2.0
         ):  # nothing to check against, or no check
-            return self._keep(track_id, Surrogate.of(candidates[0][0], ladder[0]), candidates[0][1], None)
+            return self._keep(track_id, Surrogate.of(candidates[0].entry, ladder[0]), candidates[0], None)
         others = self._others(track_id, own)
         closest: float | None = None
         for strength in ladder:
             passing: list[tuple[float, int]] = []
-            drawn: list[tuple[Surrogate, str]] = []
-            for entry, origin in candidates:
-                surrogate = Surrogate.of(entry, strength)
+            drawn: list[tuple[Surrogate, Candidate]] = []
+            for candidate in candidates:
+                surrogate = Surrogate.of(candidate.entry, strength)
                 canvas = image[y1:y2, x1:x2].copy()
                 if draw_surrogate(canvas, local_points, local_track_box, surrogate, lab, lab_mask,
                                   cfg.own_eyes) is None:  # fmt: skip
@@ -393,12 +413,12 @@ class SynthStage:
                 closest = likeness if closest is None else min(closest, likeness)
                 if likeness <= cfg.max_likeness and likeness - rival <= cfg.max_lead:
                     passing.append((likeness, len(drawn)))
-                drawn.append((surrogate, origin))
+                drawn.append((surrogate, candidate))
             if passing:
                 likeness, best = min(passing)
-                surrogate, origin = drawn[best]
+                surrogate, chosen = drawn[best]
                 surrogate.light = None  # lit afresh by the first frame it is drawn on
-                return self._keep(track_id, surrogate, origin, likeness)
+                return self._keep(track_id, surrogate, chosen, likeness)
         self.likeness[track_id] = closest
         self._wait(track_id, index, "recognisable")
         return None
@@ -415,11 +435,30 @@ class SynthStage:
         others = np.array(known, np.float32)
         return others[others @ own <= OWN_IDENTITY_COSINE]
 
-    def _keep(self, track_id: int, surrogate: Surrogate, origin: str, likeness: float | None) -> Surrogate:
+    def _keep(
+        self, track_id: int, surrogate: Surrogate, chosen: Candidate, likeness: float | None
+    ) -> Surrogate:
         self.surrogates[track_id] = surrogate
-        self.origins[track_id] = origin
+        self.origins[track_id] = chosen.origin
         self.likeness[track_id] = likeness
+        if chosen.index is not None:
+            self.picks[track_id] = (chosen.index, surrogate.strength)
         return surrogate
+
+    def _carried(self, track_id: int) -> Surrogate | None:
+        """The surrogate ``pinned`` for the track (chosen for the same person elsewhere, before
+        a segment border), kept unchecked: it passed the check for them there."""
+        if track_id not in self.pinned or self.gallery is None:
+            return None
+        index, strength = self.pinned[track_id]
+        entry = self.gallery.entries[index]
+        origin = f"gallery entry {index}, carried over a segment border"
+        if self.styler is not None:
+            record = self.attributes.privacy.tracks.get(track_id)
+            if record is None:
+                return None  # styled towards its attributes, once described
+            entry, origin = self.styler.style(entry, record.released), f"{origin}, StarGAN"
+        return self._keep(track_id, Surrogate.of(entry, strength), Candidate(entry, origin, index), None)
 
     def _forget(self, alive: set[int]) -> None:
         """Drop what is held for ended tracks (their ids never return), so a stream running
@@ -515,6 +554,7 @@ class SynthStage:
         self.pool.reset()
         self.surrogates.clear()
         self.origins.clear()
+        self.picks.clear()
         self.waiting.clear()
         self.likeness.clear()
         self.seen.clear()

@@ -173,3 +173,39 @@ def test_segment_split_matches_a_single_process_run(tmp_path, media, detector):
     assert all(len(v) == 1 for v in mapping.values()), mapping
     assert len({next(iter(v)) for v in mapping.values()}) == len(mapping) == entry["summary"]["tracks"]
     assert entry["summary"]["tracks"] == len({i for f in single.frames for i in f["track_ids"]})
+
+
+def test_segments_in_synth_keep_each_persons_surrogate_across_borders(tmp_path, media):
+    """Hamilton's crowd in segments of about 3 s: a track that crosses a border and chose
+    another surrogate after it than before is run again with the earlier one pinned."""
+    outdir = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "run_stream.py", "batch", str(HAMILTON), "-o", str(outdir), "--segment-s", "3",
+         "--jobs", "2", "--mode", "synth"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    entry = json.loads((outdir / "manifest.json").read_text())["inputs"][str(HAMILTON)]
+    summary = entry["summary"]
+    assert summary["segments"] >= 3 and video_pts(outdir / entry["output"]) == video_pts(HAMILTON)
+    assert summary["surrogates_carried"] >= 1  # measured: one of hamilton's people changed face
+    assert summary["surrogate_changes"] == 0
+
+
+def test_a_surrogate_chosen_before_a_border_is_pinned_after_it():
+    from stream.segments import Segment, carried_surrogates
+    from stream.synthesis import Strength
+
+    strong, weak = Strength(2.0, 0.0, 0.2), Strength(1.6, 0.0, 0.06)
+    segments = [Segment(0, 0, 0, 0, 100), Segment(1, 50, 5, 100, None)]
+    box = [10.0, 10.0, 50.0, 50.0]
+    far = [200.0, 200.0, 240.0, 240.0]
+    before = {"tracks": [{"pts": p, "ids": [1, 2], "boxes": [box, far]} for p in range(0, 100, 10)],
+              "surrogates": {1: (3, strong), 2: (0, weak)}}  # fmt: skip
+    # After the border the same two people are tracks 7 and 8; 7 chose another entry, 8 the same.
+    after = {"tracks": [{"pts": p, "ids": [7, 8], "boxes": [box, far]} for p in range(50, 150, 10)],
+             "surrogates": {7: (1, weak), 8: (0, weak)}}  # fmt: skip
+    assert carried_surrogates([before, after], segments) == {1: {7: (3, strong)}}
+    # Once run again with it pinned, nothing is left to carry.
+    after["surrogates"] = {7: (3, strong), 8: (0, weak)}
+    assert carried_surrogates([before, after], segments) == {}
