@@ -25,6 +25,7 @@ from .synthesis import (
     AttributeStyler,
     Gallery,
     GalleryEntry,
+    MeshSmoother,
     Strength,
     Surrogate,
     TexturePool,
@@ -309,6 +310,7 @@ class SynthStage:
         # Surrogates chosen for these tracks before a segment border (``stream.segments``).
         self.pinned: dict[int, Pick] = {}
         self.seen: dict[int, _MeshSeen] = {}
+        self.smoother = MeshSmoother()
         self.counts = SynthCounts()
 
     def _described(self) -> dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]]:
@@ -466,6 +468,7 @@ class SynthStage:
         for held in (self.surrogates, self.waiting, self.seen):
             for track_id in [t for t in held if t not in alive]:
                 del held[track_id]
+        self.smoother.forget(alive)
 
     def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
         seen = self.seen.get(track_id)
@@ -512,6 +515,7 @@ class SynthStage:
                     self.counts.fell_back("mesh not found")
                 continue
             self.seen[tid] = _MeshSeen(packet.index, points, _centre(tracks.xyxy[row]))
+            steady = self.smoother(tid, packet.index, points)  # what is drawn; the raw mesh is followed
             big = float(np.ptp(points[:, 1])) >= cfg.min_face
             # A turned face would ghost the average.
             if det >= 0 and big and self.pool.wants(tid) and abs(turn(points)) <= MAX_TURN:
@@ -530,13 +534,13 @@ class SynthStage:
             lab, lab_mask = sample_lab(packet.image, points)
             if isinstance(surrogate, list):
                 assert box is not None and detections is not None  # candidates come with a detection
-                face = (box, detections.landmarks[det], points, tracks.xyxy[row])
+                face = (box, detections.landmarks[det], steady, tracks.xyxy[row])
                 checked = self._check(packet.image, tid, packet.index, surrogate, face, lab, lab_mask)
                 if checked is None:
                     self.counts.fell_back("recognisable")
                     continue
                 surrogate = checked
-            draws.append((row, surrogate, points, lab, lab_mask))
+            draws.append((row, surrogate, steady, lab, lab_mask))
         for row, surrogate, points, lab, lab_mask in draws:
             tid = int(tracks.track_id[row])
             drawn = draw_surrogate(
@@ -555,6 +559,7 @@ class SynthStage:
         self.surrogates.clear()
         self.origins.clear()
         self.picks.clear()
+        self.smoother = MeshSmoother()
         self.waiting.clear()
         self.likeness.clear()
         self.seen.clear()

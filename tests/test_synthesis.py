@@ -250,3 +250,23 @@ def test_a_face_that_still_leads_every_other_person_is_not_drawn(detector):
     original, packet, synth, _ = _still_through_synth(detector, {"max_lead": -2.0})
     assert not packet.replaced and synth.counts.fallback["recognisable"] == 1
     assert packet.anonymized and not np.array_equal(packet.image, original)  # obscured, not left
+
+
+def test_the_drawn_mesh_is_steadied_when_still_and_follows_when_moving(astronaut_mesh):
+    from stream.synthesis import MeshSmoother
+
+    _, points = astronaut_mesh
+    height = float(np.ptp(points[:, 1]))
+    rng = np.random.default_rng(0)
+    smoother = MeshSmoother()
+    # A still face whose mesh jitters by 0.5% of its height: the drawn mesh jitters a third less.
+    jitter = [points + rng.normal(0, 0.005 * height, points.shape).astype(np.float32) for _ in range(60)]
+    still = [smoother(1, i, p) for i, p in enumerate(jitter)]
+    left = np.std(np.array(still[20:]) - points, axis=0).mean()
+    assert left < 0.7 * np.std(np.array(jitter[20:]) - points, axis=0).mean()
+    # A face moving 3% of its height per frame is followed within a quarter of a frame's step.
+    step = np.array([0.03 * height, 0, 0], np.float32)
+    moving = [smoother(2, i, points + i * step) for i in range(30)]
+    assert np.abs(moving[-1] - (points + 29 * step)).max() < 0.25 * 0.03 * height
+    # A gap starts afresh: the first frame after it is drawn as found.
+    assert np.array_equal(smoother(2, 40, points), points)
