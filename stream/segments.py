@@ -161,7 +161,6 @@ def process_segment(
         "masked_whole": stats.frames_masked_whole,
         "tracks": [{"pts": r["pts"], "ids": r["track_ids"], "boxes": r["boxes"]} for r in regions.frames],
         "surrogates": dict(synth.picks) if synth is not None else {},
-        "carried": len(pinned or {}),
     }
 
 

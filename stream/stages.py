@@ -393,9 +393,7 @@ class SynthStage:
                 for c in candidates
             ]
         ladder = strengths(cfg.reshape, cfg.keep_tone, cfg.surround_blur)
-        if own is None or (
-            cfg.max_likeness >= 1.0 and cfg.max_lead >= 2.0
-        ):  # nothing to check against, or no check
+        if own is None or (cfg.max_likeness >= 1.0 and cfg.max_lead >= 2.0):  # no person or no check
             return self._keep(track_id, Surrogate.of(candidates[0].entry, ladder[0]), candidates[0], None)
         others = self._others(track_id, own)
         closest: float | None = None
