@@ -34,11 +34,16 @@ def test_output_keeps_every_frame_the_duration_and_the_audio_bytes(tmp_path, med
     assert [digest(a) for a in out_audio] == [digest(a) for a in src_audio]
 
 
+# Blur, pixelate and mask cover the same regions (only the fill differs, and a leak is a
+# face the regions do not cover), so the 1080p clip runs one of them beside synth.
+LEAK_MODES = {"hamilton": ["blur", "pixelate", "mask", "synth"], "facenet": ["blur", "synth"]}
+
+
 @pytest.mark.parametrize("name", CLIPS)
 def test_leak_rate_is_below_one_percent_in_every_mode(media, detector, name):
     results = measure_leak(
         str(CLIPS[name]),
-        ["blur", "pixelate", "mask", "synth"],
+        LEAK_MODES[name],
         lambda mode: build_config(None, {"obscure": {"mode": mode}}),
     )
     for r in results:
