@@ -463,10 +463,9 @@ class SynthStage:
     def _forget(self, alive: set[int]) -> None:
         """Drop what is held for ended tracks (their ids never return), so a stream running
         for days holds only its live tracks' surrogates; what they were stays in ``origins``."""
-        for held in (self.surrogates, self.waiting, self.seen):
+        for held in (self.surrogates, self.waiting, self.seen, self.smoother.state):
             for track_id in [t for t in held if t not in alive]:
                 del held[track_id]
-        self.smoother.forget(alive)
 
     def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
         seen = self.seen.get(track_id)

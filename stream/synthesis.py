@@ -624,7 +624,3 @@ class MeshSmoother:
         smoothed = (a * points + (1 - a) * last).astype(np.float32)
         self.state[track_id] = (index, smoothed, speed.astype(np.float32))
         return smoothed
-
-    def forget(self, alive: set[int]) -> None:
-        for track_id in [t for t in self.state if t not in alive]:
-            del self.state[track_id]

@@ -136,6 +136,17 @@ def _iou(a, b) -> float:
     return w * h / union if union > 0 else 0.0
 
 
+def _hamilton_in_segments(outdir: Path, mode: str) -> dict:
+    """``run_stream.py batch`` on hamilton in segments of about 3 s; its manifest entry."""
+    done = subprocess.run(
+        [sys.executable, "run_stream.py", "batch", str(HAMILTON), "-o", str(outdir), "--segment-s", "3",
+         "--jobs", "2", "--mode", mode],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads((outdir / "manifest.json").read_text())["inputs"][str(HAMILTON)]
+
+
 def test_segment_split_matches_a_single_process_run(tmp_path, media, detector):
     """Hamilton in keyframe-aligned segments of about 3 s, run as separate tasks
     and stitched: every frame and audio packet kept, and the tracks are the
@@ -144,13 +155,7 @@ def test_segment_split_matches_a_single_process_run(tmp_path, media, detector):
     from stream.job import RegionLog, run_job
 
     outdir = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "run_stream.py", "batch", str(HAMILTON), "-o", str(outdir), "--segment-s", "3",
-         "--jobs", "2", "--mode", "mask"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    entry = json.loads((outdir / "manifest.json").read_text())["inputs"][str(HAMILTON)]
+    entry = _hamilton_in_segments(outdir, "mask")
     out = outdir / entry["output"]
     assert entry["summary"]["segments"] >= 3 and not list((outdir / ".parts").glob("*"))
     assert video_pts(out) == video_pts(HAMILTON)
@@ -179,13 +184,7 @@ def test_segments_in_synth_keep_each_persons_surrogate_across_borders(tmp_path, 
     """Hamilton's crowd in segments of about 3 s: a track that crosses a border and chose
     another surrogate after it than before is run again with the earlier one pinned."""
     outdir = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "run_stream.py", "batch", str(HAMILTON), "-o", str(outdir), "--segment-s", "3",
-         "--jobs", "2", "--mode", "synth"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    entry = json.loads((outdir / "manifest.json").read_text())["inputs"][str(HAMILTON)]
+    entry = _hamilton_in_segments(outdir, "synth")
     summary = entry["summary"]
     assert summary["segments"] >= 3 and video_pts(outdir / entry["output"]) == video_pts(HAMILTON)
     assert summary["surrogates_carried"] >= 1  # measured: one of hamilton's people changed face
