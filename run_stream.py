@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from stream.errors import AnonError
+from stream.errors import AnonError, Signalled, signal_number
 
 EXIT_INTERNAL = 70
 
@@ -103,6 +105,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--codec", help="video encoder (libx264)")
     g.add_argument("--crf", type=int, help="encoder quality, lower is better (20)")
     g.add_argument("--preset", help="x264 preset (veryfast)")
+    g.add_argument("--segment-time", type=float,
+                   help="start a new output file every this many seconds, NAME_000.mp4, ... (0: one file)")  # fmt: skip
     g.add_argument("--on-failure", choices=["mask", "stop"], help="when a stage fails on a frame (mask)")
     g.add_argument("--max-frames", type=int, help="stop after this many input frames")
     g = p.add_argument_group("attributes and privacy")
@@ -136,6 +140,7 @@ _OPTION_FIELDS = {
     "codec": ("sink", "codec"),
     "crf": ("sink", "crf"),
     "preset": ("sink", "preset"),
+    "segment_time": ("sink", "segment_s"),
     "on_failure": ("runner", "on_failure"),
     "max_frames": ("runner", "max_frames"),
     "workers": ("runner", "workers"),
@@ -264,7 +269,8 @@ def cmd_anonymize(argv: list[str]) -> int:
     if not args.output:
         p.error("an output is required: -o OUTPUT")
     config = config_from_args(args)
-    regions_file = open(args.regions, "w") if args.regions else None  # noqa: SIM115
+    # Line-buffered: a run that is killed keeps its record of every frame it wrote.
+    regions_file = open(args.regions, "w", buffering=1) if args.regions else None  # noqa: SIM115
     try:
         result = run_job(
             args.input, args.output, config,
@@ -551,8 +557,23 @@ def cmd_batch(argv: list[str]) -> int:
 COMMANDS = {"models": cmd_models, "leak": cmd_leak, "privacy": cmd_privacy, "batch": cmd_batch}
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP (a closed terminal) stop a
+    run as Ctrl-C does: reading stops, what is queued is written, the output and
+    report are finalized, and the exit code is 128 + the signal (143, 129)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Signalled(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        _stop_on_signals()
     command = COMMANDS.get(argv[0]) if argv else None
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -561,9 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     except AnonError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal_number(exc)
     except Exception as exc:  # a bug: one line, the traceback only on request
         if debug:
             raise

@@ -263,6 +263,10 @@ class SinkConfig:
     For ``rtsp://`` outputs: rtsp_transport, timeout_s (connect and socket
     timeout), keyint_s (key frame interval, so a viewer joining or a
     reconnect starts soon), and the backoff between reconnection attempts.
+    fragment_s: MP4/MOV fragment length, so a killed run leaves a playable
+    file up to its last fragment (0: a plain MP4, lost if the run is killed).
+    segment_s: start a new file every this many seconds of stream time,
+    ``NAME_000.mp4``, ``NAME_001.mp4``, ... (0: one file).
     """
 
     codec: str = "libx264"
@@ -276,9 +280,13 @@ class SinkConfig:
     keyint_s: float = 1.0
     reconnect_backoff_s: float = 0.5
     reconnect_backoff_max_s: float = 8.0
+    fragment_s: float = 0.5
+    segment_s: float = 0.0
 
     def validate(self) -> None:
         _range("sink.crf", self.crf, 0, 51)
+        _range("sink.fragment_s", self.fragment_s, 0.0, 3600)
+        _range("sink.segment_s", self.segment_s, 0.0, 24 * 3600)
         _range("sink.timeout_s", self.timeout_s, 0.1, 3600)
         _range("sink.keyint_s", self.keyint_s, 0.04, 60)
         _range("sink.reconnect_backoff_s", self.reconnect_backoff_s, 0.0, 3600)

@@ -55,6 +55,38 @@ class StageError(AnonError, RuntimeError):
 
 
 class Interrupted(AnonError):
-    """The run was interrupted (Ctrl-C); the output was finalized."""
+    """The run was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); the output was finalized.
 
-    exit_code = 130
+    Its exit code is the shell's 128 + signal number: 130 for SIGINT, 143 for
+    SIGTERM, 129 for SIGHUP.
+    """
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 128 + self.signum
+
+
+class Signalled(KeyboardInterrupt):
+    """Raised in the main thread by the command line's SIGTERM/SIGHUP handler, so a
+    stop asked by ``docker stop``, systemd or a closed terminal finalizes the
+    output exactly as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def signal_number(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind a KeyboardInterrupt: its own for ``Signalled``, else SIGINT."""
+    return interrupt.signum if isinstance(interrupt, Signalled) else 2
+
+
+class InternalError(AnonError, RuntimeError):
+    """A bug: an exception the project did not raise on purpose, caught at a boundary
+    (a stream's thread) so that it still ends the run with a non-zero code."""
+
+    exit_code = 70

@@ -23,7 +23,7 @@ from typing import Any
 from engines.centerface import CenterFace, FaceArrays
 
 from .config import Config, load_toml
-from .errors import AnonError, ConfigError
+from .errors import AnonError, ConfigError, InternalError, Interrupted, signal_number
 from .job import JobResult, build_stages, load_detector, load_estimator
 from .runner import Runner
 
@@ -165,8 +165,10 @@ def run_streams(
 ) -> list[StreamOutcome]:
     """Run every stream to its end (or until Ctrl-C) with shared models.
 
-    A stream that fails ends alone, with its error in its outcome; the others
-    go on. Ctrl-C stops every stream; each output is finalized. ``detector``:
+    A stream that fails ends alone, with its error in its outcome (an
+    exception that is not the project's as an ``InternalError``); the others
+    go on. Ctrl-C or SIGTERM stops every stream; each output is finalized and
+    each outcome without an error gets ``Interrupted``. ``detector``:
     a batched detector of the caller's (who then reads its batch counts and
     closes it); by default one is made and closed here.
     """
@@ -195,6 +197,9 @@ def run_streams(
         except AnonError as exc:
             outcome.error = exc
             log.error("stream %s: %s", spec.name, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug ends this stream alone, and the run's code says so
+            outcome.error = InternalError(f"stream {spec.name}: {type(exc).__name__}: {exc}")
+            log.error("stream %s: internal error: %s: %s", spec.name, type(exc).__name__, exc)
 
     threads = [threading.Thread(target=one, args=(o,), name=f"stream-{o.spec.name}") for o in outcomes]
     for thread in threads:
@@ -205,11 +210,16 @@ def run_streams(
                 thread.join(0.5)
             if progress is not None:
                 progress(runners)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         for runner in list(runners.values()):
             runner.stop()
         for thread in threads:
             thread.join()
+        signum = signal_number(exc)
+        for outcome in outcomes:  # every output is finalized; the run still says it was stopped
+            if outcome.error is None:
+                frames = outcome.result.stats.frames_out if outcome.result else 0
+                outcome.error = Interrupted(f"interrupted after {frames} frames; output finalized", signum)
     finally:
         if own:
             detector.close()

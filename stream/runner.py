@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RunnerConfig
-from .errors import AnonError, InputDamagedError, Interrupted, SinkError, StageError
+from .errors import AnonError, InputDamagedError, Interrupted, SinkError, StageError, signal_number
 from .frames import FramePacket, PassthroughPacket
 from .obscure import Obscurer
 from .sinks import Sink
@@ -387,16 +387,16 @@ class Runner:
 
         for stage in self.stages:
             stage.reset()
-        interrupted = False
+        interrupted: int | None = None  # the signal that stopped the run
         for thread in threads:
             thread.start()
         try:
             while not self._written.wait(0.2):
                 if progress is not None:
                     progress(self.stats)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Stop reading; what is already queued is processed and written.
-            interrupted = True
+            interrupted = signal_number(exc)
             self.stop()
             try:
                 while not self._written.wait(0.2):
@@ -419,6 +419,8 @@ class Runner:
             raise self._error
         if self._input_error is not None:
             raise self._input_error
-        if interrupted:
-            raise Interrupted(f"interrupted after {self.stats.frames_out} frames; output finalized")
+        if interrupted is not None:
+            raise Interrupted(
+                f"interrupted after {self.stats.frames_out} frames; output finalized", interrupted
+            )
         return self.stats

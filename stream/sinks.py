@@ -47,6 +47,22 @@ def hold_audio(held: deque[PassthroughPacket], packet: PassthroughPacket, output
     held.append(packet)
 
 
+def container_options(path: Path, config: SinkConfig) -> dict[str, str]:
+    """Muxer options that let a file outlive its process.
+
+    MP4 and MOV are written fragmented (``sink.fragment_s``, half a second by default):
+    an index per fragment instead of one at the end, so a SIGKILL, an
+    out-of-memory kill or a power cut leaves a file that plays up to its last
+    fragment. Every packet is flushed to the file as it is muxed, for MKV too.
+    ``fragment_s`` 0 writes a plain MP4, whose index only the trailer writes.
+    """
+    options = {"flush_packets": "1"}
+    if path.suffix.lower() in (".mp4", ".mov", ".m4v") and config.fragment_s > 0:
+        options["movflags"] = "frag_keyframe+empty_moov+default_base_moof+delay_moov"
+        options["frag_duration"] = str(round(config.fragment_s * 1_000_000))
+    return options
+
+
 def refuse_raw(packet: FramePacket) -> None:
     if not packet.anonymized:
         raise SinkError(f"frame {packet.index} reached the sink without being anonymized; refusing it")
@@ -70,6 +86,8 @@ def open_sink(target: str, config: SinkConfig, rate: Fraction | None, audio_temp
         )
     if not path.parent.exists():
         raise SinkError(f"output {target}: folder {path.parent} does not exist")
+    if config.segment_s > 0:
+        return SegmentedFileSink(path, config, rate, audio_templates)
     return VideoFileSink(path, config, rate, audio_templates)
 
 
@@ -154,7 +172,7 @@ class VideoFileSink:
 
         height, width = first.image.shape[:2]
         try:
-            container = av.open(str(self.path), mode="w")
+            container = av.open(str(self.path), mode="w", options=container_options(self.path, self.config))
         except (av.error.FFmpegError, OSError) as exc:
             raise SinkError(f"output {self.path}: cannot create ({exc})") from None
         try:
@@ -238,6 +256,69 @@ class VideoFileSink:
             for out in self._video.encode(None):
                 self._container.mux(out)
         except av.error.FFmpegError as exc:
+            self._close_quietly()
             raise SinkError(f"output {self.path}: flushing the encoder failed ({exc})") from None
-        finally:
+        try:
             self._container.close()
+        except (av.error.FFmpegError, OSError) as exc:  # the trailer: a full disk shows here
+            raise SinkError(f"output {self.path}: finishing the file failed ({exc})") from None
+
+    def _close_quietly(self) -> None:
+        try:
+            self._container.close()
+        except (OSError, ValueError):  # already failing: the first error is the one reported
+            pass
+
+
+class SegmentedFileSink:
+    """Video files of ``sink.segment_s`` seconds each, as a recorder rotates them:
+    ``NAME_000.mp4``, ``NAME_001.mp4``, ... beside ``NAME.mp4``.
+
+    A new file starts at the first frame at or past the segment's length in
+    stream time (its first frame is a key frame: each file has its own
+    encoder). Audio goes to the file open when it arrives. Timestamps are
+    kept, as FFmpeg's segment muxer keeps them, so files line up on one clock.
+    """
+
+    def __init__(
+        self, path: Path, config: SinkConfig, rate: Fraction | None, audio_templates: list[Any]
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.rate = rate
+        self._templates = audio_templates
+        self.description = str(path.with_name(f"{path.stem}_%03d{path.suffix}"))
+        self.paths: list[Path] = []
+        self.frames_written = 0
+        self._current: VideoFileSink | None = None
+        self._start: float | None = None
+
+    @property
+    def audio_dropped(self) -> int:
+        return self._current.audio_dropped if self._current else 0
+
+    def _rotate(self) -> VideoFileSink:
+        if self._current is not None:
+            self._current.close()
+        path = self.path.with_name(f"{self.path.stem}_{len(self.paths):03d}{self.path.suffix}")
+        self.paths.append(path)
+        self._current = VideoFileSink(path, self.config, self.rate, self._templates)
+        return self._current
+
+    def write_frame(self, packet: FramePacket) -> None:
+        refuse_raw(packet)
+        t = packet.time
+        current = self._current
+        if current is None or (self._start is not None and t - self._start >= self.config.segment_s):
+            current = self._rotate()
+        if self._start is None or current.frames_written == 0:
+            self._start = t
+        current.write_frame(packet)
+        self.frames_written += 1
+
+    def write_passthrough(self, packet: PassthroughPacket) -> None:
+        (self._current or self._rotate()).write_passthrough(packet)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()

@@ -6,8 +6,10 @@ import subprocess
 import sys
 import time
 
+import av
+import numpy as np
 import pytest
-from conftest import ROOT, decode_frames, noise_frames, write_clip
+from conftest import ROOT, audio_packets, decode_frames, noise_frames, video_pts, write_clip
 
 
 def cli(*args, cwd=None, timeout=120):
@@ -114,23 +116,81 @@ def test_modes_change_the_face_and_only_around_it(tmp_path, demo_clip, detector,
     assert far.mean() < 4  # far from the face nothing changed but codec noise
 
 
-def test_interrupt_leaves_a_playable_file(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_leaves_a_playable_file(tmp_path, sig, code):
+    """Ctrl-C, docker stop (SIGTERM) and a closed terminal (SIGHUP) all finalize the output."""
     clip = write_clip(tmp_path / "long.mp4", noise_frames(400, 320, 240))
     out = tmp_path / "o.mp4"
     report = tmp_path / "report.json"
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_stream.py"), str(clip), "-o", str(out), "-q",
-                             "--report", str(report)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             "--mode", "blur", "--report", str(report)], stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 60
     while (not out.exists() or out.stat().st_size < 2000) and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "interrupted" in err and "Traceback" not in err
     frames = decode_frames(out)
     assert 0 < len(frames) < 400
     data = json.loads(report.read_text())
     assert "interrupted" in data["error"] and data["summary"]["frames_out"] == len(frames)
+
+
+def test_a_killed_run_leaves_every_frame_but_the_last_second(tmp_path):
+    """SIGKILL (or an out-of-memory kill, or a power cut) cannot be handled: the file is
+    written in fragments, so it still opens and holds all but its last second."""
+    clip = write_clip(tmp_path / "long.mp4", noise_frames(500, 320, 240))
+    out, regions = tmp_path / "o.mp4", tmp_path / "regions.jsonl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_stream.py"), str(clip), "-o", str(out), "-q",
+                             "--mode", "blur", "--realtime", "--regions", str(regions)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 90
+    while time.time() < deadline and (not regions.exists() or regions.read_text().count("\n") < 100):
+        time.sleep(0.05)
+    written = [json.loads(line) for line in regions.read_text().splitlines()]
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert len(written) >= 100, "the run did not get going"
+    frames = decode_frames(out)
+    second = 25  # frames: the clip runs at 25 fps
+    assert len(frames) >= len(written) - second, f"{len(frames)} decoded, {len(written)} written before the kill"
+    assert len(frames) <= len(written)
+
+
+def test_fragmented_output_holds_the_same_frames_and_audio(tmp_path, demo_clip):
+    """A normal run's fragmented MP4 equals a plain one in frames, timing and audio packets."""
+    fragmented, plain = tmp_path / "frag.mp4", tmp_path / "plain.mp4"
+    assert cli(str(demo_clip), "-o", str(fragmented), "-q", "--mode", "blur").returncode == 0
+    assert cli(str(demo_clip), "-o", str(plain), "-q", "--mode", "blur", "--set", "sink.fragment_s=0").returncode == 0
+    assert video_pts(fragmented) == video_pts(plain)
+    assert audio_packets(fragmented) == audio_packets(plain) and audio_packets(plain)[0]
+    a, b = decode_frames(fragmented), decode_frames(plain)
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    with av.open(str(fragmented)) as f, av.open(str(plain)) as p:
+        assert abs(f.duration - p.duration) < 50_000  # microseconds
+
+
+def test_segment_time_rotates_files_like_a_recorder(tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", noise_frames(130, 160, 96), audio_streams=1)
+    out = tmp_path / "rec.mp4"
+    result = cli(str(clip), "-o", str(out), "-q", "--mode", "blur", "--segment-time", "2")
+    assert result.returncode == 0, result.stderr
+    files = sorted(tmp_path.glob("rec_*.mp4"))
+    assert [f.name for f in files] == ["rec_000.mp4", "rec_001.mp4", "rec_002.mp4"]
+    pts = [video_pts(f) for f in files]
+    assert [len(p) for p in pts] == [50, 50, 30]
+    assert sum(pts, []) == video_pts(clip)  # one clock across the files, nothing lost
+    assert sum(len(audio_packets(f)[0]) for f in files) == len(audio_packets(clip)[0])
+
+
+def test_a_full_disk_is_an_output_error(tmp_path, demo_clip):
+    """The trailer (or any write) failing, as on a full disk, exits 5, not 70."""
+    full = tmp_path / "full.mp4"
+    full.symlink_to("/dev/full")
+    for fragment in ("1", "0"):
+        result = cli(str(demo_clip), "-o", str(full), "-q", "--mode", "blur", "--set", f"sink.fragment_s={fragment}")
+        one_line_error(result, 5, "full.mp4")
 
 
 @pytest.mark.media
