@@ -192,3 +192,44 @@ def test_prometheus_endpoint_counts_frames_and_latency(tmp_path, media):
     count = values['anonymousnet_latency_seconds_count{stream="main"}']
     assert frames_out - 1 <= count <= frames_out  # one latency per frame written (read a moment apart)
     assert values['anonymousnet_latency_seconds_bucket{le="+Inf",stream="main"}'] == count
+
+
+def test_a_stream_failing_with_a_bug_makes_the_run_fail(tmp_path, monkeypatch, demo_clip):
+    """An exception that is not the project's ends its stream alone, and the run's exit code says so."""
+    import run_stream
+    import stream.job
+
+    real = stream.job.run_job
+
+    def run_job(input_spec, output, *args, **kwargs):
+        if output.endswith("bad.mp4"):
+            raise ZeroDivisionError("a bug")
+        return real(input_spec, output, *args, **kwargs)
+
+    monkeypatch.setattr(stream.job, "run_job", run_job)
+    good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
+    code = run_stream.main([str(demo_clip), str(demo_clip), "-o", str(good), "-o", str(bad), "-q",
+                            "--mode", "blur", "--max-frames", "20"])  # fmt: skip
+    assert code == 70
+    assert len(video_pts(good)) == 20 and not bad.exists()
+
+
+@pytest.mark.parametrize("sig, code", [(2, 130), (15, 143)])
+def test_stopping_many_streams_finalizes_each_and_exits_with_the_signal(tmp_path, sig, code):
+    from conftest import noise_frames, write_clip
+
+    clip = write_clip(tmp_path / "cam.mp4", noise_frames(300, 160, 96))
+    outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    run = subprocess.Popen(
+        [sys.executable, "run_stream.py", str(clip), str(clip), "-o", str(outs[0]), "-o", str(outs[1]),
+         "--realtime", "--mode", "blur", "-q"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(o.exists() and o.stat().st_size > 5000 for o in outs):
+        time.sleep(0.1)
+    run.send_signal(sig)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert all(0 < len(video_pts(o)) < 300 for o in outs)
