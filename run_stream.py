@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -31,7 +32,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one line, not a usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        from stream.redact import scrub
+
+        print(scrub(f"error: {message} (see {self.prog} --help)", *sys.argv), file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -162,10 +165,25 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return build_config(args.config, overrides)
 
 
-def _progress_printer(quiet: bool) -> Any:
-    """A progress callback: a tqdm bar for files, a status line for live streams."""
+def _progress_printer(quiet: bool, every_s: float = 10.0) -> Any:
+    """A progress callback: on a terminal a tqdm bar (files) or status line (live
+    streams); into a log (stderr redirected) one plain line every ``every_s`` seconds."""
     if quiet:
         return None
+    if not sys.stderr.isatty():
+        last = [time.monotonic()]
+
+        def line(stats: Any, total: int, live: bool) -> None:
+            if stats.finished is None and time.monotonic() - last[0] < every_s:
+                return
+            last[0] = time.monotonic()
+            of = f"/{total}" if total and not live else ""
+            latency = stats.latency_ms(0.95) if live and stats.latencies else None
+            print(f"progress: {stats.frames_out}{of} frames, {stats.fps:.1f}/s, {stats.faces} faces, "
+                  f"{stats.max_track_id} tracks, {stats.frames_dropped} dropped"
+                  + (f", p95 {latency:.0f} ms" if latency is not None else ""), file=sys.stderr)  # fmt: skip
+
+        return line
     from tqdm import tqdm
 
     state: dict[str, Any] = {}
@@ -304,6 +322,7 @@ def _metrics(port: int | None) -> Any:
 def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Several inputs at once in one process, models shared (``stream.multi``)."""
     from stream.multi import StreamSpec, read_streams, run_streams
+    from stream.redact import scrub
 
     if args.demo or args.regions:
         p.error("--demo and --regions take a single input")
@@ -348,9 +367,9 @@ def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
             if summary:
                 _print_summary(summary)
             if outcome.error:
-                print(f"error: {outcome.error}", file=sys.stderr)
+                print(scrub(f"error: {outcome.error}"), file=sys.stderr)
     if args.report:
-        args.report.write_text(json.dumps({"streams": summaries}, indent=2, default=str) + "\n")
+        args.report.write_text(scrub(json.dumps({"streams": summaries}, indent=2, default=str)) + "\n")
     failed = [o for o in outcomes if o.error is not None]
     return max((o.error.exit_code for o in failed), default=0)  # type: ignore[union-attr]
 
@@ -540,11 +559,15 @@ def cmd_batch(argv: list[str]) -> int:
     inputs = expand_inputs(args.inputs)
     jobs = args.jobs or os.cpu_count() or 1
 
+    from stream.redact import scrub
+
+    urls = [a for a in argv if "://" in a]
+
     def event(kind: str, path: str, entry: dict[str, Any]) -> None:
         detail = entry.get("error") or (
             f"{entry['summary']['frames_out']} frames" if entry.get("summary") else ""
         )
-        print(f"{kind:8s} {path} -> {entry.get('output')} {detail}", file=sys.stderr)
+        print(scrub(f"{kind:8s} {path} -> {entry.get('output')} {detail}", *urls), file=sys.stderr)
 
     result = run_batch(inputs, args.outdir, config, jobs, ray_address=args.ray or None,
                        use_ray=args.ray is not None, retries=args.retries, on_event=event,
@@ -570,17 +593,36 @@ def _stop_on_signals() -> None:
             signal.signal(getattr(signal, name), handler)
 
 
+def _log_scrubbed(urls: list[str]) -> None:
+    """Log lines (warnings and up) to stderr, every one with its secrets masked."""
+    from stream.redact import ScrubFilter
+
+    logger = logging.getLogger("anonymousnet")
+    if not any(isinstance(f, ScrubFilter) for h in logger.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    for handler in logger.handlers:
+        handler.filters = [f for f in handler.filters if not isinstance(f, ScrubFilter)]
+        handler.addFilter(ScrubFilter(*urls))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from stream.redact import scrub
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if threading.current_thread() is threading.main_thread():
         _stop_on_signals()
+    urls = [a for a in argv if "://" in a]
+    _log_scrubbed(urls)
     command = COMMANDS.get(argv[0]) if argv else None
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
         return command(argv[1:]) if command else cmd_anonymize(argv)
     except AnonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(scrub(f"error: {exc}", *urls), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         print("error: interrupted", file=sys.stderr)
@@ -588,9 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, the traceback only on request
         if debug:
             raise
-        print(
-            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr
-        )
+        print(scrub(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", *urls),
+              file=sys.stderr)  # fmt: skip
         return EXIT_INTERNAL
 
 

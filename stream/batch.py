@@ -29,6 +29,7 @@ from engines.zoo import sha256_file
 
 from .config import Config
 from .errors import AnonError, ConfigError
+from .redact import scrub
 from .sinks import VIDEO_EXTENSIONS
 
 log = logging.getLogger("anonymousnet")
@@ -93,7 +94,7 @@ class Manifest:
     def update(self, input_path: str, **fields: Any) -> None:
         self.entries.setdefault(input_path, {}).update(fields)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": 1, "inputs": self.entries}, indent=2, default=str) + "\n")
+        tmp.write_text(scrub(json.dumps({"version": 1, "inputs": self.entries}, indent=2, default=str)) + "\n")
         os.replace(tmp, self.path)
 
 
@@ -183,7 +184,8 @@ def run_batch(
         if outcome is not None:
             manifest.update(path, status="done", sha256=outcome["sha256"], summary=outcome["summary"],
                             host=outcome["host"], error=None, attempts=attempts)  # fmt: skip
-        else:
+        else:  # an error text may quote a server address with its password (a triton:// backend)
+            error = scrub(error or "", config.detect.backend)
             manifest.update(path, status="failed", error=error, attempts=attempts)
         if on_event:
             on_event("done" if outcome is not None else "failed", path, manifest.entries[path])

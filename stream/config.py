@@ -262,7 +262,9 @@ class SinkConfig:
     crf: constant-rate-factor quality (lower is better). preset: x264 preset.
     For ``rtsp://`` outputs: rtsp_transport, timeout_s (connect and socket
     timeout), keyint_s (key frame interval, so a viewer joining or a
-    reconnect starts soon), and the backoff between reconnection attempts.
+    reconnect starts soon), the backoff between reconnection attempts, and
+    connect_attempts: failed connections in a row before the output gives up
+    and the run ends with an output error (0: retry for ever).
     fragment_s: MP4/MOV fragment length, so a killed run leaves a playable
     file up to its last fragment (0: a plain MP4, lost if the run is killed).
     segment_s: start a new file every this many seconds of stream time,
@@ -280,11 +282,13 @@ class SinkConfig:
     keyint_s: float = 1.0
     reconnect_backoff_s: float = 0.5
     reconnect_backoff_max_s: float = 8.0
+    connect_attempts: int = 10
     fragment_s: float = 0.5
     segment_s: float = 0.0
 
     def validate(self) -> None:
         _range("sink.crf", self.crf, 0, 51)
+        _range("sink.connect_attempts", self.connect_attempts, 0, 1_000_000)
         _range("sink.fragment_s", self.fragment_s, 0.0, 3600)
         _range("sink.segment_s", self.segment_s, 0.0, 24 * 3600)
         _range("sink.timeout_s", self.timeout_s, 0.1, 3600)

@@ -28,6 +28,7 @@ from .obscure import Obscurer
 from .perturbation import Perturbation
 from .privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
 from .publisher import RtspSink
+from .redact import display_url, scrub
 from .runner import Runner, RunStats
 from .sinks import open_sink
 from .sources import open_source
@@ -357,7 +358,7 @@ def run_job(
         raise
     finally:
         result = JobResult(
-            input=input_spec,
+            input=display_url(input_spec),
             output=sink.description,
             stats=runner.stats,
             info=asdict(source.info)
@@ -380,7 +381,7 @@ def _report_setup_failure(
 ) -> None:
     """A run that failed before its first frame still leaves its report, with the error."""
     if report is not None:
-        result = JobResult(input_spec, output, RunStats(), {}, live=False, backend="none")
+        result = JobResult(display_url(input_spec), display_url(output), RunStats(), {}, live=False, backend="none")
         write_report(report, result, config, error)
 
 
@@ -395,4 +396,5 @@ def write_report(path: Path, result: JobResult, config: Config, error: AnonError
         "privacy": result.privacy,
         "error": str(error) if error else None,
     }
-    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    # Scrubbed as a whole: a password may hide in any field, an error text included.
+    path.write_text(scrub(json.dumps(document, indent=2, default=str)) + "\n")

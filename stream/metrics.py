@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .redact import display_url
 from .runner import LATENCY_BUCKETS, Runner
 from .stages import SynthStage, TrackStage
 
@@ -24,7 +25,7 @@ class StreamsCollector:
 
     def add(self, name: str, runner: Runner) -> None:
         with self._lock:
-            self._runners[name] = runner
+            self._runners[display_url(name)] = runner  # a label is public: no secret in it
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import time
 from collections import deque
@@ -31,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from .config import SinkConfig
+from .errors import SinkError
 from .frames import FramePacket, PassthroughPacket
+from .redact import display_url, scrub
 from .sinks import even_size, hold_audio, refuse_raw
 
 log = logging.getLogger("anonymousnet")
@@ -80,6 +83,8 @@ class PublishSettings:
     timeout_s: float
     backoff_s: float
     backoff_max_s: float
+    connect_attempts: int
+    parent_pid: int
     audio: tuple[AudioParams, ...]
 
 
@@ -104,7 +109,7 @@ class RtspSink:
         self, url: str, config: SinkConfig, rate: Fraction | None, audio_templates: list[Any]
     ) -> None:
         self.url = url
-        self.description = _without_password(url)
+        self.description = display_url(url)
         self.config = config
         self.rate = rate
         self.frames_written = 0
@@ -119,6 +124,7 @@ class RtspSink:
         self._settings: PublishSettings | None = None
         self._audio_sent = 0
         self._latencies: list[float] = []
+        self._gave_up: str | None = None
         self._closed = False
 
     # --- the pipeline's side ----------------------------------------------------
@@ -141,6 +147,8 @@ class RtspSink:
             timeout_s=cfg.timeout_s,
             backoff_s=cfg.reconnect_backoff_s,
             backoff_max_s=cfg.reconnect_backoff_max_s,
+            connect_attempts=cfg.connect_attempts,
+            parent_pid=os.getpid(),
             audio=tuple(self._audio),
         )
         self._shm = shared_memory.SharedMemory(create=True, size=_SLOTS * height * width * 3)
@@ -167,10 +175,13 @@ class RtspSink:
         self._audio_sent = 0
 
     def _alive(self) -> bool:
-        """The publisher runs; one that died (a crash) is started again and counted."""
+        """The publisher runs; one that died (a crash) is started again and counted.
+        One that gave up connecting ends the run with a SinkError."""
         if self._process.is_alive():
+            self._check_gave_up()
             return True
         self._poll()
+        self._check_gave_up()
         self.stats.publisher_restarts += 1
         self.stats.last_error = f"the publisher process exited with code {self._process.exitcode}"
         log.warning("output %s: %s; starting it again", self.description, self.stats.last_error)
@@ -240,6 +251,12 @@ class RtspSink:
                 self.stats.reconnects = max(0, self.stats.connects - 1)
             elif kind == "error":
                 self.stats.last_error = event[1]
+            elif kind == "gave up":
+                self._gave_up = event[1]
+
+    def _check_gave_up(self) -> None:
+        if self._gave_up is not None and not self._closed:
+            raise SinkError(f"output {self.description}: {self._gave_up}")
 
     def drain_latencies(self) -> list[float]:
         """Capture-to-publish times (s) of the frames published since the last call."""
@@ -268,13 +285,15 @@ class RtspSink:
             self._frames = None
             if self._shm is not None:
                 self._shm.close()
-                self._shm.unlink()
-
-
-def _without_password(url: str) -> str:
-    import re
-
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+                with contextlib.suppress(FileNotFoundError):  # the publisher unlinks it if orphaned
+                    self._shm.unlink()
+        if self._gave_up is not None:
+            raise SinkError(f"output {self.description}: {self._gave_up}")
+        if self.stats.frames_handed and not self.stats.connects:
+            raise SinkError(
+                f"output {self.description}: never connected, nothing was published"
+                + (f" ({self.stats.last_error})" if self.stats.last_error else "")
+            )
 
 
 # --- the publisher's process ---------------------------------------------------------
@@ -329,6 +348,7 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
     conn: _Connection | None = None
     backoff = s.backoff_s
     next_try = 0.0
+    failures = 0  # failed connection attempts in a row
     published: list[float] = []  # capture-to-send seconds of frames sent since the last report
     captured: dict[int, float] = {}  # pts -> capture time of frames inside the encoder
     dropped = [0, 0]
@@ -355,15 +375,19 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
 
     def lost(exc: BaseException) -> None:
         nonlocal conn, next_try
-        events.put(("error", f"{type(exc).__name__}: {exc}"))
+        events.put(("error", scrub(f"{type(exc).__name__}: {exc}", s.url)))
         captured.clear()  # frames inside the dropped encoder
         if conn is not None:
             conn.close()
         conn = None
         next_try = time.monotonic() + backoff
 
+    orphaned = False
     try:
         while True:
+            if os.getppid() != s.parent_pid:  # the pipeline's process died (SIGKILL, OOM): leave
+                orphaned = True
+                break
             try:
                 item = work.get(timeout=0.25)
             except queue.Empty:
@@ -376,9 +400,16 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
                     conn = _Connection(s)
                     events.put(("connected",))
                     backoff = s.backoff_s
+                    failures = 0
                 except Exception as exc:  # noqa: BLE001 - any failure to connect: wait and retry
                     lost(exc)
                     backoff = min(backoff * 2, s.backoff_max_s)
+                    failures += 1
+                    if s.connect_attempts and failures >= s.connect_attempts:
+                        events.put(("gave up", scrub(
+                            f"could not connect in {failures} attempts in a row ({type(exc).__name__}: {exc})",
+                            s.url)))  # fmt: skip
+                        break
             if item[0] == "frame":
                 _, slot, pts, time_base, capture_time = item
                 if conn is None:
@@ -418,3 +449,6 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
         report(force=True)
         del frames
         shm.close()
+        if orphaned:  # nobody else is left to free it
+            with contextlib.suppress(FileNotFoundError):
+                shm.unlink()

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -311,3 +313,48 @@ def test_hls_over_http(tmp_path, media):
     finally:
         httpd.shutdown()
     assert frames == frame_count(HAMILTON)
+
+
+PASSWORD = "p@ss/w:rd"
+
+
+def test_passwords_reach_no_message_report_log_or_metric(tmp_path, media, rtsp_server):
+    """Camera and server passwords (holding '@', '/' and ':') never leave the process."""
+    host = rtsp_server.split("//", 1)[1]
+    source = f"rtsp://admin:{urllib.parse.quote(PASSWORD, safe='')}@{host}/clip"
+    out, report, regions, port = tmp_path / "o.mp4", tmp_path / "r.json", tmp_path / "g.jsonl", free_port()
+    run = subprocess.Popen([sys.executable, "run_stream.py", source, "-o", str(out), "--mode", "blur",
+                            "--max-frames", "100", "--metrics-port", str(port), "--report", str(report),
+                            "--regions", str(regions)], cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    scraped = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "frames_total" not in scraped and run.poll() is None:
+        try:
+            scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            time.sleep(0.2)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    assert "frames_total" in scraped
+    unreachable = f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_port()}/out"
+    failed = subprocess.run([sys.executable, "run_stream.py", str(out), "-o", unreachable, "--mode", "blur",
+                             "--set", "sink.connect_attempts=2", "--set", "sink.reconnect_backoff_s=0.1",
+                             "--report", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert failed.returncode == 5, failed.stderr  # an output that never connects is an error, in bounded time
+    assert "could not connect in 2 attempts" in failed.stderr
+    batch = subprocess.run([sys.executable, "run_stream.py", "batch", str(out), "-o", str(tmp_path / "b"),
+                            "--retries", "0", "--backend", f"triton://admin:{PASSWORD}@127.0.0.1:9"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert batch.returncode != 0
+    seen = {
+        "stderr": stderr + failed.stderr + batch.stderr,
+        "report": report.read_text() + (tmp_path / "f.json").read_text(),
+        "regions": regions.read_text(),
+        "manifest": (tmp_path / "b" / "manifest.json").read_text(),
+        "metrics": scraped,
+    }
+    for where, text in seen.items():
+        for form in (PASSWORD, urllib.parse.quote(PASSWORD, safe=""), "p@ss", "w:rd"):
+            assert form not in text, f"the password shows in the {where}"
+    assert "***@" in seen["report"] and "***@" in failed.stderr
