@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -515,7 +516,8 @@ def cmd_privacy(argv: list[str]) -> int:
         else GlobalDistribution.celeba()
     )
     policy = config.privacy.policy()
-    rngs = [np.random.default_rng([config.privacy.seed, i]) for i in range(len(rows))]
+    seed = config.privacy.seed if config.privacy.seed is not None else secrets.randbits(128)  # never printed
+    rngs = [np.random.default_rng([seed, i]) for i in range(len(rows))]
     selection = ppas(np.array(rows), distribution, policy, rngs)
     verdict = assess(selection.released, policy, distribution, config.privacy.stricter())
     f = verdict.figures

@@ -335,13 +335,16 @@ class AttributesConfig:
 class PrivacyConfig(Policy):
     """Stage II: the policy (``stream.privacy.Policy``: quasi-identifiers, sensitive and
     preserved attributes, targets k, l, t, epsilon) and how it is applied: the global
-    distribution (a CSV of counts, or "" for CelebA's); the seed of the per-track
-    generators; report_original: also write original attribute values to the report
+    distribution (a CSV of counts, or "" for CelebA's); seed: of the per-track
+    randomized response, None (the default) for a secret drawn from the OS
+    each run and never written anywhere; a set seed makes runs reproducible
+    (for tests) but lets whoever knows it undo the noise, which the report
+    says; report_original: also write original attribute values to the report
     (off: only confidences and the released values); stricter_k, stricter_t: the
     stricter target whose required changes the report lists (default k + 1 and t / 2)."""
 
     distribution: str = ""
-    seed: int = 0
+    seed: int | None = None
     report_original: bool = False
     stricter_k: int = 0
     stricter_t: float = -1.0

@@ -231,6 +231,12 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
             "t": policy.t,
             "epsilon": policy.epsilon,
             "distribution": policy.distribution or "CelebA",
+            "randomness": (
+                "user seed: whoever knows it can recompute the randomized response, "
+                "so the epsilon-differential privacy guarantee is weakened"
+                if stage.privacy.seeded
+                else "a secret seed drawn from the OS for this run, recorded nowhere"
+            ),
         },  # fmt: skip
         "figures": figures,
         "tracks": tracks,

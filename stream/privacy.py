@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,18 +384,30 @@ class StreamPrivacy:
     stays within t of the global fraction; otherwise it takes the value that
     brings the class closer (greedy, online: earlier tracks never change),
     then randomized response with a generator seeded by (seed, track id).
+
+    ``seed`` None draws a secret from the OS: epsilon-differential privacy
+    holds only while nobody can recompute the coin flips, so the secret is
+    kept in this object alone, never logged or reported. A given seed
+    (reproducible tests) weakens the guarantee to nothing for whoever knows it;
+    ``seeded`` says which it is.
     """
 
-    def __init__(self, policy: Policy, distribution: GlobalDistribution, seed: int) -> None:
+    def __init__(self, policy: Policy, distribution: GlobalDistribution, seed: int | None = None) -> None:
         self.policy = policy.validate()
         self.distribution = distribution
-        self.seed = seed
+        self.seeded = seed is not None
+        self._seed = seed if seed is not None else secrets.randbits(128)
         self.quasi = attribute_indices(policy.quasi_identifiers)
         self.preserved = set(attribute_indices(policy.preserved))
         self.tracks: dict[int, TrackPrivacy] = {}
+        self._classes: dict[tuple[bool, ...], list[TrackPrivacy]] = {}  # by original quasi-identifiers
+
+    def __repr__(self) -> str:  # never the seed
+        return f"StreamPrivacy({len(self.tracks)} tracks, {'user seed' if self.seeded else 'secret seed'})"
 
     def reset(self) -> None:
         self.tracks.clear()
+        self._classes.clear()
 
     def select(self, track_id: int, probability: NDArray[np.float32]) -> TrackPrivacy:
         if track_id in self.tracks:  # chosen once, never again
@@ -402,7 +415,7 @@ class StreamPrivacy:
         estimated = ~np.isnan(probability)
         original = np.where(estimated, probability > 0.5, self.distribution.positive > 0.5)
         key = tuple(bool(v) for v in original[self.quasi])
-        members = [r for r in self.tracks.values() if tuple(bool(v) for v in r.original[self.quasi]) == key]
+        members = self._classes.setdefault(key, [])
         chosen = original.copy()
         t = self.policy.t
         for a in range(len(ATTRIBUTES)):
@@ -415,12 +428,13 @@ class StreamPrivacy:
             other = abs((count + 1 - int(original[a])) / n - p)
             if keep > t + 1e-12 and other < keep:
                 chosen[a] = not original[a]
-        rng = np.random.default_rng([self.seed, track_id])
+        rng = np.random.default_rng([self._seed, track_id])
         released = chosen.copy()
         noisy = [a for a in range(len(ATTRIBUTES)) if a not in self.preserved]
         released[noisy] = randomized_response(chosen[noisy], self.policy.epsilon, rng)
         record = TrackPrivacy(track_id, original, estimated, chosen, released)
         self.tracks[track_id] = record
+        members.append(record)
         return record
 
     def assessment(self, stricter: Policy | None = None) -> Assessment | None:

@@ -164,3 +164,39 @@ def test_forest_files_with_unexpected_types_are_refused(tmp_path):
     sio.dump({"attributes": ["Male"], "forests": [LogisticRegression()], "meta": "{}"}, path)
     with pytest.raises(ModelError, match="holds more than random forests"):
         load_forests(path)
+
+
+def _released(report):
+    data = json.loads(report.read_text())
+    return data, [t["selected"] for t in data["privacy"]["tracks"] if "selected" in t]
+
+
+def test_a_report_alone_cannot_undo_the_randomized_response(tmp_path, demo_clip):
+    """The draw comes from a secret seed recorded nowhere: two runs release differently, and
+    the report holds no seed. A user seed reproduces the draw and the report says it weakens
+    the guarantee."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def run(name, *extra):
+        report = tmp_path / f"{name}.json"
+        result = subprocess.run([sys.executable, str(ROOT / "run_stream.py"), str(demo_clip), "-o", "null", "-q",
+                                 "--mode", "blur", "--attributes", "--max-frames", "40", "--report", str(report),
+                                 *extra], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return _released(report)
+
+    (first, a), (_, b) = run("a"), run("b")
+    assert a and b and a != b
+    assert first["config"]["privacy"]["seed"] is None
+    assert "secret seed" in first["privacy"]["policy"]["randomness"]
+    (seeded, c), (_, d) = run("c", "--set", "privacy.seed=7"), run("d", "--set", "privacy.seed=7")
+    assert c == d
+    assert "weakened" in seeded["privacy"]["policy"]["randomness"]
+
+
+def test_the_secret_seed_is_not_in_the_privacy_object_repr():
+    privacy = StreamPrivacy(Policy(), GlobalDistribution.celeba())
+    assert not privacy.seeded and "seed" in repr(privacy) and str(privacy._seed) not in repr(privacy)
