@@ -97,6 +97,11 @@ class FramePacket:
     a frame where the detector did not run; ``full_detection`` is False
     where it ran at reduced resolution (see ``DetectConfig.every``);
     ``thumbnail`` is a tiny grey copy of the frame that tells scene cuts.
+    ``processed`` is the frame's place among the frames taken for processing
+    (after any live drop), which schedules full-resolution detection.
+    ``untracked`` holds ``(M, 4)`` dilated boxes of detections that matched
+    no track and started none (scores under the track-start threshold): they
+    are obscured in this frame all the same.
     ``attributes`` maps track id to its ``TrackAttributes`` (Stage I), when enabled;
     ``replaced`` holds the tracks whose face a surrogate replaced (Stage III),
     which the obscuring stage then leaves alone; ``drawn`` how each was drawn
@@ -115,7 +120,9 @@ class FramePacket:
     detections: Detections | None = field(default_factory=Detections.empty)
     full_detection: bool = True
     thumbnail: NDArray[np.float32] | None = None
+    processed: int = 0
     tracks: Tracks = field(default_factory=Tracks.empty)
+    untracked: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     attributes: dict[int, Any] = field(default_factory=dict)
     replaced: set[int] = field(default_factory=set)
     drawn: dict[int, Any] = field(default_factory=dict)

@@ -118,7 +118,7 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
             styler = (
                 load_styler(config.synth.stargan, config.detect.backend) if config.synth.stargan else None
             )
-            stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage, styler))
+            stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage, styler, config.track.margin))
             if config.perturb.mode != "none":
                 perturbation = (
                     Perturbation.load(Path(config.perturb.file)) if config.perturb.mode == "uap" else None
@@ -301,6 +301,7 @@ class RegionLog:
             "pts": packet.pts,
             "masked_whole": packet.masked_whole,
             "boxes": np.round(packet.tracks.xyxy, 1).tolist(),
+            "untracked": np.round(packet.untracked, 1).tolist(),  # obscured, but no track
             "track_ids": packet.tracks.track_id.tolist(),
             "coasting": packet.tracks.coasting.tolist(),
             "replaced": sorted(packet.replaced),

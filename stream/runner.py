@@ -83,6 +83,7 @@ class FrameQueue:
         self._abort = abort
         self._cond = threading.Condition()
         self._taken = 0
+        self._frames_taken = 0  # video frames only: audio does not advance the detection schedule
 
     def put(self, item: Any) -> None:
         with self._cond:
@@ -123,6 +124,9 @@ class FrameQueue:
             item = self._items.popleft()
             seq = self._taken
             self._taken += 1
+            if isinstance(item, FramePacket):
+                item.processed = self._frames_taken
+                self._frames_taken += 1
             self._cond.notify_all()
             return seq, item
 

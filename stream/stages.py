@@ -75,7 +75,9 @@ class DetectStage:
         while the tracker carries the small ones (a scene cut gets a full pass
         from the tracking stage, which sees frames in order)."""
         packet.thumbnail = thumbnail(packet.image)
-        return self.detect(packet, full=packet.index % self.config.every == 0)
+        # By frames processed, not the source's index: a live input that drops every
+        # other frame would otherwise never get a full pass, and small faces no track.
+        return self.detect(packet, full=packet.processed % self.config.every == 0)
 
     def detect(self, packet: FramePacket, full: bool) -> FramePacket:
         height, width = packet.image.shape[:2]
@@ -147,7 +149,21 @@ class TrackStage:
             packet = self.detect.detect(packet, full=True)
             self.cuts_redetected += 1
         packet.tracks = self.tracker.update(packet.detections, precise=packet.full_detection)
+        packet.untracked = self._untracked(packet)
         return packet
+
+    def _untracked(self, packet: FramePacket) -> NDArray[np.float32]:
+        """Dilated boxes of the detections no track took (scores between the detection
+        and the track-start thresholds): hidden in this frame, since a face the detector
+        saw is a face, whether or not it is sure enough to follow."""
+        detections = packet.detections
+        if detections is None or not len(detections):
+            return np.zeros((0, 4), np.float32)
+        free = np.ones(len(detections), bool)
+        free[packet.tracks.detection[packet.tracks.detection >= 0]] = False
+        boxes = detections.xyxy[free]
+        size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1) * [-1, -1, 1, 1]
+        return (boxes + size * self.tracker.config.margin).astype(np.float32)
 
     def reset(self) -> None:
         self.tracker.reset()
@@ -170,7 +186,7 @@ class ObscureStage:
         if packet.replaced:
             keep = np.array([int(t) not in packet.replaced for t in packet.tracks.track_id], bool)
             boxes = boxes[keep]
-        self.obscurer.apply(packet.image, boxes)
+        self.obscurer.apply(packet.image, np.concatenate([boxes, packet.untracked]))
         packet.anonymized = True
         return packet
 
@@ -295,8 +311,10 @@ class SynthStage:
     FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.5, 0.2  # the mesh model's face flag
 
     def __init__(self, gallery: Gallery | None, mesh: FaceMesh, config: SynthConfig,
-                 attributes: AttributeStage, styler: AttributeStyler | None = None) -> None:  # fmt: skip
+                 attributes: AttributeStage, styler: AttributeStyler | None = None,
+                 track_margin: float = TrackConfig.margin) -> None:  # fmt: skip
         self.gallery = gallery
+        self.track_margin = track_margin
         self.styler = styler
         self.mesh = mesh
         self.config = config
@@ -522,10 +540,12 @@ class SynthStage:
             if not big:
                 self.counts.fell_back("too small")
                 continue
-            # Against a fresh detection the mesh must cover the face it was found for; a
-            # followed face's only box is its mesh.
+            # The mesh must cover the face: against a fresh detection the box it was found
+            # for; a followed face (no detection) the tracked box without its margin, so a
+            # mesh that drifted off the face leaves it to the fallback, never uncovered.
             box = detections.xyxy[det] if det >= 0 and detections is not None else None
-            if box is not None and covered_share(points, box) < cfg.min_cover:
+            face_box = box if box is not None else face_of(tracks.xyxy[row], self.track_margin)
+            if covered_share(points, face_box) < cfg.min_cover:
                 self.counts.fell_back("not covered")
                 continue
             lab, lab_mask = sample_lab(packet.image, points)
@@ -593,6 +613,14 @@ class PerturbStage:
     def reset(self) -> None:
         self.noise.clear()
         self.perturbed = 0
+
+
+def face_of(box: NDArray[np.float32], margin: float) -> NDArray[np.float32]:
+    """The face inside a tracked box (xyxy) dilated by ``margin`` of its size per side."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w = (box[2] - box[0]) / (2 * (1 + 2 * margin))
+    half_h = (box[3] - box[1]) / (2 * (1 + 2 * margin))
+    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], np.float32)
 
 
 def covered_share(points: NDArray[np.float32], box: NDArray[np.float32]) -> float:

@@ -316,3 +316,82 @@ def test_parallel_workers_hand_frames_on_in_input_order():
     stats = runner.run()
     assert sink.indexes == list(range(120)) and stats.frames_out == 120
     assert sink.passthrough == source.passthrough_sent
+
+
+class LowScoreDetector(ScriptedDetector):
+    """One face scored between the detection threshold (0.2) and the track-start one (0.3)."""
+
+    def detect(self, images, scale=1.0, threshold=0.5, nms_iou=0.3):
+        from engines.centerface import FaceArrays
+
+        return [FaceArrays(np.array([[30, 10, 60, 50]], np.float32), np.array([0.25], np.float32),
+                           np.zeros((1, 5, 2), np.float32)) for _ in images]  # fmt: skip
+
+
+def test_a_detection_too_unsure_to_start_a_track_is_still_obscured(tmp_path):
+    config = build_config()
+    assert config.detect.threshold < 0.25 < config.track.new_track_threshold
+    stages = [DetectStage(LowScoreDetector(), config.detect), TrackStage(config.track),
+              ObscureStage(ObscureConfig(mode="mask", shape="box"))]  # fmt: skip
+    _, out, stats = run(stages, tmp_path)
+    assert stats.max_track_id == 0  # no track was started
+    assert all(is_black(frame[14:46, 34:56]) for frame in decode_frames(out))
+
+
+class OddFramesOnly:
+    """A live camera whose link drops every even frame: only odd indexes arrive."""
+
+    def __init__(self, frames):
+        self.description, self.live, self.audio_templates = "odd", True, []
+        self.stats = SourceStats()
+        self.info = VideoInfo(frames[0].shape[1], frames[0].shape[0], Fraction(25), Fraction(1, 25),
+                              len(frames), len(frames) / 25, "fake")  # fmt: skip
+        self.frames = frames
+
+    def packets(self):
+        for i in range(1, len(self.frames), 2):
+            time.sleep(0.02)
+            yield FramePacket(i, self.frames[i].copy(), i, Fraction(1, 25), capture_time=time.monotonic())
+
+    def damage(self):
+        return None
+
+    def close(self):
+        pass
+
+
+@pytest.mark.media
+def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detector, media):
+    """Full-resolution detection follows the frames processed, not the source's index parity
+    (before, a live input delivering only odd frames never had a full pass and a 20 px face
+    was never found)."""
+    import cv2
+
+    photo = cv2.cvtColor(cv2.imread(str(media / "deepface/tests/unit/dataset/img1.jpg")), cv2.COLOR_BGR2RGB)
+    (faces,) = detector.detect([photo], 0.25, 0.5)
+    x1, y1, x2, y2 = faces.boxes[0].astype(int)
+    pad = (y2 - y1) // 3
+    top, left = max(0, y1 - pad), max(0, x1 - pad)
+    face = photo[top : y2 + pad, left : x2 + pad]
+    height = 20 * face.shape[0] // (y2 - y1)  # the face itself 20 px tall
+    face = cv2.resize(face, (height * face.shape[1] // face.shape[0], height), interpolation=cv2.INTER_AREA)
+    background = np.full((360, 640, 3), 110, np.uint8)
+    frames, where = [], []
+    for i in range(60):
+        frame = background.copy()
+        x, y = 200 + 2 * i, 150
+        frame[y : y + face.shape[0], x : x + face.shape[1]] = face
+        frames.append(frame)
+        where.append((x + face.shape[1] // 2, y + face.shape[0] // 2))
+    (found,) = detector.detect([frames[1]], 1.0, 0.5)
+    assert len(found.boxes) == 1, "the 20 px face is found at full resolution"
+    config = build_config(None, {"obscure": {"mode": "mask"}})
+    stages = [DetectStage(detector, config.detect), TrackStage(config.track, None), ObscureStage(config.obscure)]
+    sink = Recorder()
+    images = {}
+    sink.write_frame = lambda packet: images.__setitem__(packet.index, packet.image)  # type: ignore[method-assign]
+    Runner(OddFramesOnly(frames), stages, sink, Obscurer(config.obscure), RunnerConfig(workers=1)).run()
+    assert len(images) >= 20
+    for index, image in images.items():
+        cx, cy = where[index]
+        assert is_black(image[cy - 4 : cy + 4, cx - 4 : cx + 4]), f"frame {index}: the face is not masked"
