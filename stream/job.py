@@ -177,7 +177,7 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
     stage.finish()
     tracks = []
     sizes = stage.privacy.class_sizes()
-    for track_id, state in sorted(stage.states.items()):
+    for track_id, state in sorted(stage.all_tracks().items()):
         record = stage.privacy.tracks.get(track_id)
         confidence = state.confidence()
         entry: dict[str, Any] = {
@@ -274,6 +274,7 @@ class JobResult:
             "frames_dropped": s.frames_dropped,
             "frames_masked_whole": s.frames_masked_whole,
             "audio_packets_copied": s.passthrough_packets,
+            "audio_packets_dropped": s.audio_dropped,
             "faces_detected": s.faces,
             "tracks": s.max_track_id,
             "seconds": round(s.elapsed_s, 3),

@@ -40,6 +40,7 @@ class RunStats:
     frames_dropped: int = 0
     frames_masked_whole: int = 0
     passthrough_packets: int = 0
+    audio_dropped: int = 0  # live input: audio waiting past FrameQueue.MAX_AUDIO during a stall
     faces: int = 0
     max_track_id: int = 0
     failures: list[str] = field(default_factory=list)
@@ -75,7 +76,9 @@ class _Aborted(Exception):
 
 class FrameQueue:
     """A bounded FIFO. ``put`` blocks while full; ``put_latest`` instead drops the
-    oldest video frame (never a passthrough packet) to make room."""
+    oldest video frame to make room (audio only past ``MAX_AUDIO`` waiting)."""
+
+    MAX_AUDIO = 2000  # about 40 s of AAC
 
     def __init__(self, size: int, abort: threading.Event) -> None:
         self._items: collections.deque[Any] = collections.deque()
@@ -83,6 +86,7 @@ class FrameQueue:
         self._abort = abort
         self._cond = threading.Condition()
         self._taken = 0
+        self.audio_dropped = 0
         self._frames_taken = 0  # video frames only: audio does not advance the detection schedule
 
     def put(self, item: Any) -> None:
@@ -99,6 +103,9 @@ class FrameQueue:
 
         Only video frames count against the size here: an audio packet never
         pushes a frame out, and a new frame pushes out the oldest waiting one.
+        Audio waits up to ``MAX_AUDIO`` packets (seconds of sound); past that,
+        with processing stalled, the oldest goes (``audio_dropped``), so a
+        stall cannot fill memory.
         """
         dropped = 0
         with self._cond:
@@ -107,6 +114,11 @@ class FrameQueue:
                 while len(frames) >= self._size:
                     self._items.remove(frames.pop(0))
                     dropped += 1
+            else:
+                audio = [x for x in self._items if not isinstance(x, FramePacket)]
+                while len(audio) >= self.MAX_AUDIO:
+                    self._items.remove(audio.pop(0))
+                    self.audio_dropped += 1
             self._items.append(item)
             self._cond.notify_all()
         return dropped
@@ -235,6 +247,7 @@ class Runner:
                     # Never wait on a live input, not even for an audio packet:
                     # the oldest waiting video frame makes room instead.
                     self.stats.frames_dropped += self._q_in.put_latest(item)
+                    self.stats.audio_dropped = self._q_in.audio_dropped
                 else:
                     self._q_in.put(item)
                 if limit and self.stats.frames_in >= limit:

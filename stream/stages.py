@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -208,9 +209,12 @@ class AttributeStage:
         self.fusion = AttributeFusion(
             config.hysteresis, config.freeze_confidence, config.min_estimates, config.max_estimates
         )
-        self.states: dict[int, TrackAttributes] = {}
+        self.states: dict[int, TrackAttributes] = {}  # live tracks
+        self.ended: dict[int, TrackAttributes] = {}  # ended tracks, slimmed to what the report needs
+        self._with_descriptor: collections.deque[int] = collections.deque()
 
     def process(self, packet: FramePacket) -> FramePacket:
+        self._retire(set(packet.tracks.track_id.tolist()))
         due = tracks_to_describe(packet, self.config.every, self.states)
         if due and packet.detections is not None:
             faces = [
@@ -230,15 +234,43 @@ class AttributeStage:
         }
         return packet
 
+    KEEP_DESCRIPTORS = 128  # ended tracks whose identity descriptor is kept (synthesis reads them)
+
+    def _retire(self, alive: set[int]) -> None:
+        """Tracks that ended (their ids never return) are frozen on what they have. The
+        last ``KEEP_DESCRIPTORS`` keep their 8 KB identity descriptor (synthesis still
+        averages the textures of people who left, and must know who they were); older
+        ones keep only their fused probabilities, for the report."""
+        for track_id in [t for t in self.states if t not in alive]:
+            state = self.states.pop(track_id)
+            self._freeze(state)
+            self.ended[track_id] = state
+            self._with_descriptor.append(track_id)
+        while len(self._with_descriptor) > self.KEEP_DESCRIPTORS:
+            self.ended[self._with_descriptor.popleft()].descriptor_sum = np.zeros(0)
+
+    def _freeze(self, state: TrackAttributes) -> None:
+        if not state.frozen and state.estimates:
+            state.frozen = True
+            self.privacy.select(state.track_id, state.probability)
+
+    def with_descriptors(self) -> dict[int, TrackAttributes]:
+        """Live tracks and the recently ended ones that still hold their descriptor."""
+        return {t: self.ended[t] for t in self._with_descriptor} | self.states
+
+    def all_tracks(self) -> dict[int, TrackAttributes]:
+        """Every track described in the run, ended and live."""
+        return self.ended | self.states
+
     def finish(self) -> None:
         """At the end of a run: tracks that never froze are frozen on what they have."""
         for state in self.states.values():
-            if not state.frozen and state.estimates:
-                state.frozen = True
-                self.privacy.select(state.track_id, state.probability)
+            self._freeze(state)
 
     def reset(self) -> None:
         self.states.clear()
+        self.ended.clear()
+        self._with_descriptor.clear()
         self.privacy.reset()
 
 
@@ -334,7 +366,7 @@ class SynthStage:
     def _described(self) -> dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]]:
         return {
             t: (s.probability, unit(s.descriptor_sum))
-            for t, s in self.attributes.states.items()
+            for t, s in self.attributes.with_descriptors().items()
             if s.estimates
         }
 
@@ -484,6 +516,7 @@ class SynthStage:
         for held in (self.surrogates, self.waiting, self.seen, self.smoother.state):
             for track_id in [t for t in held if t not in alive]:
                 del held[track_id]
+        self.pool.forget(alive)
 
     def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
         seen = self.seen.get(track_id)
@@ -605,6 +638,10 @@ class PerturbStage:
         return self.noise[track_id]
 
     def process(self, packet: FramePacket) -> FramePacket:
+        if self.noise:  # a pattern is 196 KB: drop those of ended tracks
+            alive = set(packet.tracks.track_id.tolist())
+            for track_id in [t for t in self.noise if t not in alive]:
+                del self.noise[track_id]
         for track_id in sorted(packet.replaced):
             if add_to_face(packet.image, packet.drawn[track_id], self._pattern(track_id)):
                 self.perturbed += 1

@@ -206,6 +206,11 @@ class TexturePool:
         for t in track_ids:
             self.together.setdefault(t, set()).update(track_ids)
 
+    def forget(self, alive: set[int]) -> None:
+        """Who was seen with whom matters only for live tracks and held textures."""
+        for track_id in [t for t in self.together if t not in alive and t not in self.textures]:
+            del self.together[track_id]
+
     def same_person(
         self, a: int, b: int, described: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]]
     ) -> bool:

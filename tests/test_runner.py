@@ -395,3 +395,39 @@ def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detec
     for index, image in images.items():
         cx, cy = where[index]
         assert is_black(image[cy - 4 : cy + 4, cx - 4 : cx + 4]), f"frame {index}: the face is not masked"
+
+
+def test_a_stalled_live_pipeline_caps_the_audio_it_holds():
+    from stream.runner import FrameQueue
+
+    queue = FrameQueue(4, threading.Event())
+    for _ in range(FrameQueue.MAX_AUDIO + 500):
+        queue.put_latest(PassthroughPacket(packet=None, stream_index=1))
+    assert len(queue._items) == FrameQueue.MAX_AUDIO and queue.audio_dropped == 500
+
+
+def test_ended_tracks_leave_only_what_the_report_needs():
+    """Per-track state of ended tracks is dropped (or slimmed), so a stream running for days
+    holds its live tracks, not everyone it ever saw."""
+    from stream.config import PerturbConfig
+    from stream.frames import Tracks
+    from stream.stages import AttributeStage, PerturbStage
+
+    config = build_config()
+    privacy = type("P", (), {"select": lambda self, t, p: None, "reset": lambda self: None})()
+    attributes = AttributeStage(None, config.attributes, privacy)  # type: ignore[arg-type]
+    perturb = PerturbStage(PerturbConfig(mode="noise"), None)
+    from stream.attributes import TrackAttributes
+
+    for tid in range(1, 400):
+        attributes.states[tid] = TrackAttributes(tid, estimates=1)
+        perturb._pattern(tid)
+        tracks = Tracks(np.array([[0, 0, 10, 10]], np.float32), np.array([tid], np.int64),
+                        np.zeros(1, bool), np.full(1, -1, np.int64))  # fmt: skip
+        packet = FramePacket(tid, np.zeros((H, W, 3), np.uint8), tid, Fraction(1, 25), tracks=tracks)
+        attributes.process(packet)
+        perturb.process(packet)
+    assert list(attributes.states) == [399] and len(perturb.noise) == 1
+    assert len(attributes.all_tracks()) == 399  # the report still lists everyone
+    slim = sum(len(s.descriptor_sum) == 0 for s in attributes.ended.values())
+    assert slim == 398 - AttributeStage.KEEP_DESCRIPTORS
