@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from stream.errors import AnonError, Signalled, signal_number
+from stream.errors import AnonError, ConfigError, Signalled, signal_number
 
 EXIT_INTERNAL = 70
 
@@ -84,7 +84,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--colour", "--color", type=_colour, help="mask colour R,G,B (0,0,0)")
     g = p.add_argument_group("detection and tracking")
     g.add_argument(
-        "--backend", help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT (cpu)"
+        "--backend", help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT, tritons://HOST:PORT (TLS) (cpu)"
     )
     g.add_argument("--threads", type=int, help="inference threads per call (1; 0: all cores)")
     g.add_argument("--workers", type=int, help="frames detected at once (0: one per core)")
@@ -260,6 +260,8 @@ def cmd_anonymize(argv: list[str]) -> int:
     p.add_argument("--report", type=Path, help="write a JSON run report here")
     p.add_argument("--regions", type=Path, help="write per-frame obscured boxes here (JSON lines)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics endpoint binds (127.0.0.1; 0.0.0.0 for every interface)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     _add_pipeline_options(p)
     args = p.parse_args(argv)
@@ -272,7 +274,7 @@ def cmd_anonymize(argv: list[str]) -> int:
     if args.output and len(args.output) > 1:
         p.error("one input takes one -o OUTPUT")
     args.output = args.output[0] if args.output else None
-    collector = _metrics(args.metrics_port)
+    collector = _metrics(args.metrics_port, args.metrics_host)
     if args.demo:
         from engines.zoo import cache_dir
         from stream.demo import write_demo_clip
@@ -309,14 +311,17 @@ def cmd_anonymize(argv: list[str]) -> int:
     return 0
 
 
-def _metrics(port: int | None) -> Any:
-    """A collector serving /metrics on ``port``, or None without a port."""
+def _metrics(port: int | None, host: str) -> Any:
+    """A collector serving /metrics on ``host``:``port``, or None without a port."""
     if not port:
         return None
     from stream.metrics import StreamsCollector, serve
 
     collector = StreamsCollector()
-    serve(port, collector)
+    try:
+        serve(port, collector, host)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port} on {host}: cannot listen ({exc.strerror or exc})") from None
     return collector
 
 
@@ -339,7 +344,7 @@ def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
             for i, (src, out) in enumerate(zip(args.input, args.output, strict=True))
         ]
     config = config_from_args(args)
-    collector = _metrics(args.metrics_port)
+    collector = _metrics(args.metrics_port, args.metrics_host)
     last = [0.0]
 
     def status(runners: dict[str, Any]) -> None:

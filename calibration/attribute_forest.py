@@ -29,7 +29,11 @@ from stream.errors import ModelError
 from stream.privacy import ATTRIBUTES
 
 # Types a forest file may hold: sklearn's forest and tree, numpy, builtins.
-_TRUSTED_PREFIXES = ("sklearn.ensemble._forest.", "sklearn.tree._classes.", "sklearn.tree._tree.", "numpy.")
+# The exact types a file of random forests holds beyond those skops trusts by
+# itself (builtins, numpy arrays and scalars, sklearn's estimators). Nothing
+# else: skops calls whatever a file names, so a crafted file trusted by prefix
+# ("numpy.") could call numpy.savetxt and write where it likes.
+_TRUSTED_TYPES = frozenset({"sklearn.tree._tree.Tree"})
 
 
 @dataclass(frozen=True)
@@ -111,13 +115,13 @@ def save_forests(path: Path, forests: dict[str, Any], meta: dict[str, Any]) -> N
 
 
 def load_forests(path: Path) -> dict[str, Any]:
-    """The forests of a skops file, refusing any type outside sklearn forests and numpy."""
+    """The forests of a skops file, refusing a file that names any type beyond a forest's."""
     import skops.io as sio
 
     if not path.exists():
         raise ModelError(f"attribute model {path}: not found")
     untrusted = sio.get_untrusted_types(file=path)
-    unexpected = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+    unexpected = [t for t in untrusted if t not in _TRUSTED_TYPES]
     if unexpected:
         raise ModelError(
             f"attribute model {path}: holds unexpected types {unexpected[:3]}; refusing to load it"

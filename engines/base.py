@@ -150,10 +150,12 @@ def create_backend(
     requested: str, model: Path, threads: int = 0, options: BackendOptions | None = None
 ) -> Backend:
     """A backend for ``model``, chosen by name (see ``resolve_backend_name``), or
-    ``triton://HOST:PORT``: the model of the same zoo name on a Triton server."""
-    if requested.startswith("triton://"):
-        from .triton import TritonBackend
+    ``triton://HOST:PORT`` (plaintext gRPC) / ``tritons://HOST:PORT`` (TLS): the model
+    of the same zoo name on a Triton server."""
+    if requested.startswith(("triton://", "tritons://")):
+        from .triton import TritonBackend, TritonTLS
 
-        return TritonBackend(requested[len("triton://") :], model.stem)
+        scheme, _, address = requested.partition("://")
+        return TritonBackend(address, model.stem, tls=TritonTLS.from_env() if scheme == "tritons" else None)
     name = resolve_backend_name(requested)
     return _BACKENDS[name][1](model, options or BackendOptions(threads=threads))

@@ -5,13 +5,17 @@ models (``config.pbtxt`` with dynamic batching, and TensorRT FP16 as the
 GPU execution accelerator, which Triton uses where it has TensorRT);
 ``TritonBackend`` runs a model on such a server over gRPC, so that many
 stream workers share its GPUs. Choose it with ``--backend triton://HOST:PORT``:
-each model is looked up on the server by its zoo name.
+each model is looked up on the server by its zoo name; ``tritons://HOST:PORT``
+speaks TLS (certificates from ANONYMOUSNET_TRITON_CA / _CERT / _KEY).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ from numpy.typing import NDArray
 from stream.errors import BackendUnavailableError, ModelError
 
 from .base import TensorSpec
+
+log = logging.getLogger("anonymousnet")
 
 _DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32, "UINT8": np.uint8}
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32", 2: "TYPE_UINT8"}
@@ -85,10 +91,48 @@ def export_repository(folder: Path, names: Sequence[str], max_batch: int = 8, gp
     return written
 
 
-class TritonBackend:
-    """One model on a Triton server, over gRPC; the same protocol as the local backends."""
+@dataclass(frozen=True)
+class TritonTLS:
+    """gRPC over TLS to a Triton server: PEM files for a private CA and a client
+    certificate, each optional (the system's roots when no CA is given)."""
 
-    def __init__(self, url: str, model: str, timeout_s: float = 10.0) -> None:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_env(cls) -> TritonTLS:
+        """From ANONYMOUSNET_TRITON_CA, ANONYMOUSNET_TRITON_CERT and ANONYMOUSNET_TRITON_KEY."""
+        env = os.environ
+        return cls(env.get("ANONYMOUSNET_TRITON_CA"), env.get("ANONYMOUSNET_TRITON_CERT"),
+                   env.get("ANONYMOUSNET_TRITON_KEY"))  # fmt: skip
+
+    def options(self) -> dict[str, Any]:
+        def read(path: str | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise BackendUnavailableError(f"Triton TLS {what} {path}: {exc.strerror}") from None
+
+        return {"ssl": True, "root_certificates": read(self.ca, "CA"),
+                "private_key": read(self.key, "key"), "certificate_chain": read(self.cert, "certificate")}  # fmt: skip
+
+
+def _loopback(url: str) -> bool:
+    host = url.rsplit("@", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class TritonBackend:
+    """One model on a Triton server, over gRPC; the same protocol as the local backends.
+
+    Frames are sent as they are, faces and all: over ``tritons://`` they travel
+    encrypted; plain ``triton://`` to another machine logs a warning, once per model.
+    """
+
+    def __init__(self, url: str, model: str, timeout_s: float = 10.0, tls: TritonTLS | None = None) -> None:
         try:
             import tritonclient.grpc as grpcclient
             from tritonclient.utils import InferenceServerException
@@ -100,7 +144,10 @@ class TritonBackend:
         self._error = InferenceServerException
         self.name = f"triton {url} {model}"
         self.url, self.model, self.timeout_s = url, model, timeout_s
-        self._client = grpcclient.InferenceServerClient(url)
+        if tls is None and not _loopback(url):
+            log.warning("backend triton://%s: raw frames (every face in them) leave this machine unencrypted; "
+                        "use tritons://%s for TLS", url, url)  # fmt: skip
+        self._client = grpcclient.InferenceServerClient(url, **(tls.options() if tls else {}))
         try:
             if not self._client.is_server_live(client_timeout=timeout_s):
                 raise BackendUnavailableError(f"Triton server {url} is not live")

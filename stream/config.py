@@ -83,7 +83,7 @@ class DetectConfig:
     the tracker predicts), which still catches new large faces and cuts.
     """
 
-    backend: str = "cpu"  # a BackendName, or triton://HOST:PORT
+    backend: str = "cpu"  # a BackendName, or triton://HOST:PORT (tritons:// over TLS)
     precision: Precision = "fp16"
     calibration_table: str = ""
     threads: int = 1
@@ -107,9 +107,9 @@ class DetectConfig:
         _range("detect.threshold", self.threshold, 0.01, 0.99)
         _range("detect.nms_iou", self.nms_iou, 0.05, 0.95)
         _range("detect.every", self.every, 1, 60)
-        if self.backend not in get_args(BackendName) and not self.backend.startswith("triton://"):
+        if self.backend not in get_args(BackendName) and not self.backend.startswith(("triton://", "tritons://")):
             raise ConfigError(
-                f"detect.backend: expected one of {', '.join(get_args(BackendName))} or triton://HOST:PORT, "
+                f"detect.backend: expected one of {', '.join(get_args(BackendName))} or triton://HOST:PORT (tritons:// for TLS), "
                 f"got {self.backend!r}"
             )
         _range("detect.inter_scale", self.inter_scale, 0.0, 1.0)

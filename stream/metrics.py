@@ -80,8 +80,11 @@ class StreamsCollector:
         yield from (fallbacks, cuts, latency)
 
 
-def serve(port: int, collector: StreamsCollector, address: str = "0.0.0.0") -> Any:
-    """Start the ``/metrics`` endpoint on ``port`` (a thread of its own); returns the server."""
+def serve(port: int, collector: StreamsCollector, address: str = "127.0.0.1") -> Any:
+    """Start the ``/metrics`` endpoint on ``port`` (a thread of its own); returns the server.
+
+    Loopback only unless ``address`` says otherwise (``--metrics-host 0.0.0.0``
+    for a scraper on another machine): the counters tell who is on camera when."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)

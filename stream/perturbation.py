@@ -28,6 +28,7 @@ from engines import zoo
 
 from .errors import ModelError
 from .facewarp import CANONICAL_FILE, SIZE, Rendered, canonical, from_canonical
+from .files import check_npz
 
 FORMAT = 1
 NORMS = ("inf", "2")
@@ -128,6 +129,7 @@ class Perturbation:
     def load(cls, path: Path) -> Perturbation:
         """Read and verify a perturbation file; ModelError says what is wrong with it."""
         try:
+            check_npz(path)
             with np.load(path, allow_pickle=False) as data:
                 pattern = np.asarray(data["perturbation"])
                 manifest = json.loads(str(data["manifest"]))

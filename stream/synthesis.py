@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .facewarp import SIZE, Rendered, canonical, from_canonical, to_canonical
+from .files import check_npz
 from .privacy import INDEX
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Gallery:
 
     @classmethod
     def load(cls, path: Path) -> Gallery:
+        check_npz(path)
         with np.load(path, allow_pickle=False) as data:
             manifest = json.loads(str(data["manifest"]))
             if manifest["size"] != SIZE:

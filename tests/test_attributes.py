@@ -166,6 +166,23 @@ def test_forest_files_with_unexpected_types_are_refused(tmp_path):
         load_forests(path)
 
 
+def test_a_crafted_forest_file_naming_a_numpy_function_is_refused(tmp_path, monkeypatch):
+    """skops calls what a file names: a file naming numpy.savetxt must not even be loaded."""
+    import skops.io as sio
+
+    from calibration.attribute_forest import load_forests
+    from stream.errors import ModelError
+
+    path = tmp_path / "crafted.skops"
+    sio.dump({"attributes": ["Male"], "forests": [np.savetxt], "meta": "{}"}, path)
+    assert "numpy.savetxt" in " ".join(sio.get_untrusted_types(file=path))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ModelError, match="unexpected types"):
+        load_forests(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
 def _released(report):
     data = json.loads(report.read_text())
     return data, [t["selected"] for t in data["privacy"]["tracks"] if "selected" in t]

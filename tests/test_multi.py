@@ -233,3 +233,18 @@ def test_stopping_many_streams_finalizes_each_and_exits_with_the_signal(tmp_path
     assert run.returncode == code, stderr
     assert "Traceback" not in stderr
     assert all(0 < len(video_pts(o)) < 300 for o in outs)
+
+
+def test_the_metrics_endpoint_listens_on_loopback_unless_told():
+    from stream.metrics import StreamsCollector, serve
+
+    server = serve(free_port(), StreamsCollector())
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+    server = serve(free_port(), StreamsCollector(), "0.0.0.0")
+    try:
+        assert server.server_address[0] == "0.0.0.0"
+    finally:
+        server.shutdown()

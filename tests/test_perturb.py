@@ -53,3 +53,26 @@ def test_noise_is_added_only_to_replaced_faces_and_is_the_same_for_a_track(demo_
         seen[track] = perturb._pattern(track)
     assert seen and all(np.array_equal(p.texture, perturb._pattern(t).texture) for t, p in seen.items())
     assert perturb.perturbed > 20
+
+
+def test_array_files_asking_for_too_much_memory_are_refused_before_loading(tmp_path):
+    """An .npz header names its arrays' shapes; one asking for terabytes is refused unread."""
+    import io
+    import zipfile
+
+    from stream.errors import ModelError
+    from stream.files import check_npz
+    from stream.perturbation import Perturbation
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 20)})
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("perturbation.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\x00" * 64)
+    with pytest.raises(ValueError, match="more than allowed"):
+        check_npz(path)
+    with pytest.raises(ModelError, match="more than allowed"):
+        Perturbation.load(path)
+    small = tmp_path / "small.npz"
+    np.savez(small, a=np.zeros(10))
+    check_npz(small)

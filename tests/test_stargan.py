@@ -1,5 +1,7 @@
 """StarGAN: the paper's generator, loading a checkpoint shaped like the official one, training steps."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -68,6 +70,40 @@ def test_official_download_fails_clearly_offline(tmp_path, monkeypatch):
         ModelError, match="cannot download the official StarGAN checkpoint .*Place 200000-G.ckpt"
     ):
         stargan.official_checkpoint(tmp_path)
+
+
+class _Response:
+    def __init__(self, body: bytes) -> None:
+        self.body = io.BytesIO(body)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.body.read(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def test_the_official_download_is_bounded_in_size_and_checked_against_its_pin(tmp_path, monkeypatch):
+    import urllib.request
+    import zipfile
+
+    from engines import stargan
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(stargan.OFFICIAL_MEMBER, b"not really a checkpoint")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: _Response(archive.getvalue()))
+    monkeypatch.setattr(stargan, "OFFICIAL_MAX_BYTES", 64)
+    with pytest.raises(ModelError, match="passed 64 bytes"):
+        stargan.official_checkpoint(tmp_path)
+    monkeypatch.setattr(stargan, "OFFICIAL_MAX_BYTES", 1 << 20)
+    monkeypatch.setenv("ANONYMOUSNET_STARGAN_SHA256", "0" * 64)
+    with pytest.raises(ModelError, match="pinned sha256"):
+        stargan.official_checkpoint(tmp_path)
+    assert not (tmp_path / "stargan" / "200000-G.ckpt").exists()  # nothing unverified kept
 
 
 def test_onnx_export_runs_like_torch(tmp_path):

@@ -82,3 +82,15 @@ def test_a_server_without_the_model_or_no_server_is_a_clear_error(triton, tmp_pa
     done = subprocess.run([sys.executable, "run_stream.py", str(clip), "-o", "null", "--backend",
                            "triton://127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert done.returncode != 0 and "Triton server 127.0.0.1:1" in done.stderr
+
+
+def test_plaintext_off_the_machine_is_told_and_tls_files_are_checked(tmp_path, caplog):
+    from engines.triton import TritonBackend, TritonTLS, _loopback
+    from stream.errors import BackendUnavailableError
+
+    assert _loopback("127.0.0.1:8001") and _loopback("localhost:8001") and not _loopback("10.0.0.5:8001")
+    with pytest.raises(BackendUnavailableError, match="CA .*missing.pem"):
+        TritonBackend("127.0.0.1:9", "centerface", tls=TritonTLS(ca=str(tmp_path / "missing.pem")))
+    with caplog.at_level("WARNING", logger="anonymousnet"), pytest.raises(BackendUnavailableError):
+        TritonBackend("192.0.2.1:9", "centerface", timeout_s=0.5)  # TEST-NET: nobody answers
+    assert "unencrypted" in caplog.text and "tritons://" in caplog.text
