@@ -103,7 +103,10 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reconnect-attempts", type=int,
                    help="failed reconnections in a row before a lost live input stops (10)")  # fmt: skip
     g.add_argument("--realtime", dest="realtime", action="store_true", default=None,
-                   help="read a file or lavfi: input at its own pace, like a camera")  # fmt: skip
+                   help="read a file or lavfi: input at its own pace, like a camera "
+                        "(the default for an rtsp:// output)")  # fmt: skip
+    g.add_argument("--no-realtime", dest="realtime", action="store_false",
+                   help="read as fast as possible, also for an rtsp:// output")  # fmt: skip
     g.add_argument("--loop", dest="loop", action="store_true", default=None,
                    help="start a file again at its end (a simulated camera, with --realtime)")  # fmt: skip
     g.add_argument("--codec", help="video encoder (libx264)")
@@ -563,7 +566,9 @@ def cmd_batch(argv: list[str]) -> int:
         import dataclasses
 
         config = dataclasses.replace(config, runner=dataclasses.replace(config.runner, workers=1))
-    inputs = expand_inputs(args.inputs)
+    outdir = args.outdir.resolve()
+    # A folder given as input may hold the output folder: what was written is not input.
+    inputs = [i for i in expand_inputs(args.inputs) if outdir not in Path(i).resolve().parents]
     jobs = args.jobs or os.cpu_count() or 1
 
     from stream.redact import scrub

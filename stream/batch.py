@@ -37,11 +37,23 @@ log = logging.getLogger("anonymousnet")
 MANIFEST = "manifest.json"
 
 
+# What a folder given to batch contributes: its videos and still images, at any depth.
+MEDIA_EXTENSIONS = (*VIDEO_EXTENSIONS, ".avi", ".webm", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg",
+                    ".mpeg", ".3gp", ".gif", ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # fmt: skip
+
+
 def expand_inputs(items: Iterable[str]) -> list[str]:
-    """Files named, matched by a glob, or listed one per line in a ``.txt`` file; in order, once each."""
+    """Files named, folders (their video and image files, recursively), matched by a
+    glob, or listed one per line in a ``.txt`` file; in order, once each."""
     out: list[str] = []
     for item in items:
-        if item.endswith(".txt") and os.path.isfile(item):
+        if os.path.isdir(item):
+            found = sorted(
+                str(p) for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS
+            )
+            if not found:
+                raise ConfigError(f"batch input {item}: the folder holds no video or image file")
+        elif item.endswith(".txt") and os.path.isfile(item):
             lines = Path(item).read_text().splitlines()
             found = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         elif any(c in item for c in "*?["):

@@ -36,7 +36,9 @@ class SourceConfig:
     doubling up to ``reconnect_backoff_max_s``; after this many failed
     attempts in a row the run ends with an error (0: never reconnect).
     realtime: read a file (or ``lavfi:`` source) at its own pace, as a
-    camera delivers frames (FFmpeg's ``-re``). loop: start a file again at
+    camera delivers frames (FFmpeg's ``-re``); None (the default) does so
+    only when the output is ``rtsp://``, which a viewer watches at the
+    stream's own rate (faster, the server drops frames). loop: start a file again at
     its end, time stamps continuing (a simulated camera, with ``realtime``).
     """
 
@@ -49,7 +51,7 @@ class SourceConfig:
     reconnect_attempts: int = 10
     reconnect_backoff_s: float = 0.5
     reconnect_backoff_max_s: float = 8.0
-    realtime: bool = False
+    realtime: bool | None = None
     loop: bool = False
 
     def validate(self) -> None:

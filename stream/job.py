@@ -333,6 +333,9 @@ def run_job(
     or is interrupted part-way. ``stages`` replaces the default stage list
     (tests inject faults this way).
     """
+    if config.source.realtime is None and output.lower().startswith(("rtsp://", "rtsps://")):
+        # Published, a file plays at its own rate: read faster, the server would drop frames.
+        config = dataclasses.replace(config, source=dataclasses.replace(config.source, realtime=True))
     try:
         source = open_source(input_spec, config.source)
     except AnonError as exc:

@@ -208,3 +208,17 @@ def test_a_surrogate_chosen_before_a_border_is_pinned_after_it():
     # Once run again with it pinned, nothing is left to carry.
     after["surrogates"] = {7: (3, strong), 8: (0, weak)}
     assert carried_surrogates([before, after], segments) == {}
+
+
+def test_a_folder_is_its_videos_and_images_at_any_depth(tmp_path):
+    from stream.batch import expand_inputs
+    from stream.errors import ConfigError
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/one.mp4", "a/b/two.MKV", "a/b/still.jpg", "a/notes.txt", "a/b/data.csv"):
+        (tmp_path / name).write_bytes(b"x")
+    found = [str(Path(p).relative_to(tmp_path)) for p in expand_inputs([str(tmp_path / "a")])]
+    assert found == ["a/b/still.jpg", "a/b/two.MKV", "a/one.mp4"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no video or image"):
+        expand_inputs([str(tmp_path / "empty")])

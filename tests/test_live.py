@@ -358,3 +358,19 @@ def test_passwords_reach_no_message_report_log_or_metric(tmp_path, media, rtsp_s
         for form in (PASSWORD, urllib.parse.quote(PASSWORD, safe=""), "p@ss", "w:rd"):
             assert form not in text, f"the password shows in the {where}"
     assert "***@" in seen["report"] and "***@" in failed.stderr
+
+
+def test_a_file_published_to_rtsp_is_paced_at_its_own_rate(tmp_path, media):
+    """Read as fast as possible, a file outruns the server and loses frames on the way; an
+    rtsp:// output paces it at its own rate unless --no-realtime says otherwise."""
+    received = tmp_path / "received.mkv"
+    recorder = start_recorder(f"rtsp://127.0.0.1:{(port := free_port())}/out", received)
+    started = time.monotonic()
+    done, summary, _ = anonymize(str(HAMILTON), "-o", f"rtsp://127.0.0.1:{port}/out", "--max-frames", "100",
+                                 "--mode", "blur")  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    recorder.wait(30)
+    assert summary["live"] and elapsed >= 100 / 30 - 0.5  # the clip's 4 s, not faster
+    # Most frames reach the server (a loaded 2-core machine still drops some at the start).
+    assert summary["publish"]["frames_published"] >= 60, summary["publish"]
