@@ -87,7 +87,7 @@ class FrameQueue:
         self._cond = threading.Condition()
         self._taken = 0
         self.audio_dropped = 0
-        self._frames_taken = 0  # video frames only: audio does not advance the detection schedule
+        self._frames_taken: int | None = None  # video frames only: audio does not advance the detection schedule
 
     def put(self, item: Any) -> None:
         with self._cond:
@@ -137,6 +137,8 @@ class FrameQueue:
             seq = self._taken
             self._taken += 1
             if isinstance(item, FramePacket):
+                if self._frames_taken is None:  # counted from the first frame's index, so a
+                    self._frames_taken = item.index  # segment of a file keeps the file's schedule
                 item.processed = self._frames_taken
                 self._frames_taken += 1
             self._cond.notify_all()
