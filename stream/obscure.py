@@ -1,7 +1,8 @@
 """Obscuring faces in place: blur, pixelate or solid mask, box- or ellipse-shaped.
 
 Strength scales with the face: blur sigma and pixel block size are fractions
-of the region width, so a face is equally unreadable at every size.
+of the region width, so a face is equally unreadable at every size, with a
+floor in pixels (``min_px``) so that small faces are not merely softened.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ class Obscurer:
                 replaced = np.empty_like(roi)
                 replaced[:] = self._colour
             elif cfg.mode == "blur":
-                replaced = _blurred(roi, cfg.strength * bw)
+                replaced = _blurred(roi, max(cfg.min_px, cfg.strength * bw))
             else:
-                replaced = _pixelated(roi, max(2.0, cfg.strength * bw))
+                replaced = _pixelated(roi, max(2.0, cfg.min_px, cfg.strength * bw))
             cv2.copyTo(replaced, mask, roi)
 
     def mask_whole(self, image: NDArray[np.uint8]) -> None:

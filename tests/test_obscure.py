@@ -58,3 +58,20 @@ def test_mask_whole():
     image = textured()
     Obscurer(ObscureConfig(colour=(1, 2, 3))).mask_whole(image)
     assert (image == [1, 2, 3]).all()
+
+
+@pytest.mark.parametrize("mode", ["blur", "pixelate"])
+def test_small_faces_get_a_floor_in_pixels_not_just_a_fraction_of_their_width(mode):
+    """A 16 px face blurred at an eighth of its width keeps its edges (2 px); the floor
+    leaves it no more detail than a face four times its size gets."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    box = np.array([[24, 24, 40, 44]], np.float32)
+    detail = lambda im: float(cv2.Laplacian(im[26:42, 26:38].mean(axis=2), cv2.CV_64F).var())  # noqa: E731
+    weak, floored = image.copy(), image.copy()
+    Obscurer(ObscureConfig(mode=mode, shape="box", min_px=0)).apply(weak, box)
+    Obscurer(ObscureConfig(mode=mode, shape="box")).apply(floored, box)
+    assert detail(floored) < 0.05 * detail(image)
+    assert detail(floored) < 0.5 * detail(weak)
