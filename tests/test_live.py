@@ -265,10 +265,12 @@ def test_publishing_to_a_frozen_server_does_not_stall_capture(tmp_path):
         )  # fmt: skip
     finally:
         server.close()
-    assert done.returncode == 0, done.stderr
+    # Capture kept its pace, and a run that published nothing says so (exit 5, not 0).
+    assert done.returncode == 5 and "nothing was published" in done.stderr, done.stderr
     publish = summary["publish"]
     assert summary["frames_in"] == 150 and elapsed < 25  # 5 s of input, plus start-up and shutdown
-    assert publish["frames_published"] == 0 and publish["frames_dropped"] >= 100
+    # The pipeline went on handing frames over (and dropping them) instead of waiting.
+    assert publish["frames_published"] == 0 and summary["frames_out"] >= 100, summary
     assert publish["last_error"]
 
 
