@@ -84,7 +84,9 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--colour", "--color", type=_colour, help="mask colour R,G,B (0,0,0)")
     g = p.add_argument_group("detection and tracking")
     g.add_argument(
-        "--backend", help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT, tritons://HOST:PORT (TLS) (cpu)"
+        "--backend",
+        help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT, "
+        "tritons://HOST:PORT (TLS) (cpu)",
     )
     g.add_argument("--threads", type=int, help="inference threads per call (1; 0: all cores)")
     g.add_argument("--workers", type=int, help="frames detected at once (0: one per core)")
@@ -113,7 +115,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crf", type=int, help="encoder quality, lower is better (20)")
     g.add_argument("--preset", help="x264 preset (veryfast)")
     g.add_argument("--segment-time", type=float,
-                   help="start a new output file every this many seconds, NAME_000.mp4, ... (0: one file)")  # fmt: skip
+                   help="a new output file every this many seconds, NAME_000.mp4, ... (0: one)")  # fmt: skip
     g.add_argument("--on-failure", choices=["mask", "stop"], help="when a stage fails on a frame (mask)")
     g.add_argument("--max-frames", type=int, help="stop after this many input frames")
     g = p.add_argument_group("attributes and privacy")
@@ -264,7 +266,7 @@ def cmd_anonymize(argv: list[str]) -> int:
     p.add_argument("--regions", type=Path, help="write per-frame obscured boxes here (JSON lines)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
     p.add_argument("--metrics-host", default="127.0.0.1",
-                   help="address the metrics endpoint binds (127.0.0.1; 0.0.0.0 for every interface)")  # fmt: skip
+                   help="address the metrics endpoint binds (127.0.0.1; 0.0.0.0: all)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     _add_pipeline_options(p)
     args = p.parse_args(argv)
@@ -611,9 +613,9 @@ def _log_scrubbed(urls: list[str]) -> None:
 
     logger = logging.getLogger("anonymousnet")
     if not any(isinstance(f, ScrubFilter) for h in logger.handlers for f in h.filters):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        logger.addHandler(handler)
+        stderr = logging.StreamHandler()
+        stderr.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(stderr)
         logger.propagate = False
     for handler in logger.handlers:
         handler.filters = [f for f in handler.filters if not isinstance(f, ScrubFilter)]

@@ -116,8 +116,12 @@ class TritonTLS:
             except OSError as exc:
                 raise BackendUnavailableError(f"Triton TLS {what} {path}: {exc.strerror}") from None
 
-        return {"ssl": True, "root_certificates": read(self.ca, "CA"),
-                "private_key": read(self.key, "key"), "certificate_chain": read(self.cert, "certificate")}  # fmt: skip
+        return {
+            "ssl": True,
+            "root_certificates": read(self.ca, "CA"),
+            "private_key": read(self.key, "key"),
+            "certificate_chain": read(self.cert, "certificate"),
+        }
 
 
 def _loopback(url: str) -> bool:
@@ -145,7 +149,7 @@ class TritonBackend:
         self.name = f"triton {url} {model}"
         self.url, self.model, self.timeout_s = url, model, timeout_s
         if tls is None and not _loopback(url):
-            log.warning("backend triton://%s: raw frames (every face in them) leave this machine unencrypted; "
+            log.warning("backend triton://%s: raw frames (every face in them) leave the machine unencrypted; "
                         "use tritons://%s for TLS", url, url)  # fmt: skip
         self._client = grpcclient.InferenceServerClient(url, **(tls.options() if tls else {}))
         try:

@@ -39,7 +39,8 @@ MANIFEST = "manifest.json"
 
 # What a folder given to batch contributes: its videos and still images, at any depth.
 MEDIA_EXTENSIONS = (*VIDEO_EXTENSIONS, ".avi", ".webm", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg",
-                    ".mpeg", ".3gp", ".gif", ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # fmt: skip
+                    ".mpeg", ".3gp", ".gif", ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif",
+                    ".tiff")  # fmt: skip
 
 
 def expand_inputs(items: Iterable[str]) -> list[str]:
@@ -106,7 +107,9 @@ class Manifest:
     def update(self, input_path: str, **fields: Any) -> None:
         self.entries.setdefault(input_path, {}).update(fields)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(scrub(json.dumps({"version": 1, "inputs": self.entries}, indent=2, default=str)) + "\n")
+        tmp.write_text(
+            scrub(json.dumps({"version": 1, "inputs": self.entries}, indent=2, default=str)) + "\n"
+        )
         os.replace(tmp, self.path)
 
 

@@ -109,9 +109,12 @@ class DetectConfig:
         _range("detect.threshold", self.threshold, 0.01, 0.99)
         _range("detect.nms_iou", self.nms_iou, 0.05, 0.95)
         _range("detect.every", self.every, 1, 60)
-        if self.backend not in get_args(BackendName) and not self.backend.startswith(("triton://", "tritons://")):
+        if self.backend not in get_args(BackendName) and not self.backend.startswith(
+            ("triton://", "tritons://")
+        ):
             raise ConfigError(
-                f"detect.backend: expected one of {', '.join(get_args(BackendName))} or triton://HOST:PORT (tritons:// for TLS), "
+                f"detect.backend: expected one of {', '.join(get_args(BackendName))} or triton://HOST:PORT "
+                f"(tritons:// for TLS), "
                 f"got {self.backend!r}"
             )
         _range("detect.inter_scale", self.inter_scale, 0.0, 1.0)

@@ -118,7 +118,9 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
             styler = (
                 load_styler(config.synth.stargan, config.detect.backend) if config.synth.stargan else None
             )
-            stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage, styler, config.track.margin))
+            stages.append(
+                SynthStage(gallery, mesh, config.synth, attribute_stage, styler, config.track.margin)
+            )
             if config.perturb.mode != "none":
                 perturbation = (
                     Perturbation.load(Path(config.perturb.file)) if config.perturb.mode == "uap" else None
@@ -392,7 +394,9 @@ def _report_setup_failure(
 ) -> None:
     """A run that failed before its first frame still leaves its report, with the error."""
     if report is not None:
-        result = JobResult(display_url(input_spec), display_url(output), RunStats(), {}, live=False, backend="none")
+        result = JobResult(
+            display_url(input_spec), display_url(output), RunStats(), {}, live=False, backend="none"
+        )
         write_report(report, result, config, error)
 
 

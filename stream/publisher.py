@@ -407,7 +407,8 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
                     failures += 1
                     if s.connect_attempts and failures >= s.connect_attempts:
                         events.put(("gave up", scrub(
-                            f"could not connect in {failures} attempts in a row ({type(exc).__name__}: {exc})",
+                            f"could not connect in {failures} attempts in a row "
+                            f"({type(exc).__name__}: {exc})",
                             s.url)))  # fmt: skip
                         break
             if item[0] == "frame":

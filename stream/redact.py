@@ -33,7 +33,7 @@ def secrets(url: str) -> list[str]:
     if not match:
         return []
     info = match.group("userinfo")
-    found = set()
+    found: set[str] = set()
     for at in [i for i, c in enumerate(info) if c == "@"] + [len(info)]:
         prefix = info[:at]
         password = prefix.partition(":")[2]

@@ -87,7 +87,9 @@ class FrameQueue:
         self._cond = threading.Condition()
         self._taken = 0
         self.audio_dropped = 0
-        self._frames_taken: int | None = None  # video frames only: audio does not advance the detection schedule
+        self._frames_taken: int | None = (
+            None  # video frames only: audio does not advance the detection schedule
+        )
 
     def put(self, item: Any) -> None:
         with self._cond:

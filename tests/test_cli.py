@@ -154,7 +154,9 @@ def test_a_killed_run_leaves_every_frame_but_the_last_second(tmp_path):
     assert len(written) >= 100, "the run did not get going"
     frames = decode_frames(out)
     second = 25  # frames: the clip runs at 25 fps
-    assert len(frames) >= len(written) - second, f"{len(frames)} decoded, {len(written)} written before the kill"
+    assert len(frames) >= len(written) - second, (
+        f"{len(frames)} decoded, {len(written)} written before the kill"
+    )
     assert len(frames) <= len(written)
 
 
@@ -162,7 +164,10 @@ def test_fragmented_output_holds_the_same_frames_and_audio(tmp_path, demo_clip):
     """A normal run's fragmented MP4 equals a plain one in frames, timing and audio packets."""
     fragmented, plain = tmp_path / "frag.mp4", tmp_path / "plain.mp4"
     assert cli(str(demo_clip), "-o", str(fragmented), "-q", "--mode", "blur").returncode == 0
-    assert cli(str(demo_clip), "-o", str(plain), "-q", "--mode", "blur", "--set", "sink.fragment_s=0").returncode == 0
+    assert (
+        cli(str(demo_clip), "-o", str(plain), "-q", "--mode", "blur", "--set", "sink.fragment_s=0").returncode
+        == 0
+    )
     assert video_pts(fragmented) == video_pts(plain)
     assert audio_packets(fragmented) == audio_packets(plain) and audio_packets(plain)[0]
     a, b = decode_frames(fragmented), decode_frames(plain)
@@ -189,7 +194,9 @@ def test_a_full_disk_is_an_output_error(tmp_path, demo_clip):
     full = tmp_path / "full.mp4"
     full.symlink_to("/dev/full")
     for fragment in ("1", "0"):
-        result = cli(str(demo_clip), "-o", str(full), "-q", "--mode", "blur", "--set", f"sink.fragment_s={fragment}")
+        result = cli(
+            str(demo_clip), "-o", str(full), "-q", "--mode", "blur", "--set", f"sink.fragment_s={fragment}"
+        )
         one_line_error(result, 5, "full.mp4")
 
 
