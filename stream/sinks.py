@@ -6,8 +6,10 @@ upstream, a raw frame cannot reach the output.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +19,8 @@ import numpy as np
 from .config import SinkConfig
 from .errors import SinkError
 from .frames import FramePacket, PassthroughPacket
+
+log = logging.getLogger("anonymousnet")
 
 # Audio packets held while the video stream is not yet set up (first frame).
 _MAX_HELD_PACKETS = 20000
@@ -47,7 +51,7 @@ def hold_audio(held: deque[PassthroughPacket], packet: PassthroughPacket, output
     held.append(packet)
 
 
-def container_options(path: Path, config: SinkConfig) -> dict[str, str]:
+def container_options(path: Path, config: SinkConfig, audio_templates: Sequence[Any] = ()) -> dict[str, str]:
     """Muxer options that let a file outlive its process.
 
     MP4 and MOV are written fragmented (``sink.fragment_s``, half a second by default):
@@ -55,8 +59,15 @@ def container_options(path: Path, config: SinkConfig) -> dict[str, str]:
     out-of-memory kill or a power cut leaves a file that plays up to its last
     fragment. Every packet is flushed to the file as it is muxed, for MKV too.
     ``fragment_s`` 0 writes a plain MP4, whose index only the trailer writes.
+    AAC copied from MPEG-TS (ADTS, no codec header) cannot go into a fragmented
+    MP4 as it is: such files are written plain, with a warning (use .mkv).
     """
     options = {"flush_packets": "1"}
+    adts = [t for t in audio_templates if t.codec_context.name == "aac" and not t.codec_context.extradata]
+    if adts and config.fragment_s > 0 and path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+        log.warning("output %s: its AAC audio has no codec header (MPEG-TS input), so the file is written "
+                    "unfragmented and would not survive a kill; an .mkv output would", path)  # fmt: skip
+        return options
     if path.suffix.lower() in (".mp4", ".mov", ".m4v") and config.fragment_s > 0:
         options["movflags"] = "frag_keyframe+empty_moov+default_base_moof+delay_moov"
         options["frag_duration"] = str(round(config.fragment_s * 1_000_000))
@@ -172,7 +183,8 @@ class VideoFileSink:
 
         height, width = first.image.shape[:2]
         try:
-            container = av.open(str(self.path), mode="w", options=container_options(self.path, self.config))
+            options = container_options(self.path, self.config, list(self._templates.values()))
+            container = av.open(str(self.path), mode="w", options=options)
         except (av.error.FFmpegError, OSError) as exc:
             raise SinkError(f"output {self.path}: cannot create ({exc})") from None
         try:

@@ -27,6 +27,7 @@ from .frames import FramePacket, PassthroughPacket
 
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp")
 _NETWORK_SCHEMES = (*_LIVE_SCHEMES, "http", "https")
+_NEEDS_HEADER = ("opus", "vorbis", "flac", "alac")  # audio codecs whose set-up is in the codec header
 
 log = logging.getLogger("anonymousnet")
 
@@ -118,7 +119,10 @@ class MediaSource:
         self._size: tuple[int, ...] | None = None  # of the first frame, upright; kept across reconnections
         self._container = self._open()
         self._video = self._container.streams.video[0]
-        self.audio_templates = list(self._container.streams.audio)
+        self.audio_templates = _copyable(self._container.streams.audio)
+        # Audio whose parameters were lost (to damage, mostly) cannot be copied.
+        kept = {t.index for t in self.audio_templates}
+        self._uncopyable = [s.index for s in self._container.streams.audio if s.index not in kept]
         self.live = (
             config.live
             if config.live is not None
@@ -153,7 +157,8 @@ class MediaSource:
         )
         started = time.monotonic()
         try:
-            container = av.open(target, mode="r", format=fmt, options=options, **kwargs)
+            # A damaged tag is no reason to refuse the video: tags are decoded leniently.
+            container = av.open(target, format=fmt, options=options, metadata_errors="replace", **kwargs)
         except FileNotFoundError:
             raise SourceError(f"input {spec}: no such file") from None
         except PermissionError:
@@ -169,7 +174,11 @@ class MediaSource:
         if not container.streams.video:
             container.close()
             raise SourceError(f"input {spec}: holds no video stream")
-        container.streams.video[0].thread_type = "AUTO"
+        video = container.streams.video[0]
+        if video.codec_context is None:  # PyAV found no decoder for the codec the header names
+            container.close()
+            raise SourceError(f"input {spec}: no decoder for its video (unknown codec, or a damaged header)")
+        video.thread_type = "AUTO"
         return container
 
     def _probe(self) -> VideoInfo:
@@ -223,7 +232,7 @@ class MediaSource:
         # differs from the first one's has its audio dropped.
         audio = {
             s.index: t.index
-            for s, t in zip(container.streams.audio, self.audio_templates, strict=False)
+            for s, t in zip(_copyable(container.streams.audio), self.audio_templates, strict=False)
             if s.codec_context.name == t.codec_context.name
         }
         demuxer = container.demux([video, *(s for s in container.streams.audio if s.index in audio)])
@@ -298,14 +307,15 @@ class MediaSource:
 
     def damage(self) -> str | None:
         """What was wrong with the input once read to its end, or None if it was whole."""
-        if self.stats.error:
-            return f"input {self.description}: {self.stats.error}"
+        problems = [self.stats.error] if self.stats.error else []
         if self.stats.corrupt_packets:
-            return (
-                f"input {self.description}: {self.stats.corrupt_packets} video packets could not "
-                "be decoded and were skipped"
+            problems.append(
+                f"{self.stats.corrupt_packets} video packets could not be decoded and were skipped"
             )
-        return None
+        if self._uncopyable:
+            numbers = ", ".join(map(str, self._uncopyable))
+            problems.append(f"audio stream {numbers} lacks its codec parameters (damaged?) and was left out")
+        return f"input {self.description}: {'; '.join(problems)}" if problems else None
 
     def interrupt(self) -> None:
         """Stop reading at the next packet; a reconnect or pacing wait ends at once (any thread)."""
@@ -442,6 +452,19 @@ class CameraSource:
 
     def close(self) -> None:
         self._capture.release()
+
+
+def _copyable(streams: Any) -> list[Any]:
+    """The audio streams a muxer can take as they are: codec, sample rate and channels known,
+    and the codec header where the codec keeps its set-up there (else MP4 gets a broken index)."""
+
+    def known(stream: Any) -> bool:
+        ctx = stream.codec_context
+        if ctx is None or ctx.sample_rate <= 0 or ctx.channels <= 0:
+            return False
+        return bool(ctx.extradata) or ctx.name not in _NEEDS_HEADER
+
+    return [s for s in streams if known(s)]
 
 
 def _frame_step(info: VideoInfo) -> int:
