@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import functools
 import gc
 import math
 import sys
@@ -112,7 +113,7 @@ def cut_sprites(detector: Any, count: int, per_photo: int, min_height: int) -> l
             cx1, cy1, cx2, cy2 = int(x1 - PAD * w), int(y1 - PAD * h), int(x2 + PAD * w), int(y2 + PAD * h)
             if cx1 < 0 or cy1 < 0 or cx2 > rgb.shape[1] or cy2 > rgb.shape[0]:
                 continue  # a face at the photo's border would be cut off
-            crop = np.ascontiguousarray(rgb[cy1:cy2, cx1:cx2])
+            crop = np.ascontiguousarray(rgb[cy1:cy2, cx1:cx2], np.uint8)
             sprites.append(Sprite(crop, feathered_ellipse(*crop.shape[:2]), row["path"]))
             taken += 1
         if len(sprites) >= count:
@@ -441,6 +442,14 @@ def fit(samples: list[Sample], value: Callable[[Sample], float]) -> float | None
     return float(np.polyfit(x, np.array([value(s) for s in samples], np.float64), 1)[0])
 
 
+def _length(name: str, sample: Sample) -> float:
+    return sample.lengths.get(name, 0)
+
+
+def _bytes(name: str, sample: Sample) -> float:
+    return sample.bytes.get(name, 0)
+
+
 def report(samples: list[Sample], warmup_s: float, bound_mb: float, wall_s: float) -> None:
     """The end-of-run figures. ``late``: the second half of the samples after warm-up, where
     bounded state has settled (slopes there are the steady-state rates)."""
@@ -469,8 +478,8 @@ def report(samples: list[Sample], warmup_s: float, bound_mb: float, wall_s: floa
     for name in end.lengths:
         n0, n1 = warm.lengths.get(name, 0), end.lengths[name]
         b0, b1 = warm.bytes.get(name, 0), end.bytes[name]
-        entries = fit(late, lambda s, k=name: s.lengths.get(k, 0)) or 0.0
-        per_track = fit(late, lambda s, k=name: s.bytes.get(k, 0)) or 0.0
+        entries = fit(late, functools.partial(_length, name)) or 0.0
+        per_track = fit(late, functools.partial(_bytes, name)) or 0.0
         # Growing with tracks: at least one entry kept per 20 tracks started, steadily (the
         # slope over the second half), not a crowd that happens to be bigger at the end.
         grows = tracks > 0 and n1 - n0 >= max(20, tracks / 20) and entries >= 0.05
@@ -530,11 +539,16 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
 
     config = soak_config(args)
-    detector = load_detector(config)
+    # A detector of its own cuts the crops: photos of many sizes grow a session's memory
+    # arena to the largest, which would inflate the pipeline's detector for the whole run.
+    cutter = load_detector(config)
     t0 = time.perf_counter()
-    sprites = cut_sprites(detector, 2 * args.sprites, per_photo=2, min_height=max(48, face[1] // 2))
+    sprites = cut_sprites(cutter, 2 * args.sprites, per_photo=2, min_height=max(48, face[1] // 2))
     scene = background(width, height, rng)
-    sprites = keep_detectable(detector, sprites, scene, (face[0] + face[1]) // 2)[: args.sprites]
+    sprites = keep_detectable(cutter, sprites, scene, (face[0] + face[1]) // 2)[: args.sprites]
+    del cutter
+    gc.collect()
+    detector = load_detector(config)
     if not sprites:
         raise SystemExit("no face crop from ../shared/media was detected again on the background")
     print(f"{len(sprites)} face crops from {len({s.origin for s in sprites})} photos "
