@@ -171,6 +171,34 @@ REGISTRY: dict[str, ModelSpec] = {
         outputs="descriptor: (B, 128) identity descriptor, not normalised (measurements only)",
         license="MIT (@vladmandic/face-api, face-api.js by V. Muehler); dlib's face ResNet (D. King), CC0",
     ),
+    "faceapi-ssd": ModelSpec(
+        name="faceapi-ssd",
+        source=PackageSource(
+            registry="npm",
+            package="@vladmandic/face-api",
+            version="1.7.15",
+            archive="vladmandic-face-api-1.7.15.tgz",
+            archive_sha256="0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
+            members=(
+                (
+                    "package/model/ssd_mobilenetv1_model-weights_manifest.json",
+                    "888f744dffbc84f5f060d1f8427d9742341943a2dfaaf9205d10029b7e7a2955",
+                ),
+                (
+                    "package/model/ssd_mobilenetv1_model.bin",
+                    "2835640602d53718aa6ae9a42896327eaa21beefed056c218d32ca7d79e1e2f8",
+                ),
+            ),
+        ),
+        onnx_sha256="c28f6bc727da7c327173537fc74df00fdaa94d18870d45472b7e0f73303e70cb",
+        convert=lambda files: faceapi.convert_ssd(files[0], files[1]),
+        inputs="input: (B, 512, 512, 3) float32 RGB as x / 127.5 - 1, a tile or a padded square",
+        outputs=(
+            "encodings: (B, 5118, 4) box offsets dy dx dh dw; scores: (B, 5118) face probability; anchors: "
+            "(5118, 4) cx cy w h fractions (see faceapi.decode_boxes); measurements only (leak reference)"
+        ),
+        license="MIT (@vladmandic/face-api, face-api.js by V. Muehler); SSD MobileNet v1 on WIDER FACE",
+    ),
     "emotion": ModelSpec(
         name="emotion",
         source=_human(

@@ -294,13 +294,19 @@ class AttributeFusion:
         return track.frozen
 
 
-def tracks_to_describe(packet: Any, every: int, states: dict[int, TrackAttributes]) -> list[tuple[int, int]]:
-    """(track id, detection index) of the live tracks due an estimate on this frame."""
+def tracks_to_describe(
+    packet: Any, every: int, states: dict[int, TrackAttributes], min_face: float = 0.0
+) -> list[tuple[int, int]]:
+    """(track id, detection index) of the live tracks due an estimate on this frame, whose
+    detected face is at least ``min_face`` px tall."""
     due = []
+    heights = packet.detections.xyxy[:, 3] - packet.detections.xyxy[:, 1] if packet.detections else None
     for tid, det, coasting in zip(packet.tracks.track_id, packet.tracks.detection, packet.tracks.coasting,
                                   strict=True):  # fmt: skip
         state = states.get(int(tid))
         if coasting or det < 0 or (state is not None and state.frozen):
+            continue
+        if heights is not None and heights[det] < min_face:
             continue
         if packet.index % every == int(tid) % every:  # spread the work of many tracks over frames
             due.append((int(tid), int(det)))

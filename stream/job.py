@@ -118,9 +118,7 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
             styler = (
                 load_styler(config.synth.stargan, config.detect.backend) if config.synth.stargan else None
             )
-            stages.append(
-                SynthStage(gallery, mesh, config.synth, attribute_stage, styler, config.track.margin)
-            )
+            stages.append(SynthStage(gallery, mesh, config.synth, attribute_stage, styler, config.track))
             if config.perturb.mode != "none":
                 perturbation = (
                     Perturbation.load(Path(config.perturb.file)) if config.perturb.mode == "uap" else None

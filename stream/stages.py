@@ -37,7 +37,7 @@ from .synthesis import (
     strengths,
     unit,
 )
-from .tracker import FaceTracker
+from .tracker import FaceTracker, dilate
 
 
 class Stage(Protocol):
@@ -50,6 +50,19 @@ class Stage(Protocol):
     def process(self, packet: FramePacket) -> FramePacket: ...
 
     def reset(self) -> None: ...
+
+
+# Largest detection image (pixels) that gets a full pass on every frame when
+# ``detect.every`` is 0 (auto): 960 x 480 costs about what 720p every other frame does.
+AUTO_EVERY_PIXELS = 960 * 480
+
+
+def full_every(width: int, height: int, config: DetectConfig) -> int:
+    """One frame in how many gets full-resolution detection (``detect.every``, 0: auto)."""
+    if config.every:
+        return config.every
+    scale = detection_scale(width, height, config)
+    return 1 if width * height * scale * scale <= AUTO_EVERY_PIXELS else 2
 
 
 def detection_scale(width: int, height: int, config: DetectConfig) -> float:
@@ -76,9 +89,10 @@ class DetectStage:
         while the tracker carries the small ones (a scene cut gets a full pass
         from the tracking stage, which sees frames in order)."""
         packet.thumbnail = thumbnail(packet.image)
+        height, width = packet.image.shape[:2]
         # By frames processed, not the source's index: a live input that drops every
         # other frame would otherwise never get a full pass, and small faces no track.
-        return self.detect(packet, full=packet.processed % self.config.every == 0)
+        return self.detect(packet, full=packet.processed % full_every(width, height, self.config) == 0)
 
     def detect(self, packet: FramePacket, full: bool) -> FramePacket:
         height, width = packet.image.shape[:2]
@@ -162,9 +176,8 @@ class TrackStage:
             return np.zeros((0, 4), np.float32)
         free = np.ones(len(detections), bool)
         free[packet.tracks.detection[packet.tracks.detection >= 0]] = False
-        boxes = detections.xyxy[free]
-        size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1) * [-1, -1, 1, 1]
-        return (boxes + size * self.tracker.config.margin).astype(np.float32)
+        cfg = self.tracker.config
+        return dilate(detections.xyxy[free], cfg.margin, cfg.min_margin_px)
 
     def reset(self) -> None:
         self.tracker.reset()
@@ -215,7 +228,7 @@ class AttributeStage:
 
     def process(self, packet: FramePacket) -> FramePacket:
         self._retire(set(packet.tracks.track_id.tolist()))
-        due = tracks_to_describe(packet, self.config.every, self.states)
+        due = tracks_to_describe(packet, self.config.every, self.states, self.config.min_face)
         if due and packet.detections is not None:
             faces = [
                 FaceInput(packet.image, packet.detections.xyxy[d], packet.detections.landmarks[d])
@@ -341,12 +354,13 @@ class SynthStage:
     CANDIDATES = 3  # surrogates checked per track, best attribute match first
     FOLLOW_FRAMES = 2  # a mesh older than this is not followed
     FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.5, 0.2  # the mesh model's face flag
+    SMALL = 0.75  # tracks whose face box is under this share of ``synth.min_face`` get no mesh
 
     def __init__(self, gallery: Gallery | None, mesh: FaceMesh, config: SynthConfig,
                  attributes: AttributeStage, styler: AttributeStyler | None = None,
-                 track_margin: float = TrackConfig.margin) -> None:  # fmt: skip
+                 track: TrackConfig | None = None) -> None:  # fmt: skip
         self.gallery = gallery
-        self.track_margin = track_margin
+        self.track = track or TrackConfig()
         self.styler = styler
         self.mesh = mesh
         self.config = config
@@ -535,6 +549,10 @@ class SynthStage:
         jobs: list[tuple[int, int, int, Surrogate | list[Candidate] | None, Crop]] = []
         rows = zip(tracks.track_id.tolist(), tracks.detection.tolist(), strict=True)
         for row, (tid, det) in enumerate(rows):
+            inner = face_of(tracks.xyxy[row], self.track.margin, self.track.min_margin_px)
+            if inner[3] - inner[1] < self.SMALL * self.config.min_face:
+                self.counts.fell_back("too small")  # no mesh run for it (crowds hold hundreds)
+                continue
             chosen = self._surrogate(tid, packet.index, det)
             surrogate = None if isinstance(chosen, str) else chosen
             if isinstance(chosen, str):
@@ -577,7 +595,8 @@ class SynthStage:
             # for; a followed face (no detection) the tracked box without its margin, so a
             # mesh that drifted off the face leaves it to the fallback, never uncovered.
             box = detections.xyxy[det] if det >= 0 and detections is not None else None
-            face_box = box if box is not None else face_of(tracks.xyxy[row], self.track_margin)
+            track = self.track
+            face_box = face_of(tracks.xyxy[row], track.margin, track.min_margin_px) if box is None else box
             if covered_share(points, face_box) < cfg.min_cover:
                 self.counts.fell_back("not covered")
                 continue
@@ -652,11 +671,12 @@ class PerturbStage:
         self.perturbed = 0
 
 
-def face_of(box: NDArray[np.float32], margin: float) -> NDArray[np.float32]:
-    """The face inside a tracked box (xyxy) dilated by ``margin`` of its size per side."""
+def face_of(box: NDArray[np.float32], margin: float, min_px: float = 0.0) -> NDArray[np.float32]:
+    """The face inside a tracked box (xyxy) that ``tracker.dilate`` grew by ``margin`` of
+    its size per side, and at least ``min_px``."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half_w = (box[2] - box[0]) / (2 * (1 + 2 * margin))
-    half_h = (box[3] - box[1]) / (2 * (1 + 2 * margin))
+    size = box[2:] - box[:2]
+    half_w, half_h = np.minimum(size / (1 + 2 * margin), size - 2 * min_px) / 2
     return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], np.float32)
 
 

@@ -193,12 +193,18 @@ class FaceTracker:
         for track in self._tracks:
             # A matched track reports the detected box itself; a coasting one its prediction.
             box = track.last_box if track.lost_for == 0 else track.filter.box()
-            margin = cfg.margin + cfg.coast_growth * track.lost_for
-            w, h = box[2] - box[0], box[3] - box[1]
-            boxes.append(box + np.array([-w, -h, w, h], np.float32) * margin)
+            boxes.append(dilate(box, cfg.margin + cfg.coast_growth * track.lost_for, cfg.min_margin_px))
         return Tracks(
             np.array(boxes, np.float32),
             np.array([t.track_id for t in self._tracks], np.int64),
             np.array([t.lost_for > 0 for t in self._tracks], bool),
             np.array([t.detection for t in self._tracks], np.int64),
         )
+
+
+def dilate(box: NDArray[np.float32], margin: float, min_px: float) -> NDArray[np.float32]:
+    """``box`` (xyxy, or ``(N, 4)`` of them) grown on each side by ``margin`` of its size,
+    and by at least ``min_px`` pixels."""
+    size = box[..., 2:] - box[..., :2]
+    pad = np.maximum(size * margin, min_px)
+    return np.concatenate([box[..., :2] - pad, box[..., 2:] + pad], axis=-1).astype(np.float32)

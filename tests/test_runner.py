@@ -319,18 +319,18 @@ def test_parallel_workers_hand_frames_on_in_input_order():
 
 
 class LowScoreDetector(ScriptedDetector):
-    """One face scored between the detection threshold (0.2) and the track-start one (0.3)."""
+    """One face scored between the detection threshold (0.08) and the track-start one (0.12)."""
 
     def detect(self, images, scale=1.0, threshold=0.5, nms_iou=0.3):
         from engines.centerface import FaceArrays
 
-        return [FaceArrays(np.array([[30, 10, 60, 50]], np.float32), np.array([0.25], np.float32),
+        return [FaceArrays(np.array([[30, 10, 60, 50]], np.float32), np.array([0.1], np.float32),
                            np.zeros((1, 5, 2), np.float32)) for _ in images]  # fmt: skip
 
 
 def test_a_detection_too_unsure_to_start_a_track_is_still_obscured(tmp_path):
     config = build_config()
-    assert config.detect.threshold < 0.25 < config.track.new_track_threshold
+    assert config.detect.threshold < 0.1 < config.track.new_track_threshold
     stages = [DetectStage(LowScoreDetector(), config.detect), TrackStage(config.track),
               ObscureStage(ObscureConfig(mode="mask", shape="box"))]  # fmt: skip
     _, out, stats = run(stages, tmp_path)

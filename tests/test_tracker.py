@@ -88,3 +88,27 @@ def test_tracks_say_which_detection_they_matched():
     second = tracker.update(dets((101, 100, 131, 140, 0.8)))
     by_id = dict(zip(second.track_id.tolist(), second.detection.tolist()))
     assert by_id[2] == 0 and by_id[1] == -1  # the first face coasts: no detection
+
+
+def test_a_small_face_gets_a_margin_of_at_least_the_floor_and_face_of_undoes_either():
+    from stream.stages import face_of
+    from stream.tracker import dilate
+
+    small, large = np.array([100, 100, 112, 114], np.float32), np.array([0, 0, 200, 240], np.float32)
+    grown = dilate(small, 0.25, 4.0)
+    assert np.allclose(grown, [96, 96, 116, 118])  # 4 px, not a quarter (3 and 3.5 px)
+    assert np.allclose(dilate(large, 0.25, 4.0), [-50, -60, 250, 300])  # a quarter, over the floor
+    assert np.allclose(face_of(grown, 0.25, 4.0), small)
+    assert np.allclose(face_of(dilate(large, 0.25, 4.0), 0.25, 4.0), large)
+
+
+def test_small_frames_get_the_full_pass_on_every_frame_and_1080p_every_other():
+    from stream.config import DetectConfig
+    from stream.stages import full_every
+
+    auto = DetectConfig()
+    assert auto.every == 0
+    assert full_every(960, 366, auto) == full_every(640, 360, auto) == 1  # MOT20-08, hamilton
+    assert full_every(1920, 1080, auto) == full_every(1280, 720, auto) == 2
+    assert full_every(640, 360, DetectConfig(every=3)) == 3
+    assert full_every(640, 360, DetectConfig(min_face=8)) == 2  # upscaled 2x: 1280 x 720
