@@ -61,6 +61,38 @@ class KalmanBoxFilter:
         return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
 
 
+def predict_all(filters: list[KalmanBoxFilter]) -> None:
+    """``predict`` on every filter at once (a crowd holds hundreds of tracks)."""
+    if not filters:
+        return
+    x, p = np.stack([f.x for f in filters]), np.stack([f.p for f in filters])
+    size = x[:, [2, 3, 2, 3]]
+    q = np.concatenate([_STD_POSITION * size, _STD_VELOCITY * size], axis=1) ** 2
+    f = KalmanBoxFilter._F
+    x = x @ f.T
+    p = f @ p @ f.T
+    p[:, np.arange(8), np.arange(8)] += q
+    x[:, 2:4] = np.maximum(x[:, 2:4], 1.0)
+    for one, xi, pi in zip(filters, x, p, strict=True):
+        one.x, one.p = xi, pi
+
+
+def update_all(filters: list[KalmanBoxFilter], boxes: list[NDArray[np.float32]]) -> None:
+    """``update`` of each filter with its box ``(4,)`` xyxy, all at once."""
+    if not filters:
+        return
+    x, p = np.stack([f.x for f in filters]), np.stack([f.p for f in filters])
+    z = np.stack([_xyxy_to_cxcywh(b) for b in boxes])
+    size = x[:, [2, 3, 2, 3]]
+    hp = p[:, :4, :]  # H P, as H picks the first four states
+    s = hp[:, :, :4] + np.eye(4) * ((_STD_POSITION * size) ** 2)[:, None, :]
+    k = np.linalg.solve(s, hp).transpose(0, 2, 1)  # (N, 8, 4)
+    x = x + (k @ (z - x[:, :4])[:, :, None])[:, :, 0]
+    p = p - k @ hp
+    for one, xi, pi in zip(filters, x, p, strict=True):
+        one.x, one.p = xi, pi
+
+
 def _xyxy_to_cxcywh(box: NDArray[np.float32]) -> NDArray[np.float64]:
     x1, y1, x2, y2 = (float(v) for v in box)
     return np.array([(x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, 1.0), max(y2 - y1, 1.0)])
@@ -128,8 +160,8 @@ class FaceTracker:
         detections of a reduced-resolution pass: a track they match reports
         the box enclosing both the detection and its prediction."""
         cfg = self.config
+        predict_all([track.filter for track in self._tracks])
         for track in self._tracks:
-            track.filter.predict()
             track.detection = -1
         if detections is None:
             detections = Detections.empty()
@@ -150,18 +182,19 @@ class FaceTracker:
         predicted = np.array([t.filter.box() for t in self._tracks], np.float32).reshape(-1, 4)
         matched: set[int] = set()
 
+        hits: list[tuple[int, int]] = []  # (track row, detection index)
         pairs, free_tracks, free_high = _associate(predicted, detections.xyxy[high], cfg.match_iou)
-        for t, d in pairs:
-            self._hit(self._tracks[t], detections.xyxy[high[d]], precise, int(high[d]))
-            matched.add(id(self._tracks[t]))
+        hits += [(t, int(high[d])) for t, d in pairs]
 
         # Second stage: low-score boxes only extend tracks seen within the last
         # two frames (one may have had a reduced-resolution pass that missed it).
         recent = [t for t in free_tracks if self._tracks[t].lost_for <= 1]
         pairs, _, _ = _associate(predicted[recent], detections.xyxy[low], cfg.low_match_iou)
-        for t, d in pairs:
-            self._hit(self._tracks[recent[t]], detections.xyxy[low[d]], precise, int(low[d]))
-            matched.add(id(self._tracks[recent[t]]))
+        hits += [(recent[t], int(low[d])) for t, d in pairs]
+        update_all([self._tracks[t].filter for t, _ in hits], [detections.xyxy[d] for _, d in hits])
+        for t, d in hits:
+            self._hit(self._tracks[t], detections.xyxy[d], predicted[t], precise, d)
+            matched.add(id(self._tracks[t]))
 
         for d in free_high:
             if detections.confidence[high[d]] >= cfg.new_track_threshold:
@@ -173,9 +206,10 @@ class FaceTracker:
         return matched
 
     @staticmethod
-    def _hit(track: _Track, box: NDArray[np.float32], precise: bool, detection: int) -> None:
-        predicted = track.filter.box()
-        track.filter.update(box)
+    def _hit(
+        track: _Track, box: NDArray[np.float32], predicted: NDArray[np.float32], precise: bool, detection: int
+    ) -> None:
+        """A track matched ``box`` (its filter already updated with it)."""
         if precise:
             track.last_box = box.copy()
         else:
@@ -189,22 +223,24 @@ class FaceTracker:
         if not self._tracks:
             return Tracks.empty()
         cfg = self.config
-        boxes = []
-        for track in self._tracks:
-            # A matched track reports the detected box itself; a coasting one its prediction.
-            box = track.last_box if track.lost_for == 0 else track.filter.box()
-            boxes.append(dilate(box, cfg.margin + cfg.coast_growth * track.lost_for, cfg.min_margin_px))
+        # A matched track reports the detected box itself; a coasting one its prediction.
+        boxes = np.array(
+            [t.last_box if t.lost_for == 0 else t.filter.box() for t in self._tracks], np.float32
+        )
+        lost = np.array([t.lost_for for t in self._tracks], np.float32)[:, None]
         return Tracks(
-            np.array(boxes, np.float32),
+            dilate(boxes, cfg.margin + cfg.coast_growth * lost, cfg.min_margin_px),
             np.array([t.track_id for t in self._tracks], np.int64),
             np.array([t.lost_for > 0 for t in self._tracks], bool),
             np.array([t.detection for t in self._tracks], np.int64),
         )
 
 
-def dilate(box: NDArray[np.float32], margin: float, min_px: float) -> NDArray[np.float32]:
-    """``box`` (xyxy, or ``(N, 4)`` of them) grown on each side by ``margin`` of its size,
-    and by at least ``min_px`` pixels."""
+def dilate(
+    box: NDArray[np.float32], margin: float | NDArray[np.float32], min_px: float
+) -> NDArray[np.float32]:
+    """``box`` (xyxy, or ``(N, 4)`` of them) grown on each side by ``margin`` of its size
+    (or ``(N, 1)`` margins, one a box), and by at least ``min_px`` pixels."""
     size = box[..., 2:] - box[..., :2]
     pad = np.maximum(size * margin, min_px)
     return np.concatenate([box[..., :2] - pad, box[..., 2:] + pad], axis=-1).astype(np.float32)

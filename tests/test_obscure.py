@@ -84,3 +84,35 @@ def test_small_faces_get_a_floor_in_pixels_not_just_a_fraction_of_their_width(mo
     Obscurer(ObscureConfig(mode=mode, shape="box", strength=0.125)).apply(floored, box)
     assert detail(floored) < 0.05 * detail(image)
     assert detail(floored) < 0.5 * detail(weak)
+
+
+@pytest.mark.parametrize("shape", ["ellipse", "box"])
+def test_a_crowd_is_blurred_together_as_strongly_as_one_face_at_a_time(shape):
+    """From ``MANY`` regions blur runs once per strength over their span: every region is as
+    unreadable as when blurred alone, and nothing outside the regions changes."""
+    import cv2
+
+    from stream.obscure import MANY, region_mask
+
+    image = textured(240, 320)
+    boxes = np.array([[10 + 30 * i, 20 + 50 * (i % 3), 30 + 30 * i, 44 + 50 * (i % 3)]
+                      for i in range(MANY + 2)] + [[200, 150, 300, 240]], np.float32)  # fmt: skip
+    together, alone = image.copy(), image.copy()
+    Obscurer(ObscureConfig(mode="blur", shape=shape)).apply(together, boxes)
+    for box in boxes:
+        Obscurer(ObscureConfig(mode="blur", shape=shape)).apply(alone, box[None])
+    inside = np.zeros(image.shape[:2], bool)
+    for box in boxes:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        inside[y1:y2, x1:x2] |= region_mask(box, (x1, y1, x2, y2), shape) > 0
+    assert (together[~inside] == image[~inside]).all()
+
+    def detail(im, b):  # over the middle half of the box, inside the ellipse too
+        qx, qy = (b[2] - b[0]) // 4, (b[3] - b[1]) // 4
+        return float(
+            cv2.Laplacian(im[b[1] + qy : b[3] - qy, b[0] + qx : b[2] - qx].mean(axis=2), cv2.CV_64F).var()
+        )
+
+    for box in boxes.astype(int):
+        assert detail(together, box) < 1.2 * detail(alone, box) + 1.0
+        assert detail(together, box) < 0.05 * detail(image, box)

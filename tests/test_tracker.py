@@ -112,3 +112,21 @@ def test_small_frames_get_the_full_pass_on_every_frame_and_1080p_every_other():
     assert full_every(1920, 1080, auto) == full_every(1280, 720, auto) == 2
     assert full_every(640, 360, DetectConfig(every=3)) == 3
     assert full_every(640, 360, DetectConfig(min_face=8)) == 2  # upscaled 2x: 1280 x 720
+
+
+def test_the_filters_run_together_as_each_would_alone():
+    from stream.tracker import KalmanBoxFilter, predict_all, update_all
+
+    rng = np.random.default_rng(3)
+    boxes = [np.array([x, y, x + w, y + w * 1.2], np.float32)
+             for x, y, w in rng.uniform([0, 0, 8], [900, 300, 120], (50, 3))]  # fmt: skip
+    alone, together = [KalmanBoxFilter(b) for b in boxes], [KalmanBoxFilter(b) for b in boxes]
+    for step in range(5):
+        moved = [b + rng.normal(0, 2, 4).astype(np.float32) + step for b in boxes]
+        for f, b in zip(alone, moved, strict=True):
+            f.predict()
+            f.update(b)
+        predict_all(together)
+        update_all(together, moved)
+    for a, t in zip(alone, together, strict=True):
+        assert np.allclose(a.x, t.x) and np.allclose(a.p, t.p)
