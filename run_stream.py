@@ -313,7 +313,7 @@ def cmd_anonymize(argv: list[str]) -> int:
     if not args.quiet:
         _print_summary(result.summary())
     if result.damage:
-        print(f"error: {result.damage}; the output holds every frame before it", file=sys.stderr)
+        print(f"error: {result.damage}; the output holds every frame that could be read", file=sys.stderr)
         return 4
     return 0
 

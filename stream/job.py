@@ -159,6 +159,7 @@ def synthesis_report(stages: list[Stage]) -> dict[str, Any] | None:
         "replaced": stage.counts.replaced,
         "fallback": dict(stage.counts.fallback),
         "surrogates": {str(t): origin for t, origin in stage.origins.items()},
+        "tracks_not_listed": stage.counts.forgotten,  # ended long ago (stages.KEEP_ENDED)
         # The identity check's cosine of each track's replaced face to the person (null: unchecked).
         "likeness": {str(t): None if v is None else round(v, 3) for t, v in stage.likeness.items()},
         "perturbed": next((s.perturbed for s in stages if isinstance(s, PerturbStage)), 0),
@@ -240,6 +241,8 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
         },  # fmt: skip
         "figures": figures,
         "tracks": tracks,
+        # Ended long ago (stages.KEEP_ENDED): in the PPAS classes, not in these figures or listings.
+        "tracks_not_listed": stage.privacy.forgotten,
     }
 
 

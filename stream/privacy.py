@@ -400,7 +400,10 @@ class StreamPrivacy:
         self.quasi = attribute_indices(policy.quasi_identifiers)
         self.preserved = set(attribute_indices(policy.preserved))
         self.tracks: dict[int, TrackPrivacy] = {}
-        self._classes: dict[tuple[bool, ...], list[TrackPrivacy]] = {}  # by original quasi-identifiers
+        # Per class (original quasi-identifiers): its size and how many chose each attribute,
+        # kept for every track of the stream, also those ``forget`` took out of ``tracks``.
+        self._classes: dict[tuple[bool, ...], tuple[int, NDArray[np.int64]]] = {}
+        self.forgotten = 0
 
     def __repr__(self) -> str:  # never the seed
         return f"StreamPrivacy({len(self.tracks)} tracks, {'user seed' if self.seeded else 'secret seed'})"
@@ -408,6 +411,14 @@ class StreamPrivacy:
     def reset(self) -> None:
         self.tracks.clear()
         self._classes.clear()
+        self.forgotten = 0
+
+    def forget(self, track_id: int) -> None:
+        """Drop an ended track's record (a stream running for days keeps a bounded number):
+        its class still counts it when later tracks are chosen, the assessment no longer
+        lists it."""
+        if self.tracks.pop(track_id, None) is not None:
+            self.forgotten += 1
 
     def select(self, track_id: int, probability: NDArray[np.float32]) -> TrackPrivacy:
         if track_id in self.tracks:  # chosen once, never again
@@ -415,15 +426,15 @@ class StreamPrivacy:
         estimated = ~np.isnan(probability)
         original = np.where(estimated, probability > 0.5, self.distribution.positive > 0.5)
         key = tuple(bool(v) for v in original[self.quasi])
-        members = self._classes.setdefault(key, [])
+        size, chose = self._classes.get(key, (0, np.zeros(len(ATTRIBUTES), np.int64)))
         chosen = original.copy()
         t = self.policy.t
         for a in range(len(ATTRIBUTES)):
             if a in self.preserved or a in self.quasi:
                 continue
             p = float(self.distribution.positive[a])
-            count = sum(int(r.chosen[a]) for r in members)
-            n = len(members) + 1
+            count = int(chose[a])
+            n = size + 1
             keep = abs((count + int(original[a])) / n - p)
             other = abs((count + 1 - int(original[a])) / n - p)
             if keep > t + 1e-12 and other < keep:
@@ -434,11 +445,12 @@ class StreamPrivacy:
         released[noisy] = randomized_response(chosen[noisy], self.policy.epsilon, rng)
         record = TrackPrivacy(track_id, original, estimated, chosen, released)
         self.tracks[track_id] = record
-        members.append(record)
+        self._classes[key] = (size + 1, chose + chosen)
         return record
 
     def assessment(self, stricter: Policy | None = None) -> Assessment | None:
-        """The run's figures over the released attributes of every chosen track."""
+        """The run's figures over the released attributes of every chosen track still held
+        (the last ``KEEP_ENDED`` ended ones and the live ones, see ``forget``)."""
         if not self.tracks:
             return None
         released = np.array([r.released for r in self.tracks.values()])

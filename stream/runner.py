@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RunnerConfig
-from .errors import AnonError, InputDamagedError, Interrupted, SinkError, StageError, signal_number
+from .errors import (
+    AnonError,
+    InputDamagedError,
+    Interrupted,
+    SinkError,
+    SourceError,
+    StageError,
+    signal_number,
+)
 from .frames import FramePacket, PassthroughPacket
 from .obscure import Obscurer
 from .sinks import Sink
@@ -26,6 +34,15 @@ from .sources import Source
 from .stages import Stage
 
 _END = object()
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged input raises (FFmpeg's errors, I/O errors): the input's fault."""
+    import av
+
+    return (av.error.FFmpegError, OSError, EOFError)
+
+
 _POLL_S = 0.1
 # Upper bounds (s) of the latency histogram's buckets, as Prometheus exports them.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -260,9 +277,17 @@ class Runner:
         except _Aborted:
             pass
         except Exception as exc:  # noqa: BLE001 - raised on the caller's thread once drained
+            if not isinstance(exc, (AnonError, *_read_errors())):
+                self._fail(exc)  # a bug, not the input: exit 70, as anywhere else
+                return
             # The input broke: like an end of stream, everything read so far
             # is still processed and written, then the run reports the error.
-            if not isinstance(exc, AnonError):
+            if not isinstance(exc, AnonError) and self.stats.frames_in == 0:
+                # Nothing came before the break: the input is unreadable (3), not damaged part-way.
+                exc = SourceError(
+                    f"input {self.source.description}: no frame could be read ({type(exc).__name__}: {exc})"
+                ).with_traceback(exc.__traceback__)
+            elif not isinstance(exc, AnonError):
                 exc = InputDamagedError(
                     f"input {self.source.description}: reading failed after {self.stats.frames_in} frames "
                     f"({type(exc).__name__}: {exc})"

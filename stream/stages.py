@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,6 +52,11 @@ class Stage(Protocol):
 
     def reset(self) -> None: ...
 
+
+# Ended tracks whose per-track entries (attributes, release, surrogate, likeness) the report
+# still lists; older ones are counted only, so a stream running for days holds a bounded
+# amount (about 2.7 KB a track).
+KEEP_ENDED = 10_000
 
 # Largest detection image (pixels) that gets a full pass on every frame when
 # ``detect.every`` is 0 (auto): 960 x 480 costs about what 720p every other frame does.
@@ -259,8 +265,16 @@ class AttributeStage:
             self._freeze(state)
             self.ended[track_id] = state
             self._with_descriptor.append(track_id)
-        while len(self._with_descriptor) > self.KEEP_DESCRIPTORS:
-            self.ended[self._with_descriptor.popleft()].descriptor_sum = np.zeros(0)
+        # Past ``KEEP_ENDED`` the oldest ended tracks leave the report's listings (counted).
+        for track_id in list(itertools.islice(self.ended, max(0, len(self.ended) - KEEP_ENDED))):
+            del self.ended[track_id]
+            self.privacy.forget(track_id)
+        while self._with_descriptor and (
+            len(self._with_descriptor) > self.KEEP_DESCRIPTORS or self._with_descriptor[0] not in self.ended
+        ):
+            state = self.ended.get(self._with_descriptor.popleft())
+            if state is not None:
+                state.descriptor_sum = np.zeros(0)
 
     def _freeze(self, state: TrackAttributes) -> None:
         if not state.frozen and state.estimates:
@@ -293,6 +307,7 @@ class SynthCounts:
 
     replaced: int = 0
     fallback: dict[str, int] = field(default_factory=dict)
+    forgotten: int = 0  # ended tracks no longer listed in the report (``KEEP_ENDED``)
 
     def fell_back(self, reason: str) -> None:
         self.fallback[reason] = self.fallback.get(reason, 0) + 1
@@ -374,6 +389,7 @@ class SynthStage:
         # Surrogates chosen for these tracks before a segment border (``stream.segments``).
         self.pinned: dict[int, Pick] = {}
         self.seen: dict[int, _MeshSeen] = {}
+        self._ended: collections.deque[int] = collections.deque()  # ended tracks still listed
         self.smoother = MeshSmoother()
         self.counts = SynthCounts()
 
@@ -527,10 +543,19 @@ class SynthStage:
     def _forget(self, alive: set[int]) -> None:
         """Drop what is held for ended tracks (their ids never return), so a stream running
         for days holds only its live tracks' surrogates; what they were stays in ``origins``."""
+        ended = set()
         for held in (self.surrogates, self.waiting, self.seen, self.smoother.state):
             for track_id in [t for t in held if t not in alive]:
                 del held[track_id]
+                ended.add(track_id)
         self.pool.forget(alive)
+        # The report lists the last ``KEEP_ENDED`` ended tracks' surrogates and likeness.
+        self._ended.extend(sorted(t for t in ended if t in self.origins or t in self.likeness))
+        while len(self._ended) > KEEP_ENDED:
+            track_id = self._ended.popleft()
+            for listed in (self.origins, self.likeness, self.picks):
+                listed.pop(track_id, None)
+            self.counts.forgotten += 1
 
     def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
         seen = self.seen.get(track_id)
@@ -626,6 +651,7 @@ class SynthStage:
     def reset(self) -> None:
         self.pool.reset()
         self.surrogates.clear()
+        self._ended.clear()
         self.origins.clear()
         self.picks.clear()
         self.smoother = MeshSmoother()

@@ -201,6 +201,31 @@ def test_source_fault_mid_stream_keeps_what_was_written(tmp_path):
     assert len(frames) == 10 and all(is_green(f) for f in frames)  # every frame before the break
 
 
+class BuggySource(FakeSource):
+    """A source whose own code breaks (a bug, not a damaged input) after 10 frames."""
+
+    def packets(self):
+        for i, item in enumerate(super().packets()):
+            if i == 10:
+                raise KeyError("a bug in the source")
+            yield item
+
+
+def test_an_input_that_breaks_before_its_first_frame_is_unreadable_not_damaged(tmp_path):
+    from stream.errors import InputDamagedError
+
+    with pytest.raises(SourceError, match=r"input fake: no frame could be read .*connection reset") as info:
+        run([PaintAll()], tmp_path, FakeSource(30, fail_at=0))
+    assert not isinstance(info.value, InputDamagedError) and info.value.exit_code == 3
+
+
+def test_a_bug_in_reading_is_a_bug_not_a_damaged_input(tmp_path):
+    with pytest.raises(KeyError, match="a bug in the source"):
+        run([PaintAll()], tmp_path, BuggySource(30))
+    frames = decode_frames(tmp_path / "out.mp4")
+    assert len(frames) <= 10 and all(is_green(f) for f in frames)  # what was written is kept
+
+
 def test_ctrl_c_finalizes_the_output(tmp_path):
     out = tmp_path / "out.mp4"
     sink = open_sink(str(out), SinkConfig(), Fraction(25), [])
@@ -432,3 +457,28 @@ def test_ended_tracks_leave_only_what_the_report_needs():
     assert len(attributes.all_tracks()) == 399  # the report still lists everyone
     slim = sum(len(s.descriptor_sum) == 0 for s in attributes.ended.values())
     assert slim == 398 - AttributeStage.KEEP_DESCRIPTORS
+
+
+def test_past_keep_ended_the_oldest_tracks_are_counted_not_listed(monkeypatch):
+    """A stream running for days: the report lists the last ``KEEP_ENDED`` ended tracks and
+    counts the others; PPAS's classes still count everyone."""
+    from stream import stages
+    from stream.attributes import TrackAttributes
+    from stream.frames import Tracks
+    from stream.privacy import GlobalDistribution, StreamPrivacy
+    from stream.stages import AttributeStage
+
+    monkeypatch.setattr(stages, "KEEP_ENDED", 50)
+    config = build_config()
+    privacy = StreamPrivacy(config.privacy.policy(), GlobalDistribution.celeba(), seed=1)
+    attributes = AttributeStage(None, config.attributes, privacy)  # type: ignore[arg-type]
+    for tid in range(1, 301):
+        attributes.states[tid] = TrackAttributes(tid, np.ones(40), np.full(40, 0.9), estimates=1)
+        tracks = Tracks(np.array([[0, 0, 10, 10]], np.float32), np.array([tid], np.int64),
+                        np.zeros(1, bool), np.full(1, -1, np.int64))  # fmt: skip
+        attributes.process(
+            FramePacket(tid, np.zeros((H, W, 3), np.uint8), tid, Fraction(1, 25), tracks=tracks)
+        )
+    assert len(attributes.ended) == 50 and min(attributes.ended) == 250
+    assert len(privacy.tracks) == 50 and privacy.forgotten == 249  # the live one is not chosen yet
+    assert sum(size for size, _ in privacy._classes.values()) == 299
