@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .adts import strips_headers, without_header
 from .config import SinkConfig
 from .errors import SinkError
 from .frames import FramePacket, PassthroughPacket
@@ -59,8 +60,9 @@ def container_options(path: Path, config: SinkConfig, audio_templates: Sequence[
     out-of-memory kill or a power cut leaves a file that plays up to its last
     fragment. Every packet is flushed to the file as it is muxed, for MKV too.
     ``fragment_s`` 0 writes a plain MP4, whose index only the trailer writes.
-    AAC copied from MPEG-TS (ADTS, no codec header) cannot go into a fragmented
-    MP4 as it is: such files are written plain, with a warning (use .mkv).
+    AAC copied from MPEG-TS (ADTS) goes in as raw AAC with the codec header the
+    source read from its first frame (``stream.adts``); where no header could be
+    had (a live MPEG-TS input), such files are written plain, with a warning.
     """
     options = {"flush_packets": "1"}
     adts = [t for t in audio_templates if t.codec_context.name == "aac" and not t.codec_context.extradata]
@@ -175,6 +177,7 @@ class VideoFileSink:
         self._video: Any = None
         self._audio: dict[int, Any] = {}
         self._last_dts: dict[int, int] = {}
+        self._raw_aac = strips_headers(str(path))
         self.audio_dropped = 0
         self._closed = False
 
@@ -250,6 +253,8 @@ class VideoFileSink:
                 self.audio_dropped += 1
                 return
             self._last_dts[packet.stream_index] = pkt.dts
+        if self._raw_aac:
+            pkt = without_header(pkt)  # MP4 takes raw AAC frames, not ADTS ones
         pkt.stream = self._audio[packet.stream_index]
         try:
             self._container.mux(pkt)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from .adts import give_headers
 from .config import SourceConfig
 from .errors import SourceError
 from .frames import FramePacket, PassthroughPacket
@@ -119,6 +120,8 @@ class MediaSource:
         self._size: tuple[int, ...] | None = None  # of the first frame, upright; kept across reconnections
         self._container = self._open()
         self._video = self._container.streams.video[0]
+        if self._scheme is None and not self._lavfi:
+            give_headers(spec, list(self._container.streams.audio))  # ADTS AAC from MPEG-TS
         self.audio_templates = _copyable(self._container.streams.audio)
         # Audio whose parameters were lost (to damage, mostly) cannot be copied.
         kept = {t.index for t in self.audio_templates}

@@ -272,9 +272,9 @@ class AttributeStage:
         while self._with_descriptor and (
             len(self._with_descriptor) > self.KEEP_DESCRIPTORS or self._with_descriptor[0] not in self.ended
         ):
-            state = self.ended.get(self._with_descriptor.popleft())
-            if state is not None:
-                state.descriptor_sum = np.zeros(0)
+            slimmed = self.ended.get(self._with_descriptor.popleft())
+            if slimmed is not None:
+                slimmed.descriptor_sum = np.zeros(0)
 
     def _freeze(self, state: TrackAttributes) -> None:
         if not state.frozen and state.estimates:

@@ -212,3 +212,26 @@ def test_privacy_over_a_folder_of_faces(tmp_path):
     assert "faces, " in result.stdout and "changes to reach" in result.stdout
     (tmp_path / "empty").mkdir()
     one_line_error(cli("privacy", str(tmp_path / "empty")), 2, "no photos")
+
+
+def test_aac_from_mpeg_ts_goes_into_a_fragmented_mp4_as_raw_aac(tmp_path, demo_clip):
+    """MPEG-TS carries AAC in ADTS frames, without the codec header MP4 needs: the header is
+    read from the first frame, the ADTS headers come off, and the output stays fragmented
+    (it survives a kill) with every audio frame in it, decodable."""
+    ts = tmp_path / "in.ts"
+    with av.open(str(demo_clip)) as src, av.open(str(ts), "w") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
+        for packet in src.demux():
+            if packet.dts is not None and packet.stream.index in streams:
+                packet.stream = streams[packet.stream.index]
+                dst.mux(packet)
+    with av.open(str(ts)) as container:
+        assert not container.streams.audio[0].codec_context.extradata  # ADTS, no header
+        frames_in = sum(1 for _ in container.decode(audio=0))
+    out = tmp_path / "out.mp4"
+    result = cli(str(ts), "-o", str(out), "-q", "--mode", "blur")
+    assert result.returncode == 0 and "unfragmented" not in result.stderr, result.stderr
+    with open(out, "rb") as fh:
+        assert b"moof" in fh.read()  # fragmented
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(audio=0)) == frames_in
