@@ -43,12 +43,15 @@ class BackendOptions:
     """threads: CPU inference threads per call (0: all cores). precision: TensorRT
     engine precision (fp16, fp32, int8); int8 needs ``calibration_table``. fp32_ops:
     ONNX op types kept in FP32 under a reduced-precision TensorRT engine (they run on
-    the CUDA provider instead), such as StarGAN's instance norm."""
+    the CUDA provider instead), such as StarGAN's instance norm. memory_arena: ONNX
+    Runtime's CPU memory arena; off for models whose batch varies (faces per frame), where
+    it keeps a high-water mark per mix of sizes seen (docs/soak.md: 404 MB against 220)."""
 
     threads: int = 0
     precision: str = "fp16"
     calibration_table: Path | None = None
     fp32_ops: tuple[str, ...] = ()
+    memory_arena: bool = True
 
 
 BackendFactory = Callable[[Path, BackendOptions], Backend]
@@ -64,7 +67,9 @@ def _make_ort(provider: str) -> BackendFactory:
     def make(model: Path, options: BackendOptions) -> Backend:
         from .onnxrt import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model, provider=provider, threads=options.threads)
+        return OnnxRuntimeBackend(
+            model, provider=provider, threads=options.threads, arena=options.memory_arena
+        )
 
     return make
 

@@ -36,10 +36,12 @@ class OnnxRuntimeBackend:
         threads: int = 0,
         provider_options: dict[str, Any] | None = None,
         fallback: str | None = None,
+        arena: bool = True,
     ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.enable_cpu_mem_arena = arena
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3

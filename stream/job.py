@@ -49,7 +49,8 @@ def load_detector(config: Config) -> CenterFace:
 
 def load_estimator(config: Config) -> Estimator:
     """The built-in attribute estimator on the configured backend (and the forest, if given)."""
-    options = BackendOptions(threads=config.detect.threads)
+    # Faces per frame vary: no arena keeping a high-water mark per batch size (docs/soak.md).
+    options = BackendOptions(threads=config.detect.threads, memory_arena=False)
 
     def backend(name: str) -> Backend:
         return create_backend(config.detect.backend, zoo.ensure(name), options=options)
@@ -112,9 +113,8 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
         stages.append(attribute_stage)
         if synth:
             gallery = load_gallery(config.synth.gallery)
-            mesh = FaceMesh(
-                create_backend(config.detect.backend, zoo.ensure("facemesh"), config.detect.threads)
-            )
+            options = BackendOptions(threads=config.detect.threads, memory_arena=False)  # batch varies
+            mesh = FaceMesh(create_backend(config.detect.backend, zoo.ensure("facemesh"), options=options))
             styler = (
                 load_styler(config.synth.stargan, config.detect.backend) if config.synth.stargan else None
             )

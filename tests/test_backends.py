@@ -180,3 +180,17 @@ def test_torch_backend_class_runs_on_the_cpu_too():
     assert [s.name for s in torch_backend.input_spec()] == [s.name for s in backend.input_spec()]
     for a, b in zip(backend.infer(x), torch_backend.infer(x)):
         assert np.abs(a - b).max() / max(1.0, float(np.abs(a).max())) < 1e-4
+
+
+def test_models_whose_batch_varies_run_without_the_memory_arena():
+    """faceres, the mesh and emotion take one batch item a face: ONNX Runtime's arena would
+    keep a high-water mark for every mix of batch sizes (docs/soak.md); the detector's
+    input size is fixed per stream, so it keeps its arena."""
+    from stream.config import build_config
+    from stream.job import load_detector, load_estimator
+
+    config = build_config()
+    estimator = load_estimator(config)
+    sessions = [m.backend._session for m in (estimator.mesh, estimator.faceres, estimator.emotion)]
+    assert not any(s.get_session_options().enable_cpu_mem_arena for s in sessions)
+    assert load_detector(config).backend._session.get_session_options().enable_cpu_mem_arena
