@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -151,12 +152,17 @@ Finished = Callable[[str, dict[str, Any] | None, str | None, int], None]
 
 
 def process_part(
-    path: str, segment: Any, output: str, config: Config, pinned: dict[int, Any] | None = None
+    path: str,
+    segment: Any,
+    output: str,
+    config: Config,
+    pinned: dict[int, Any] | None = None,
+    secret_seed: int | None = None,
 ) -> dict[str, Any]:
     """One segment of a long video (``stream.segments``), in a worker."""
     from .segments import process_segment
 
-    return process_segment(path, segment, output, config, pinned)
+    return process_segment(path, segment, output, config, pinned, secret_seed)
 
 
 def run_batch(
@@ -211,6 +217,7 @@ def run_batch(
     part_of: dict[str, tuple[str, int]] = {}  # job key -> (video, segment number)
     carried: dict[str, dict[int, dict[int, Any]]] = {}  # video -> segment -> pinned surrogates
     again: list[Job] = []  # the second round: segments run again with surrogates pinned
+    secrets_of: dict[str, int] = {}
     scratch = folder / ".parts"
     for path in todo:
         output = str(folder / output_name(path))
@@ -220,11 +227,14 @@ def run_batch(
             continue
         scratch.mkdir(exist_ok=True)
         plans[path], parts[path] = segments, {}
+        # One secret per video for its segments' randomized response: passed to the workers
+        # in memory, never written (a segment run again with pins then draws as before).
+        secrets_of[path] = secrets.randbits(128)
         for seg in segments:
             part = scratch / f"{Path(output).stem}.{seg.number}.mp4"
             key = f"{path} (segment {seg.number})"
             part_of[key] = (path, seg.number)
-            jobs.append(Job(key, process_part, (path, seg, str(part), config)))
+            jobs.append(Job(key, process_part, (path, seg, str(part), config, None, secrets_of[path])))
 
     def finished(key: str, outcome: dict[str, Any] | None, error: str | None, attempts: int) -> None:
         if key not in part_of:
@@ -248,9 +258,8 @@ def run_batch(
                 key = f"{path} (segment {number}, surrogates carried)"
                 part_of[key] = (path, number)
                 del parts[path][number]
-                again.append(
-                    Job(key, process_part, (path, segments[number], str(files[number]), config, pinned))
-                )
+                args = (path, segments[number], str(files[number]), config, pinned, secrets_of[path])
+                again.append(Job(key, process_part, args))
             if carried[path]:
                 return
         final = folder / output_name(path)

@@ -98,7 +98,11 @@ def load_styler(checkpoint: str, backend: str) -> AttributeStyler:
     )
 
 
-def build_stages(config: Config, detector: CenterFace, estimator: Estimator | None = None) -> list[Stage]:
+def build_stages(
+    config: Config, detector: CenterFace, estimator: Estimator | None = None, secret_seed: int | None = None
+) -> list[Stage]:
+    """The pipeline's stages for ``config``; ``secret_seed``: the randomized response's secret
+    (``StreamPrivacy``), drawn here when None."""
     detect = DetectStage(detector, config.detect)
     stages: list[Stage] = [detect, TrackStage(config.track, detect)]
     synth = config.obscure.mode == "synth"
@@ -108,7 +112,7 @@ def build_stages(config: Config, detector: CenterFace, estimator: Estimator | No
             if config.privacy.distribution
             else GlobalDistribution.celeba()
         )
-        privacy = StreamPrivacy(config.privacy.policy(), distribution, config.privacy.seed)
+        privacy = StreamPrivacy(config.privacy.policy(), distribution, config.privacy.seed, secret_seed)
         attribute_stage = AttributeStage(estimator or load_estimator(config), config.attributes, privacy)
         stages.append(attribute_stage)
         if synth:

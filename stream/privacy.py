@@ -392,11 +392,19 @@ class StreamPrivacy:
     ``seeded`` says which it is.
     """
 
-    def __init__(self, policy: Policy, distribution: GlobalDistribution, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        distribution: GlobalDistribution,
+        seed: int | None = None,
+        secret: int | None = None,
+    ) -> None:
         self.policy = policy.validate()
         self.distribution = distribution
         self.seeded = seed is not None
-        self._seed = seed if seed is not None else secrets.randbits(128)
+        # ``secret``: one the caller drew from the OS and shares with the runs of the same
+        # video's segments (so a segment run again draws as it did), never written anywhere.
+        self._seed = seed if seed is not None else secret if secret is not None else secrets.randbits(128)
         self.quasi = attribute_indices(policy.quasi_identifiers)
         self.preserved = set(attribute_indices(policy.preserved))
         self.tracks: dict[int, TrackPrivacy] = {}

@@ -131,11 +131,18 @@ class WriteFrom:
 
 
 def process_segment(
-    path: str, segment: Segment, output: str, config: Config, pinned: dict[int, Pick] | None = None
+    path: str,
+    segment: Segment,
+    output: str,
+    config: Config,
+    pinned: dict[int, Pick] | None = None,
+    secret_seed: int | None = None,
 ) -> dict[str, Any]:
     """One segment: its frames anonymized into ``output`` (video only), its track log, and
     the gallery surrogate each track got (``surrogates``). ``pinned``: surrogates to give
-    these tracks (``carried_surrogates``), chosen for the same people before the border."""
+    these tracks (``carried_surrogates``), chosen for the same people before the border.
+    ``secret_seed``: the video's randomized-response secret, the same for each run of a
+    segment, so one run again with pins draws for its other tracks as the first did."""
     from .job import RegionLog, build_stages, load_detector
     from .obscure import Obscurer
     from .runner import Runner
@@ -148,7 +155,7 @@ def process_segment(
     source = SegmentSource(path, config.source, segment)
     sink = WriteFrom(VideoFileSink(Path(output), sink_config, source.info.rate, []), segment.start_pts)
     regions = RegionLog()
-    stages = build_stages(config, load_detector(config))
+    stages = build_stages(config, load_detector(config), secret_seed=secret_seed)
     synth = next((s for s in stages if isinstance(s, SynthStage)), None)
     if synth is not None:
         synth.pinned = dict(pinned or {})

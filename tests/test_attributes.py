@@ -217,3 +217,17 @@ def test_a_report_alone_cannot_undo_the_randomized_response(tmp_path, demo_clip)
 def test_the_secret_seed_is_not_in_the_privacy_object_repr():
     privacy = StreamPrivacy(Policy(), GlobalDistribution.celeba())
     assert not privacy.seeded and "seed" in repr(privacy) and str(privacy._seed) not in repr(privacy)
+
+
+def test_runs_of_one_videos_segments_share_a_secret_and_draw_alike():
+    """batch gives a video's segment runs one secret: a segment run again (surrogates pinned)
+    releases what its first run did for every other track, and still counts as unseeded."""
+    import secrets
+
+    secret = secrets.randbits(128)
+    probability = np.random.default_rng(0).uniform(0, 1, 40).astype(np.float32)
+    runs = [StreamPrivacy(Policy(), GlobalDistribution.celeba(), secret=secret) for _ in range(2)]
+    released = [[tuple(p.select(t, probability).released) for t in range(1, 30)] for p in runs]
+    assert released[0] == released[1] and not runs[0].seeded
+    other = StreamPrivacy(Policy(), GlobalDistribution.celeba())
+    assert [tuple(other.select(t, probability).released) for t in range(1, 30)] != released[0]

@@ -64,10 +64,11 @@ def _small_faces(height_px: int, count: int = 6, seed: int = 0):
     return frame, centres
 
 
-def _found(detector, frame, centres, config: DetectConfig) -> int:
-    """How many of ``centres`` a face box found at the config's detection scale lies on."""
+def _found(detector, frame, centres, config: DetectConfig, threshold: float | None = None) -> int:
+    """How many of ``centres`` a face box found at the config's detection scale lies on
+    (scored at least ``threshold``, by default the track-start one)."""
     scale = detection_scale(frame.shape[1], frame.shape[0], config)
-    (faces,) = detector.detect([frame], scale, build_config().track.new_track_threshold)
+    (faces,) = detector.detect([frame], scale, threshold or build_config().track.new_track_threshold)
     bx = (faces.boxes[:, 0] + faces.boxes[:, 2]) / 2
     by = (faces.boxes[:, 1] + faces.boxes[:, 3]) / 2
     return sum(bool(np.any((np.abs(bx - cx) < 6) & (np.abs(by - cy) < 6))) for cx, cy in centres)
@@ -82,8 +83,10 @@ def test_min_face_10_finds_10px_faces(detector):
     frame, centres = _small_faces(10)
     config = build_config(None, {"detect": {"min_face": 10}}).detect
     assert _found(detector, frame, centres, config) >= 5
-    # ... which the default does not promise.
-    assert _found(detector, frame, centres, build_config().detect) < _found(detector, frame, centres, config)
+    # ... surer than at native resolution: at the old track-start score (0.3) the default
+    # finds fewer (the low default thresholds find them there too, less surely).
+    default = build_config().detect
+    assert _found(detector, frame, centres, default, 0.3) < _found(detector, frame, centres, config, 0.3)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
