@@ -95,7 +95,9 @@ def deface_leak(clip: Path, output: Path, regions: list[dict], reference: list) 
             crops = [face_crop(image, box) for box in ref.boxes]
             detail[index] = np.array([retained_detail(c, o, covered_grid(b, boxes, "ellipse", width, height))
                                       for c, o, b in zip(ref.crops, crops, ref.boxes, strict=True)], np.float32)  # fmt: skip
-            whole[index] = np.array([retained_detail(c, o) for c, o in zip(ref.crops, crops, strict=True)], np.float32)
+            whole[index] = np.array(
+                [retained_detail(c, o) for c, o in zip(ref.crops, crops, strict=True)], np.float32
+            )
     counts = count_leaks([f.boxes for f in reference], regions, "ellipse", 0.95, detail, detail_whole=whole)
     return (counts.uncovered + counts.sharp) / max(1, counts.total), counts.total
 

@@ -220,7 +220,9 @@ def test_aac_from_mpeg_ts_goes_into_a_fragmented_mp4_as_raw_aac(tmp_path, demo_c
     (it survives a kill) with every audio frame in it, decodable."""
     ts = tmp_path / "in.ts"
     with av.open(str(demo_clip)) as src, av.open(str(ts), "w") as dst:
-        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
+        streams = {
+            s.index: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")
+        }
         for packet in src.demux():
             if packet.dts is not None and packet.stream.index in streams:
                 packet.stream = streams[packet.stream.index]
