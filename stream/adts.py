@@ -3,6 +3,7 @@ and the AudioSpecificConfig in the stream's header."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 _MP4 = (".mp4", ".mov", ".m4v")
@@ -41,10 +42,19 @@ def give_headers(path: str, streams: list[Any]) -> None:
     read from its first frame, so the stream can be copied into MP4 as raw AAC."""
     import av
 
-    missing = {s.index: s for s in streams if s.codec_context.name == "aac" and not s.codec_context.extradata}
+    missing = {
+        s.index: s
+        for s in streams
+        if s.codec_context is not None and s.codec_context.name == "aac" and not s.codec_context.extradata
+    }
     if not missing:
         return
-    with av.open(path) as container:
+    # A damaged file is the source's to report: the streams left without a header here
+    # are written to an unfragmented file (``sinks.container_options``) or left out.
+    with (
+        contextlib.suppress(av.error.FFmpegError, OSError),
+        av.open(path, metadata_errors="replace") as container,
+    ):
         for packet in container.demux([container.streams[i] for i in missing]):
             stream = missing.get(packet.stream.index)
             config = audio_specific_config(bytes(packet)) if stream is not None and packet.size else None

@@ -83,9 +83,6 @@ class DetectConfig:
     every: full-resolution detection on one frame in ``every``; the frames
     between get a pass at ``inter_scale`` times that resolution (0: none,
     the tracker predicts), which still catches new large faces and cuts.
-    0 (auto): every frame where the detection image is at most
-    ``stream.stages.AUTO_EVERY_PIXELS`` (a 960 x 480 frame costs no more there than a 720p one
-    every other frame), else every other frame.
     threshold: on crowd footage (MOT20-08) CenterFace scores most faces of
     12-16 px between 0.1 and 0.3 at native resolution; 0.08 finds 97% of those
     the reference finds upscaled, at the price of blurring some shirts and
@@ -101,7 +98,7 @@ class DetectConfig:
     max_side: int = 0
     threshold: float = 0.08
     nms_iou: float = 0.3
-    every: int = 0
+    every: int = 2
     inter_scale: float = 0.5
 
     def validate(self) -> None:
@@ -115,7 +112,7 @@ class DetectConfig:
         _range("detect.max_side", self.max_side, 0, 16384)
         _range("detect.threshold", self.threshold, 0.01, 0.99)
         _range("detect.nms_iou", self.nms_iou, 0.05, 0.95)
-        _range("detect.every", self.every, 0, 60)
+        _range("detect.every", self.every, 1, 60)
         if self.backend not in get_args(BackendName) and not self.backend.startswith(
             ("triton://", "tritons://")
         ):
@@ -140,7 +137,9 @@ class TrackConfig:
     position. margin: fraction of the box size added on each side, and at
     least ``min_margin_px`` pixels: on a 14 px face a quarter is 3.5 px, less
     than two detectors' boxes of the same face differ by.
-    coast_growth: extra margin per coasted frame, for motion uncertainty.
+    coast_growth: extra margin per coasted frame, for motion uncertainty (a
+    small face in a crowd is found on full-resolution frames only, one in
+    ``detect.every``, and coasts in between).
     """
 
     high_threshold: float = 0.12
@@ -150,7 +149,7 @@ class TrackConfig:
     coast_frames: int = 15
     margin: float = 0.25
     min_margin_px: float = 4.0
-    coast_growth: float = 0.05
+    coast_growth: float = 0.15
 
     def validate(self) -> None:
         _range("track.high_threshold", self.high_threshold, 0.01, 0.99)

@@ -58,18 +58,6 @@ class Stage(Protocol):
 # amount (about 2.7 KB a track).
 KEEP_ENDED = 10_000
 
-# Largest detection image (pixels) that gets a full pass on every frame when
-# ``detect.every`` is 0 (auto): 960 x 480 costs about what 720p every other frame does.
-AUTO_EVERY_PIXELS = 960 * 480
-
-
-def full_every(width: int, height: int, config: DetectConfig) -> int:
-    """One frame in how many gets full-resolution detection (``detect.every``, 0: auto)."""
-    if config.every:
-        return config.every
-    scale = detection_scale(width, height, config)
-    return 1 if width * height * scale * scale <= AUTO_EVERY_PIXELS else 2
-
 
 def detection_scale(width: int, height: int, config: DetectConfig) -> float:
     """Resize factor for detection: the smallest wanted face reaches the model's reliable size."""
@@ -95,10 +83,9 @@ class DetectStage:
         while the tracker carries the small ones (a scene cut gets a full pass
         from the tracking stage, which sees frames in order)."""
         packet.thumbnail = thumbnail(packet.image)
-        height, width = packet.image.shape[:2]
         # By frames processed, not the source's index: a live input that drops every
         # other frame would otherwise never get a full pass, and small faces no track.
-        return self.detect(packet, full=packet.processed % full_every(width, height, self.config) == 0)
+        return self.detect(packet, full=packet.processed % self.config.every == 0)
 
     def detect(self, packet: FramePacket, full: bool) -> FramePacket:
         height, width = packet.image.shape[:2]

@@ -102,18 +102,6 @@ def test_a_small_face_gets_a_margin_of_at_least_the_floor_and_face_of_undoes_eit
     assert np.allclose(face_of(dilate(large, 0.25, 4.0), 0.25, 4.0), large)
 
 
-def test_small_frames_get_the_full_pass_on_every_frame_and_1080p_every_other():
-    from stream.config import DetectConfig
-    from stream.stages import full_every
-
-    auto = DetectConfig()
-    assert auto.every == 0
-    assert full_every(960, 366, auto) == full_every(640, 360, auto) == 1  # MOT20-08, hamilton
-    assert full_every(1920, 1080, auto) == full_every(1280, 720, auto) == 2
-    assert full_every(640, 360, DetectConfig(every=3)) == 3
-    assert full_every(640, 360, DetectConfig(min_face=8)) == 2  # upscaled 2x: 1280 x 720
-
-
 def test_the_filters_run_together_as_each_would_alone():
     from stream.tracker import KalmanBoxFilter, predict_all, update_all
 
