@@ -666,5 +666,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``anonymousnet`` command that ``pip install .`` makes: ``run_stream.py`` itself."""
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    console()

@@ -25,15 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.errors import ModelError
 from stream.privacy import ATTRIBUTES
-
-# Types a forest file may hold: sklearn's forest and tree, numpy, builtins.
-# The exact types a file of random forests holds beyond those skops trusts by
-# itself (builtins, numpy arrays and scalars, sklearn's estimators). Nothing
-# else: skops calls whatever a file names, so a crafted file trusted by prefix
-# ("numpy.") could call numpy.savetxt and write where it likes.
-_TRUSTED_TYPES = frozenset({"sklearn.tree._tree.Tree"})
 
 
 @dataclass(frozen=True)
@@ -112,30 +104,6 @@ def save_forests(path: Path, forests: dict[str, Any], meta: dict[str, Any]) -> N
     import skops.io as sio
 
     sio.dump({"attributes": list(forests), "forests": list(forests.values()), "meta": json.dumps(meta)}, path)
-
-
-def load_forests(path: Path) -> dict[str, Any]:
-    """The forests of a skops file, refusing a file that names any type beyond a forest's."""
-    import skops.io as sio
-
-    if not path.exists():
-        raise ModelError(f"attribute model {path}: not found")
-    untrusted = sio.get_untrusted_types(file=path)
-    unexpected = [t for t in untrusted if t not in _TRUSTED_TYPES]
-    if unexpected:
-        raise ModelError(
-            f"attribute model {path}: holds unexpected types {unexpected[:3]}; refusing to load it"
-        )
-    content = sio.load(path, trusted=untrusted)
-    from sklearn.ensemble import RandomForestClassifier
-
-    if not all(isinstance(f, RandomForestClassifier) for f in content.get("forests", [])):
-        raise ModelError(f"attribute model {path}: holds more than random forests; refusing it")
-    names = content["attributes"]
-    unknown = [n for n in names if n not in ATTRIBUTES]
-    if unknown:
-        raise ModelError(f"attribute model {path}: unknown attribute {unknown[0]!r}")
-    return dict(zip(names, content["forests"], strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.synthesis import Gallery, GalleryEntry, average_textures
+from stream.synthesis import Gallery, GalleryEntry, average_textures, builtin_path
 
 if TYPE_CHECKING:
     from engines.zoo import PackageSource
@@ -236,15 +236,6 @@ def builtin_sources() -> tuple[PackageSource, ...]:
             "package/demo/sample6.jpg": "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87",
         }),
     )  # fmt: skip
-
-
-BUILTIN_RECIPE = 1  # raise when how the built-in gallery is made changes, so caches are rebuilt
-
-
-def builtin_path(k: int = 4) -> Path:
-    from engines.zoo import cache_dir
-
-    return cache_dir() / "galleries" / f"builtin-k{k}-r{BUILTIN_RECIPE}.npz"
 
 
 def ensure_builtin(k: int = 4) -> Path:

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.errors import BackendUnavailableError
+from .errors import BackendUnavailableError
 
 
 @dataclass(frozen=True)

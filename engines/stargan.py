@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from stream.errors import ModelError
+from .errors import ModelError
 
 STARGAN_ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 # The address the StarGAN repository's download script uses for the pretrained CelebA model.

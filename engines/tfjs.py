@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.errors import ModelError
+from .errors import ModelError
 
 OPSET = 17
 TO_NCHW = [0, 3, 1, 2]

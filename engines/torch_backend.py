@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.errors import BackendUnavailableError, ModelError
-
 from .base import TensorSpec
+from .errors import BackendUnavailableError, ModelError
 
 
 def _attrs(node: Any) -> dict[str, Any]:

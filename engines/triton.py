@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.errors import BackendUnavailableError, ModelError
-
 from .base import TensorSpec
+from .errors import BackendUnavailableError, ModelError
 
 log = logging.getLogger("anonymousnet")
 

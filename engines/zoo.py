@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from stream.errors import ModelError
-
 from . import centerface, faceapi, tfjs
+from .errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from engines.crops import Crop, crop_from_box, face_crop
 from engines.facemodels import EMOTIONS, Emotion, FaceMesh, FaceRes
 
+from .errors import ModelError
 from .privacy import ATTRIBUTES, INDEX
 
 N_ATTR = len(ATTRIBUTES)
@@ -205,6 +206,38 @@ def hair_probabilities(image: NDArray[np.uint8], points: NDArray[np.float32]) ->
     return result
 
 
+# Types a forest file may hold: sklearn's forest and tree, numpy, builtins.
+# The exact types a file of random forests holds beyond those skops trusts by
+# itself (builtins, numpy arrays and scalars, sklearn's estimators). Nothing
+# else: skops calls whatever a file names, so a crafted file trusted by prefix
+# ("numpy.") could call numpy.savetxt and write where it likes.
+_TRUSTED_TYPES = frozenset({"sklearn.tree._tree.Tree"})
+
+
+def load_forests(path: Path) -> dict[str, Any]:
+    """The forests of a skops file, refusing a file that names any type beyond a forest's."""
+    import skops.io as sio
+
+    if not path.exists():
+        raise ModelError(f"attribute model {path}: not found")
+    untrusted = sio.get_untrusted_types(file=path)
+    unexpected = [t for t in untrusted if t not in _TRUSTED_TYPES]
+    if unexpected:
+        raise ModelError(
+            f"attribute model {path}: holds unexpected types {unexpected[:3]}; refusing to load it"
+        )
+    content = sio.load(path, trusted=untrusted)
+    from sklearn.ensemble import RandomForestClassifier
+
+    if not all(isinstance(f, RandomForestClassifier) for f in content.get("forests", [])):
+        raise ModelError(f"attribute model {path}: holds more than random forests; refusing it")
+    names = content["attributes"]
+    unknown = [n for n in names if n not in ATTRIBUTES]
+    if unknown:
+        raise ModelError(f"attribute model {path}: unknown attribute {unknown[0]!r}")
+    return dict(zip(names, content["forests"], strict=True))
+
+
 class ForestEstimator:
     """The paper's estimator: random forests over the faceres descriptor, one per attribute
     (trained by ``calibration/attribute_forest.py``, loaded with skops)."""
@@ -212,8 +245,6 @@ class ForestEstimator:
     name = "forest"
 
     def __init__(self, model: Path, base: BuiltinEstimator) -> None:
-        from calibration.attribute_forest import load_forests
-
         self.forests = load_forests(model)
         self.base = base
 

@@ -7,11 +7,22 @@ catch ``ValueError`` or ``OSError`` keep working.
 
 from __future__ import annotations
 
+from engines.errors import AnonError, BackendUnavailableError, ModelError
 
-class AnonError(Exception):
-    """Base class of every error the project raises on purpose."""
-
-    exit_code = 1
+__all__ = [
+    "AnonError",
+    "BackendUnavailableError",
+    "ConfigError",
+    "InputDamagedError",
+    "InternalError",
+    "Interrupted",
+    "ModelError",
+    "SinkError",
+    "Signalled",
+    "SourceError",
+    "StageError",
+    "signal_number",
+]
 
 
 class ConfigError(AnonError, ValueError):
@@ -36,16 +47,6 @@ class SinkError(AnonError, OSError):
     """An output cannot be opened or written."""
 
     exit_code = 5
-
-
-class ModelError(AnonError, RuntimeError):
-    """A model cannot be fetched, verified, converted or loaded."""
-
-    exit_code = 6
-
-
-class BackendUnavailableError(ModelError):
-    """The requested inference backend is not available on this machine."""
 
 
 class StageError(AnonError, RuntimeError):

@@ -22,7 +22,7 @@ from engines.facemodels import Emotion, FaceMesh, FaceRes
 
 from .attributes import BuiltinEstimator, Estimator, ForestEstimator
 from .config import Config
-from .errors import AnonError, ConfigError, SourceError
+from .errors import AnonError, ConfigError, ModelError, SourceError
 from .frames import FramePacket
 from .obscure import Obscurer
 from .perturbation import Perturbation
@@ -33,7 +33,7 @@ from .runner import Runner, RunStats
 from .sinks import open_sink
 from .sources import open_source
 from .stages import AttributeStage, DetectStage, ObscureStage, PerturbStage, Stage, SynthStage, TrackStage
-from .synthesis import AttributeStyler, Gallery
+from .synthesis import AttributeStyler, Gallery, builtin_path
 
 
 def load_detector(config: Config) -> CenterFace:
@@ -68,9 +68,13 @@ def load_gallery(name: str) -> Gallery | None:
     if not name:
         return None
     if name == "builtin":
-        from calibration.gallery import ensure_builtin
-
-        return Gallery.load(ensure_builtin())
+        path = builtin_path()
+        if not path.exists():
+            raise ModelError(
+                f"the built-in gallery ({path}) is not built yet: run `run_stream.py models --fetch` "
+                "(set-up does), or pass --gallery FILE or --gallery ''"
+            )
+        return Gallery.load(path)
     try:
         return Gallery.load(Path(name))
     except (OSError, ValueError, KeyError) as exc:

@@ -35,6 +35,16 @@ MATCH_WEIGHTS = {"Male": 4.0, "Young": 2.0, "Black_Hair": 1.0, "Blond_Hair": 1.0
 OWN_IDENTITY_COSINE = 0.55  # faceres on the media photos: 95% of one person's photo pairs score above
 
 
+BUILTIN_RECIPE = 1  # raise when how the built-in gallery is made changes, so caches are rebuilt
+
+
+def builtin_path(k: int = 4) -> Path:
+    """Where ``run_stream.py models --fetch`` (calibration.gallery) puts the built-in gallery."""
+    from engines.zoo import cache_dir
+
+    return cache_dir() / "galleries" / f"builtin-k{k}-r{BUILTIN_RECIPE}.npz"
+
+
 @dataclass(frozen=True)
 class GalleryEntry:
     """``texture`` ``(SIZE, SIZE, 3)`` uint8 RGB canonical frame; ``mask`` where it is valid;

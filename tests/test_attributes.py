@@ -110,10 +110,10 @@ def test_forest_job_end_to_end_on_a_celeba_format_set_made_from_shared_media(tmp
     written in CelebA format; the job trains, saves with skops, and the forests load and predict."""
     from conftest import MEDIA
 
-    from calibration.attribute_forest import describe, load_forests, read_dataset, save_forests, train
+    from calibration.attribute_forest import describe, read_dataset, save_forests, train
     from engines.crops import crop_from_box
     from engines.evaluation import labelled_photos, main_face, read_rgb
-    from stream.attributes import FaceInput
+    from stream.attributes import FaceInput, load_forests
     from stream.job import load_estimator
 
     estimator = load_estimator(build_config())
@@ -157,7 +157,7 @@ def test_forest_files_with_unexpected_types_are_refused(tmp_path):
     import skops.io as sio
     from sklearn.linear_model import LogisticRegression
 
-    from calibration.attribute_forest import load_forests
+    from stream.attributes import load_forests
     from stream.errors import ModelError
 
     path = tmp_path / "bad.skops"
@@ -170,7 +170,7 @@ def test_a_crafted_forest_file_naming_a_numpy_function_is_refused(tmp_path, monk
     """skops calls what a file names: a file naming numpy.savetxt must not even be loaded."""
     import skops.io as sio
 
-    from calibration.attribute_forest import load_forests
+    from stream.attributes import load_forests
     from stream.errors import ModelError
 
     path = tmp_path / "crafted.skops"

@@ -237,3 +237,16 @@ def test_aac_from_mpeg_ts_goes_into_a_fragmented_mp4_as_raw_aac(tmp_path, demo_c
         assert b"moof" in fh.read()  # fragmented
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(audio=0)) == frames_in
+
+
+def test_set_up_installs_the_anonymousnet_command():
+    """``pip install .`` (set-up installs the project so) gives the same command line."""
+    import shutil
+
+    from conftest import ROOT
+
+    command = ROOT / ".venv" / "bin" / "anonymousnet"
+    command = command if command.exists() else shutil.which("anonymousnet")
+    assert command, "no anonymousnet command: run ./setup.sh"
+    result = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--mode" in result.stdout, result.stderr

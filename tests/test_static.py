@@ -17,3 +17,14 @@ def test_mypy():
     result = subprocess.run([sys.executable, "-m", "mypy", "stream", "engines", "calibration", "run_stream.py"],
                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_layers():
+    """The import contracts of pyproject.toml ([tool.importlinter]): engines know no pipeline,
+    the pipeline runs no calibration job and never reaches the CLI, stages do no I/O and
+    know no threads."""
+    lint = ROOT / ".venv" / "bin" / "lint-imports"
+    command = [str(lint)] if lint.exists() else [sys.executable, "-m", "importlinter.cli"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
