@@ -86,8 +86,9 @@ def test_small_faces_get_a_floor_in_pixels_not_just_a_fraction_of_their_width(mo
     assert detail(floored) < 0.5 * detail(weak)
 
 
+@pytest.mark.parametrize("mode", ["blur", "pixelate"])  # pixelate: one face at a time still
 @pytest.mark.parametrize("shape", ["ellipse", "box"])
-def test_a_crowd_is_blurred_together_as_strongly_as_one_face_at_a_time(shape):
+def test_a_crowd_is_blurred_together_as_strongly_as_one_face_at_a_time(shape, mode):
     """From ``MANY`` regions blur runs once per strength over their span: every region is as
     unreadable as when blurred alone, and nothing outside the regions changes."""
     import cv2
@@ -98,9 +99,9 @@ def test_a_crowd_is_blurred_together_as_strongly_as_one_face_at_a_time(shape):
     boxes = np.array([[10 + 30 * i, 20 + 50 * (i % 3), 30 + 30 * i, 44 + 50 * (i % 3)]
                       for i in range(MANY + 2)] + [[200, 150, 300, 240]], np.float32)  # fmt: skip
     together, alone = image.copy(), image.copy()
-    Obscurer(ObscureConfig(mode="blur", shape=shape)).apply(together, boxes)
+    Obscurer(ObscureConfig(mode=mode, shape=shape)).apply(together, boxes)
     for box in boxes:
-        Obscurer(ObscureConfig(mode="blur", shape=shape)).apply(alone, box[None])
+        Obscurer(ObscureConfig(mode=mode, shape=shape)).apply(alone, box[None])
     inside = np.zeros(image.shape[:2], bool)
     for box in boxes:
         x1, y1, x2, y2 = (int(v) for v in box)
