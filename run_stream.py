@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one line, not a usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        from stream.redact import scrub
+        from stream.io.redact import scrub
 
         print(scrub(f"error: {message} (see {self.prog} --help)", *sys.argv), file=sys.stderr)
         raise SystemExit(2)
@@ -273,7 +273,7 @@ def cmd_anonymize(argv: list[str]) -> int:
     _add_pipeline_options(p)
     args = p.parse_args(argv)
 
-    from stream.job import RegionLog, run_job
+    from stream.run.job import RegionLog, run_job
 
     if args.streams or len(args.input) > 1:
         return _anonymize_streams(p, args)
@@ -284,7 +284,7 @@ def cmd_anonymize(argv: list[str]) -> int:
     collector = _metrics(args.metrics_port, args.metrics_host)
     if args.demo:
         from engines.zoo import cache_dir
-        from stream.demo import write_demo_clip
+        from stream.io.demo import write_demo_clip
 
         clip = cache_dir() / "demo" / "astronaut.mp4"
         if not clip.exists():
@@ -322,7 +322,7 @@ def _metrics(port: int | None, host: str) -> Any:
     """A collector serving /metrics on ``host``:``port``, or None without a port."""
     if not port:
         return None
-    from stream.metrics import StreamsCollector, serve
+    from stream.run.metrics import StreamsCollector, serve
 
     collector = StreamsCollector()
     try:
@@ -333,9 +333,9 @@ def _metrics(port: int | None, host: str) -> Any:
 
 
 def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Several inputs at once in one process, models shared (``stream.multi``)."""
-    from stream.multi import StreamSpec, read_streams, run_streams
-    from stream.redact import scrub
+    """Several inputs at once in one process, models shared (``stream.run.multi``)."""
+    from stream.io.redact import scrub
+    from stream.run.multi import StreamSpec, read_streams, run_streams
 
     if args.demo or args.regions:
         p.error("--demo and --regions take a single input")
@@ -452,7 +452,7 @@ def cmd_models(argv: list[str]) -> int:
 
 
 def cmd_leak(argv: list[str]) -> int:
-    from stream.leak import MAX_DETAIL, measure_leak
+    from stream.measure.leak import MAX_DETAIL, measure_leak
 
     p = _Parser(prog="run_stream.py leak",
                 description="Leak rate: reference faces (CenterFace at full resolution and upscaled on small "
@@ -507,10 +507,10 @@ def cmd_privacy(argv: list[str]) -> int:
     import numpy as np
 
     from engines.evaluation import main_face, read_rgb
-    from stream.attributes import FaceInput
+    from stream.algorithms.attributes import FaceInput
+    from stream.algorithms.privacy import ATTRIBUTES, GlobalDistribution, assess, ppas
     from stream.errors import ConfigError
-    from stream.job import load_detector, load_estimator
-    from stream.privacy import ATTRIBUTES, GlobalDistribution, assess, ppas
+    from stream.run.job import load_detector, load_estimator
 
     p = _Parser(
         prog="run_stream.py privacy", description="Attributes, PPAS and k / l / t over a folder of faces."
@@ -563,7 +563,7 @@ def cmd_privacy(argv: list[str]) -> int:
 
 
 def cmd_batch(argv: list[str]) -> int:
-    from stream.batch import expand_inputs, run_batch
+    from stream.run.batch import expand_inputs, run_batch
 
     p = _Parser(prog="run_stream.py batch",
                 description="Anonymize an archive: many videos over a local process pool or a Ray cluster. "
@@ -590,7 +590,7 @@ def cmd_batch(argv: list[str]) -> int:
     inputs = [i for i in expand_inputs(args.inputs) if outdir not in Path(i).resolve().parents]
     jobs = args.jobs or os.cpu_count() or 1
 
-    from stream.redact import scrub
+    from stream.io.redact import scrub
 
     urls = [a for a in argv if "://" in a]
 
@@ -626,7 +626,7 @@ def _stop_on_signals() -> None:
 
 def _log_scrubbed(urls: list[str]) -> None:
     """Log lines (warnings and up) to stderr, every one with its secrets masked."""
-    from stream.redact import ScrubFilter
+    from stream.io.redact import ScrubFilter
 
     logger = logging.getLogger("anonymousnet")
     if not any(isinstance(f, ScrubFilter) for h in logger.handlers for f in h.filters):
@@ -640,7 +640,7 @@ def _log_scrubbed(urls: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stream.redact import scrub
+    from stream.io.redact import scrub
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if threading.current_thread() is threading.main_thread():

@@ -62,8 +62,8 @@ def main() -> int:
     p.add_argument("--mode", default="blur")
     args = p.parse_args()
 
-    from stream.batch import run_batch
     from stream.config import build_config
+    from stream.run.batch import run_batch
 
     config = build_config(None, {"obscure": {"mode": args.mode}, "runner": {"workers": 1}})
     frames = 761

@@ -8,7 +8,7 @@ encoding) on the same clips (MOT20-08's street crowd and the hamilton clip by
 default), one after the other, so the ratio holds on the machine at hand.
 deface is installed only in its own environment, bench/.venv-deface, made on
 first use. Throughput = input frames / wall time (median of the repeats).
-Leak rate, for both tools alike = reference faces (stream/leak.py: CenterFace
+Leak rate, for both tools alike = reference faces (stream/measure/leak.py: CenterFace
 at full resolution and upscaled, united with face-api's SSD, every frame,
 height >= 12 px) left uncovered or covered but still sharp. deface's regions
 come from its own detector and box scaling at its defaults
@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stream.config import build_config  # noqa: E402
-from stream.job import load_detector  # noqa: E402
-from stream.leak import (  # noqa: E402
+from stream.measure.leak import (  # noqa: E402
     ReferenceDetector,
     cached_reference,
     count_leaks,
@@ -42,6 +41,7 @@ from stream.leak import (  # noqa: E402
     measure_leak,
     retained_detail,
 )
+from stream.run.job import load_detector  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media"
 DEFAULT_CLIPS = [

@@ -32,8 +32,8 @@ def run(
 ) -> tuple[list[dict[str, float]], float]:
     """Per-stream figures, and the mean number of frames per detector call."""
     from stream.config import build_config
-    from stream.job import load_detector
-    from stream.multi import BatchedDetector, StreamSpec, run_streams
+    from stream.run.job import load_detector
+    from stream.run.multi import BatchedDetector, StreamSpec, run_streams
 
     frames = round(seconds * 30)
     config = build_config(

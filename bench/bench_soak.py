@@ -56,12 +56,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 MEDIA = ROOT.parent / "shared" / "media"
 
+from stream.algorithms.obscure import Obscurer  # noqa: E402
 from stream.config import Config, build_config  # noqa: E402
 from stream.frames import FramePacket  # noqa: E402
-from stream.obscure import Obscurer  # noqa: E402
-from stream.runner import Runner  # noqa: E402
-from stream.sinks import NullSink  # noqa: E402
-from stream.sources import SourceStats, VideoInfo  # noqa: E402
+from stream.io.sinks import NullSink  # noqa: E402
+from stream.io.sources import SourceStats, VideoInfo  # noqa: E402
+from stream.run.runner import Runner  # noqa: E402
 
 PAD = 0.3  # context around the detected face box in a sprite, per side, as a share of its size
 
@@ -529,7 +529,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    from stream.job import build_stages, load_detector
+    from stream.run.job import build_stages, load_detector
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     face = tuple(args.face) if args.face else (int(0.11 * height), int(0.28 * height))

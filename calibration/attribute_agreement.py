@@ -19,8 +19,8 @@ import numpy as np
 
 from engines.centerface import CenterFace
 from engines.evaluation import LabelledPhoto, labelled_photos, photo_faces
-from stream.attributes import BuiltinEstimator, FaceInput
-from stream.privacy import ATTRIBUTES
+from stream.algorithms.attributes import BuiltinEstimator, FaceInput
+from stream.algorithms.privacy import ATTRIBUTES
 
 
 def agreement(
@@ -48,7 +48,7 @@ def agreement(
 
 def main(argv: list[str] | None = None) -> int:
     from stream.config import build_config
-    from stream.job import load_detector, load_estimator
+    from stream.run.job import load_detector, load_estimator
 
     p = argparse.ArgumentParser(prog="python -m calibration.attribute_agreement", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.privacy import ATTRIBUTES
+from stream.algorithms.privacy import ATTRIBUTES
 
 
 @dataclass(frozen=True)

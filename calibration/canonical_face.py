@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.facemodels import MESH_EYE_CORNERS
-from stream.facewarp import CANONICAL_FILE, SIZE
+from stream.algorithms.facewarp import CANONICAL_FILE, SIZE
 
 EYE_DISTANCE = 0.30
 EYE_LINE = 0.40

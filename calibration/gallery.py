@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.synthesis import Gallery, GalleryEntry, average_textures, builtin_path
+from stream.algorithms.synthesis import Gallery, GalleryEntry, average_textures, builtin_path
 
 if TYPE_CHECKING:
     from engines.zoo import PackageSource
@@ -56,8 +56,8 @@ def describe_face(
     """One face's canonical texture and mask, attribute probabilities and descriptor; None
     when the mesh does not find it."""
     from engines.crops import crop_from_box
-    from stream.attributes import FaceInput
-    from stream.facewarp import MAX_TURN, to_canonical, turn
+    from stream.algorithms.attributes import FaceInput
+    from stream.algorithms.facewarp import MAX_TURN, to_canonical, turn
 
     result = mesh.predict([crop_from_box(image, box, landmarks, 192)])  # type: ignore[attr-defined]
     if result.confidence[0] < 0.5 or abs(turn(result.points[0])) > MAX_TURN:
@@ -107,7 +107,7 @@ def identities_in_photos(
     """Every face of at least ``min_face`` pixels in unlabelled photos, as identities: faces of
     different photos whose descriptors may be the same person's are merged into one (faces of
     one photo are different people)."""
-    from stream.synthesis import OWN_IDENTITY_COSINE
+    from stream.algorithms.synthesis import OWN_IDENTITY_COSINE
 
     people: list[list[Described]] = []
     names: list[str] = []
@@ -136,7 +136,7 @@ def group(identities: list[Identity], k: int) -> list[list[Identity]]:
     A class smaller than k joins the other age class of its gender; what still
     falls short of k is left out (it cannot be published as an average of k).
     """
-    from stream.privacy import INDEX
+    from stream.algorithms.privacy import INDEX
 
     def key(identity: Identity) -> tuple[bool, bool]:
         return bool(identity.attributes[INDEX["Male"]] > 0.5), bool(identity.attributes[INDEX["Young"]] > 0.5)
@@ -163,7 +163,7 @@ def _models() -> tuple[object, object, object]:
     from engines.base import create_backend
     from engines.facemodels import FaceMesh
     from stream.config import build_config
-    from stream.job import load_detector, load_estimator
+    from stream.run.job import load_detector, load_estimator
 
     config = build_config()
     return (

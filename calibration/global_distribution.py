@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.privacy import ATTRIBUTES, GlobalDistribution
+from stream.algorithms.privacy import ATTRIBUTES, GlobalDistribution
 
 
 def from_attribute_file(path: Path) -> tuple[GlobalDistribution, int]:

@@ -25,7 +25,7 @@ from engines import zoo
 from engines.centerface import INPUT, preprocess
 from stream.config import DetectConfig, SourceConfig
 from stream.frames import FramePacket
-from stream.sources import open_source
+from stream.io.sources import open_source
 from stream.stages import detection_scale
 
 

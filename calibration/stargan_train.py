@@ -129,7 +129,7 @@ def load_batch(paths: list[Path], labels: np.ndarray, size: int) -> tuple[Any, A
 
 def main(argv: list[str] | None = None) -> int:
     from calibration.attribute_forest import read_dataset
-    from stream.privacy import INDEX
+    from stream.algorithms.privacy import INDEX
 
     p = argparse.ArgumentParser(prog="python -m calibration.stargan_train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -132,9 +132,9 @@ def evaluate(
 ) -> dict[str, Any]:  # fmt: skip
     """Re-identification and quality figures per mode; ``options``: config sections applied to the
     synth mode (``{"synth": {...}, "perturb": {...}}``); ``every``: one probe photo in that many."""
+    from stream.algorithms.obscure import Obscurer
     from stream.config import build_config
-    from stream.job import anonymize_still, build_stages, load_detector, load_estimator
-    from stream.obscure import Obscurer
+    from stream.run.job import anonymize_still, build_stages, load_detector, load_estimator
     from stream.stages import SynthStage
 
     base = build_config()
@@ -260,7 +260,7 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
     from engines import zoo
     from engines.base import create_backend
     from stream.config import build_config
-    from stream.job import RegionLog, load_detector, run_job
+    from stream.run.job import RegionLog, load_detector, run_job
 
     config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"gallery": gallery}})
     detector = load_detector(config)

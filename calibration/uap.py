@@ -4,7 +4,7 @@
                                              [--method deepfool|sgd]
     python -m calibration.uap report --seed 0 [--picture uap.png] [-o half.npz]
 
-One pattern in the canonical face frame of ``stream/facewarp.py`` (Moosavi-Dezfooli
+One pattern in the canonical face frame of ``stream/algorithms/facewarp.py`` (Moosavi-Dezfooli
 et al. 2017, "Universal adversarial perturbations"): the faces are visited in a
 seeded order; for each face the target still classifies as it does the clean
 face, DeepFool (multi-class, over the clean face's top candidate classes) finds
@@ -32,7 +32,7 @@ the faceres crop is sampled from that (the crop's affine map).
 
 ``report`` splits the identities of the labelled photos in two halves (seeded),
 fits on one and measures on the other through the stream's own drawing
-(``stream.perturbation``), with Gaussian noise of the same l_2 energy as a
+(``stream.algorithms.perturbation``), with Gaussian noise of the same l_2 energy as a
 baseline: the target's fooling rate, dodging at the 1%-false-accept threshold,
 transfer to models it was not fitted on (gear, emotion), PSNR and SSIM.
 """
@@ -55,9 +55,8 @@ from numpy.typing import NDArray
 
 from engines.crops import crop_from_box
 from engines.evaluation import frame_sized, labelled_photos, main_face, read_rgb
-from stream.errors import AnonError, ConfigError, ModelError
-from stream.facewarp import SIZE, canonical, canonical_map
-from stream.perturbation import (
+from stream.algorithms.facewarp import SIZE, canonical, canonical_map
+from stream.algorithms.perturbation import (
     MAX_LEVEL,
     NORMS,
     Perturbation,
@@ -66,6 +65,7 @@ from stream.perturbation import (
     pattern_norm,
     track_generator,
 )
+from stream.errors import AnonError, ConfigError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -512,7 +512,7 @@ def load_faces(media: Path) -> list[Face]:
     from engines.base import create_backend
     from engines.facemodels import FaceMesh
     from stream.config import build_config
-    from stream.job import load_detector
+    from stream.run.job import load_detector
 
     photos = labelled_photos(media)
     if not photos:
@@ -601,7 +601,7 @@ class Models:
         from engines.base import create_backend
         from engines.facemodels import Emotion, FaceRes, Gear
         from stream.config import build_config
-        from stream.job import load_detector
+        from stream.run.job import load_detector
 
         self.detector = load_detector(build_config())
         self.faceres = FaceRes(create_backend("cpu", zoo.ensure("faceres")))

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-from .errors import ConfigError
-from .privacy import Policy
+from stream.algorithms.privacy import Policy
+from stream.errors import ConfigError
 
 ObscureMode = Literal["blur", "pixelate", "mask", "synth"]
 FallbackMode = Literal["blur", "pixelate", "mask"]
@@ -170,7 +170,7 @@ class ObscureConfig:
     width (blur: sigma = strength * width; pixelate: block = strength * width);
     0 takes the mode's own: an eighth for blur, a third for pixelate (finer
     blocks keep the face's layout: at an eighth, three faces in four of the
-    hamilton clip keep a detail the leak measure sees, see stream/leak.py).
+    hamilton clip keep a detail the leak measure sees, see stream/measure/leak.py).
     min_px: a floor to both in pixels: on a 16 px face an eighth of the width
     is a 2 px blur, which leaves sunglasses, a mouth and a hairline readable.
     colour: RGB of the mask, and of whole-frame masks under the fail policy.
@@ -331,7 +331,7 @@ class SinkConfig:
 
 @dataclass(frozen=True)
 class AttributesConfig:
-    """Stage I: per-track attribute estimation (see stream/attributes.py).
+    """Stage I: per-track attribute estimation (see stream/algorithms/attributes.py).
 
     enabled: estimate attributes and run PPAS for every track (needed by face
     replacement; otherwise for the privacy report). every: frames between two
@@ -365,7 +365,7 @@ class AttributesConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig(Policy):
-    """Stage II: the policy (``stream.privacy.Policy``: quasi-identifiers, sensitive and
+    """Stage II: the policy (``stream.algorithms.privacy.Policy``: quasi-identifiers, sensitive and
     preserved attributes, targets k, l, t, epsilon) and how it is applied: the global
     distribution (a CSV of counts, or "" for CelebA's); seed: of the per-track
     randomized response, None (the default) for a secret drawn from the OS

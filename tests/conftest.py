@@ -124,7 +124,7 @@ def noise_frames(count: int, width: int = 160, height: int = 96, seed: int = 0) 
 def detector():
     """The real CenterFace detector on the CPU (fetched by set-up)."""
     from stream.config import build_config
-    from stream.job import load_detector
+    from stream.run.job import load_detector
 
     return load_detector(build_config())
 
@@ -132,7 +132,7 @@ def detector():
 @pytest.fixture(scope="session")
 def demo_clip(tmp_path_factory) -> Path:
     """The built-in demo clip (astronaut, with AAC audio)."""
-    from stream.demo import write_demo_clip
+    from stream.io.demo import write_demo_clip
 
     return write_demo_clip(tmp_path_factory.mktemp("demo") / "astronaut.mp4")
 

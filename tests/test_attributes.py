@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.attributes import AttributeFusion, TrackAttributes
+from stream.algorithms.attributes import AttributeFusion, TrackAttributes
+from stream.algorithms.privacy import ATTRIBUTES, INDEX, GlobalDistribution, Policy, StreamPrivacy
 from stream.config import build_config
-from stream.privacy import ATTRIBUTES, INDEX, GlobalDistribution, Policy, StreamPrivacy
 
 MALE, SMILING = INDEX["Male"], INDEX["Smiling"]
 
@@ -70,7 +70,7 @@ def test_online_ppas_moves_a_class_toward_the_global_distribution():
 
 
 def test_attribute_stage_in_a_run_reports_without_original_values(tmp_path, demo_clip, detector):
-    from stream.job import run_job
+    from stream.run.job import run_job
 
     config = build_config(None, {"attributes": {"enabled": True, "every": 2}})
     report = tmp_path / "report.json"
@@ -113,8 +113,8 @@ def test_forest_job_end_to_end_on_a_celeba_format_set_made_from_shared_media(tmp
     from calibration.attribute_forest import describe, read_dataset, save_forests, train
     from engines.crops import crop_from_box
     from engines.evaluation import labelled_photos, main_face, read_rgb
-    from stream.attributes import FaceInput, load_forests
-    from stream.job import load_estimator
+    from stream.algorithms.attributes import FaceInput, load_forests
+    from stream.run.job import load_estimator
 
     estimator = load_estimator(build_config())
     images = tmp_path / "img_align_celeba"
@@ -157,7 +157,7 @@ def test_forest_files_with_unexpected_types_are_refused(tmp_path):
     import skops.io as sio
     from sklearn.linear_model import LogisticRegression
 
-    from stream.attributes import load_forests
+    from stream.algorithms.attributes import load_forests
     from stream.errors import ModelError
 
     path = tmp_path / "bad.skops"
@@ -170,7 +170,7 @@ def test_a_crafted_forest_file_naming_a_numpy_function_is_refused(tmp_path, monk
     """skops calls what a file names: a file naming numpy.savetxt must not even be loaded."""
     import skops.io as sio
 
-    from stream.attributes import load_forests
+    from stream.algorithms.attributes import load_forests
     from stream.errors import ModelError
 
     path = tmp_path / "crafted.skops"

@@ -26,7 +26,7 @@ def sample_input(name, batch=2, seed=0):
 
 
 def test_importing_the_packages_loads_no_gpu_library():
-    code = "import sys, run_stream, stream.job, engines.base, engines.torch_backend, engines.tensorrt, calibration.int8; " \
+    code = "import sys, run_stream, stream.run.job, engines.base, engines.torch_backend, engines.tensorrt, calibration.int8; " \
            "print(sorted(m for m in ('torch', 'tensorrt', 'pycuda', 'cuda') if m in sys.modules))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -187,7 +187,7 @@ def test_models_whose_batch_varies_run_without_the_memory_arena():
     keep a high-water mark for every mix of batch sizes (docs/soak.md); the detector's
     input size is fixed per stream, so it keeps its arena."""
     from stream.config import build_config
-    from stream.job import load_detector, load_estimator
+    from stream.run.job import load_detector, load_estimator
 
     config = build_config()
     estimator = load_estimator(config)

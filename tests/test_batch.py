@@ -152,7 +152,7 @@ def test_segment_split_matches_a_single_process_run(tmp_path, media, detector):
     and stitched: every frame and audio packet kept, and the tracks are the
     single run's tracks, one identity each across the borders."""
     from stream.config import build_config
-    from stream.job import RegionLog, run_job
+    from stream.run.job import RegionLog, run_job
 
     outdir = tmp_path / "out"
     entry = _hamilton_in_segments(outdir, "mask")
@@ -192,8 +192,8 @@ def test_segments_in_synth_keep_each_persons_surrogate_across_borders(tmp_path, 
 
 
 def test_a_surrogate_chosen_before_a_border_is_pinned_after_it():
-    from stream.segments import Segment, carried_surrogates
-    from stream.synthesis import Strength
+    from stream.algorithms.synthesis import Strength
+    from stream.run.segments import Segment, carried_surrogates
 
     strong, weak = Strength(2.0, 0.0, 0.2), Strength(1.6, 0.0, 0.06)
     segments = [Segment(0, 0, 0, 0, 100), Segment(1, 50, 5, 100, None)]
@@ -211,8 +211,8 @@ def test_a_surrogate_chosen_before_a_border_is_pinned_after_it():
 
 
 def test_a_folder_is_its_videos_and_images_at_any_depth(tmp_path):
-    from stream.batch import expand_inputs
     from stream.errors import ConfigError
+    from stream.run.batch import expand_inputs
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/one.mp4", "a/b/two.MKV", "a/b/still.jpg", "a/notes.txt", "a/b/data.csv"):

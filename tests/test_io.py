@@ -11,9 +11,9 @@ from conftest import audio_packets, decode_frames, digest, noise_frames, video_p
 from stream.config import SinkConfig, SourceConfig, build_config
 from stream.errors import SinkError, SourceError
 from stream.frames import FramePacket, PassthroughPacket
-from stream.job import run_job
-from stream.sinks import open_sink
-from stream.sources import open_source
+from stream.io.sinks import open_sink
+from stream.io.sources import open_source
+from stream.run.job import run_job
 
 
 def read_all(path: Path, with_source: bool = False):

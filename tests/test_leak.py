@@ -9,10 +9,11 @@ from conftest import MEDIA, write_clip
 
 from engines.centerface import FaceArrays
 from engines.faceapi import FaceBoxes
+from stream.algorithms.obscure import Obscurer
 from stream.config import ObscureConfig, build_config
 from stream.errors import ConfigError
 from stream.frames import FramePacket, Tracks
-from stream.leak import (
+from stream.measure.leak import (
     MAX_DETAIL,
     LeakProbe,
     ReferenceDetector,
@@ -27,7 +28,6 @@ from stream.leak import (
     retained_detail,
     upscale_for,
 )
-from stream.obscure import Obscurer
 
 FACE = np.array([100, 100, 140, 150], np.float32)
 
@@ -262,7 +262,7 @@ class NoSsd:
 def test_a_weak_blur_covers_every_face_and_still_leaks_them(tmp_path):
     """The regions cover the astronaut in both runs; only the sharpness check tells the
     1 px blur (a leak) from the default one."""
-    from stream.demo import demo_frames
+    from stream.io.demo import demo_frames
 
     clip = write_clip(tmp_path / "astronaut.mp4", demo_frames(6))
     settings = {"weak": {"strength": 0.01, "min_px": 1.0}, "blur": {}}

@@ -293,7 +293,7 @@ def test_hls_over_http(tmp_path, media):
     import av
 
     from stream.config import SourceConfig
-    from stream.sources import open_source
+    from stream.io.sources import open_source
 
     hls = tmp_path / "hls"
     hls.mkdir()

@@ -1,7 +1,7 @@
 """Real footage from ../shared/media: whole outputs and the leak rate in every mode.
 
 The reference faces (the media carries no ground-truth boxes) are those of
-``stream.leak.ReferenceDetector``: CenterFace at full resolution and upscaled,
+``stream.measure.leak.ReferenceDetector``: CenterFace at full resolution and upscaled,
 united with face-api's SSD MobileNet v1, faces at least 12 px tall; a face
 leaks when the run leaves it uncovered or covered but still sharp. The
 reference of each clip is kept in the model cache after its first run.
@@ -11,7 +11,7 @@ import pytest
 from conftest import FACENET, HAMILTON, MEDIA, audio_packets, digest, video_pts
 
 from stream.config import build_config
-from stream.leak import measure_leak
+from stream.measure.leak import measure_leak
 
 pytestmark = pytest.mark.media
 
@@ -20,7 +20,7 @@ CLIPS = {"hamilton": HAMILTON, "facenet": FACENET}
 
 @pytest.mark.parametrize("name", CLIPS)
 def test_output_keeps_every_frame_the_duration_and_the_audio_bytes(tmp_path, media, detector, name):
-    from stream.job import run_job
+    from stream.run.job import run_job
 
     clip = CLIPS[name]
     out = tmp_path / f"{name}.mp4"
@@ -63,7 +63,7 @@ def test_a_scene_cut_on_a_frame_with_only_the_cheap_pass_is_detected_in_full(tmp
     there must still be found and hidden, not carried in one frame late."""
     import av
 
-    from stream.job import run_job
+    from stream.run.job import run_job
 
     out = tmp_path / "loop.mkv"
     config = build_config(

@@ -19,7 +19,7 @@ from stream.frames import FramePacket
 
 
 def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(detector):
-    from stream.multi import BatchedDetector
+    from stream.run.multi import BatchedDetector
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (96, 160, 3), dtype=np.uint8) for _ in range(6)]
@@ -46,7 +46,7 @@ def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(dete
 
 
 def test_a_failing_batch_raises_in_every_caller():
-    from stream.multi import BatchedDetector
+    from stream.run.multi import BatchedDetector
 
     class Broken:
         backend = None
@@ -98,7 +98,7 @@ def test_streams_file_and_one_broken_stream_does_not_stop_the_others(tmp_path, m
 
 
 def test_streams_file_errors_are_clear(tmp_path):
-    from stream.multi import read_streams
+    from stream.run.multi import read_streams
 
     bad = tmp_path / "s.toml"
     bad.write_text('[[stream]]\ninput = "a.mp4"\n')
@@ -112,7 +112,7 @@ def test_streams_file_errors_are_clear(tmp_path):
 
 
 def test_simulated_camera_is_paced_to_its_frame_rate():
-    from stream.sources import open_source
+    from stream.io.sources import open_source
 
     source = open_source("lavfi:testsrc2=size=320x180:rate=30", SourceConfig(realtime=True))
     assert source.live
@@ -127,7 +127,7 @@ def test_simulated_camera_is_paced_to_its_frame_rate():
 
 
 def test_loop_keeps_time_stamps_and_audio_going_up(media):
-    from stream.sources import open_source
+    from stream.io.sources import open_source
 
     source = open_source(str(HAMILTON), SourceConfig(loop=True))
     video, audio = [], []
@@ -147,7 +147,7 @@ def test_loop_keeps_time_stamps_and_audio_going_up(media):
 def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path, media):
     """Four paced copies of a 30 fps clip on this machine's cores: it cannot keep
     up, so frames are dropped; the output is still complete in its own right."""
-    from stream.job import run_job
+    from stream.run.job import run_job
 
     config = build_config(None, {"source": {"realtime": True}, "runner": {"max_frames": 120}})
     out = tmp_path / "live.mp4"
@@ -197,16 +197,16 @@ def test_prometheus_endpoint_counts_frames_and_latency(tmp_path, media):
 def test_a_stream_failing_with_a_bug_makes_the_run_fail(tmp_path, monkeypatch, demo_clip):
     """An exception that is not the project's ends its stream alone, and the run's exit code says so."""
     import run_stream
-    import stream.job
+    import stream.run.job
 
-    real = stream.job.run_job
+    real = stream.run.job.run_job
 
     def run_job(input_spec, output, *args, **kwargs):
         if output.endswith("bad.mp4"):
             raise ZeroDivisionError("a bug")
         return real(input_spec, output, *args, **kwargs)
 
-    monkeypatch.setattr(stream.job, "run_job", run_job)
+    monkeypatch.setattr(stream.run.job, "run_job", run_job)
     good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
     code = run_stream.main([str(demo_clip), str(demo_clip), "-o", str(good), "-o", str(bad), "-q",
                             "--mode", "blur", "--max-frames", "20"])  # fmt: skip
@@ -236,7 +236,7 @@ def test_stopping_many_streams_finalizes_each_and_exits_with_the_signal(tmp_path
 
 
 def test_the_metrics_endpoint_listens_on_loopback_unless_told():
-    from stream.metrics import StreamsCollector, serve
+    from stream.run.metrics import StreamsCollector, serve
 
     server = serve(free_port(), StreamsCollector())
     try:

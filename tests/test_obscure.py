@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from stream.algorithms.obscure import Obscurer
 from stream.config import ObscureConfig
-from stream.obscure import Obscurer
 
 
 def textured(h=200, w=300, seed=1):
@@ -93,7 +93,7 @@ def test_a_crowd_is_blurred_together_as_strongly_as_one_face_at_a_time(shape, mo
     unreadable as when blurred alone, and nothing outside the regions changes."""
     import cv2
 
-    from stream.obscure import MANY, region_mask
+    from stream.algorithms.obscure import MANY, region_mask
 
     image = textured(240, 320)
     boxes = np.array([[10 + 30 * i, 20 + 50 * (i % 3), 30 + 30 * i, 44 + 50 * (i % 3)]

@@ -20,7 +20,7 @@ def test_perturbation_needs_replaced_faces():
 def test_noise_is_added_only_to_replaced_faces_and_is_the_same_for_a_track(demo_clip, detector):
     from stream.config import build_config
     from stream.frames import FramePacket
-    from stream.job import build_stages
+    from stream.run.job import build_stages
     from stream.stages import PerturbStage, SynthStage
     from tests.conftest import decode_frames
 
@@ -60,9 +60,9 @@ def test_array_files_asking_for_too_much_memory_are_refused_before_loading(tmp_p
     import io
     import zipfile
 
+    from stream.algorithms.perturbation import Perturbation
     from stream.errors import ModelError
-    from stream.files import check_npz
-    from stream.perturbation import Perturbation
+    from stream.io.files import check_npz
 
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(

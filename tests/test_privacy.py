@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.errors import ConfigError
-from stream.privacy import (
+from stream.algorithms.privacy import (
     ATTRIBUTES,
     INDEX,
     GlobalDistribution,
@@ -23,6 +22,7 @@ from stream.privacy import (
     ppas,
     randomized_response,
 )
+from stream.errors import ConfigError
 
 S = GlobalDistribution.celeba()
 

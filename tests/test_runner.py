@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import decode_frames
 
+from stream.algorithms.obscure import Obscurer
 from stream.config import ObscureConfig, RunnerConfig, SinkConfig, build_config
 from stream.errors import Interrupted, SinkError, SourceError, StageError
 from stream.frames import Detections, FramePacket, PassthroughPacket
-from stream.obscure import Obscurer
-from stream.runner import Runner
-from stream.sinks import open_sink
-from stream.sources import SourceStats, VideoInfo
+from stream.io.sinks import open_sink
+from stream.io.sources import SourceStats, VideoInfo
+from stream.run.runner import Runner
 from stream.stages import DetectStage, ObscureStage, TrackStage
 
 W, H = 96, 64
@@ -297,7 +297,7 @@ def test_live_queue_counts_frames_only_so_audio_never_pushes_a_frame_out():
     from fractions import Fraction
 
     from stream.frames import FramePacket, PassthroughPacket
-    from stream.runner import FrameQueue
+    from stream.run.runner import FrameQueue
 
     queue = FrameQueue(2, threading.Event())
 
@@ -424,7 +424,7 @@ def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detec
 
 
 def test_a_stalled_live_pipeline_caps_the_audio_it_holds():
-    from stream.runner import FrameQueue
+    from stream.run.runner import FrameQueue
 
     queue = FrameQueue(4, threading.Event())
     for _ in range(FrameQueue.MAX_AUDIO + 500):
@@ -443,7 +443,7 @@ def test_ended_tracks_leave_only_what_the_report_needs():
     privacy = type("P", (), {"select": lambda self, t, p: None, "reset": lambda self: None})()
     attributes = AttributeStage(None, config.attributes, privacy)  # type: ignore[arg-type]
     perturb = PerturbStage(PerturbConfig(mode="noise"), None)
-    from stream.attributes import TrackAttributes
+    from stream.algorithms.attributes import TrackAttributes
 
     for tid in range(1, 400):
         attributes.states[tid] = TrackAttributes(tid, estimates=1)
@@ -463,9 +463,9 @@ def test_past_keep_ended_the_oldest_tracks_are_counted_not_listed(monkeypatch):
     """A stream running for days: the report lists the last ``KEEP_ENDED`` ended tracks and
     counts the others; PPAS's classes still count everyone."""
     from stream import stages
-    from stream.attributes import TrackAttributes
+    from stream.algorithms.attributes import TrackAttributes
+    from stream.algorithms.privacy import GlobalDistribution, StreamPrivacy
     from stream.frames import Tracks
-    from stream.privacy import GlobalDistribution, StreamPrivacy
     from stream.stages import AttributeStage
 
     monkeypatch.setattr(stages, "KEEP_ENDED", 50)

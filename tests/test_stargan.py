@@ -155,9 +155,9 @@ def test_a_few_training_steps_move_the_losses_as_they_should(tmp_path):
 def test_stargan_directs_the_surrogate_in_the_stream(tmp_path, demo_clip, detector):
     """A checkpoint the test makes (official keys, random weights) runs once per track on
     the k-Same surrogate: the drawn surrogate changes inside the face only."""
+    from stream.algorithms.synthesis import Gallery, GalleryEntry
     from stream.config import build_config
-    from stream.job import load_styler, run_job
-    from stream.synthesis import Gallery, GalleryEntry
+    from stream.run.job import load_styler, run_job
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "G.ckpt"

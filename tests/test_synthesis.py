@@ -12,8 +12,8 @@ from engines.base import create_backend
 from engines.crops import crop_from_box
 from engines.facemodels import FaceMesh
 from stream import facewarp
+from stream.algorithms.synthesis import Gallery, GalleryEntry, average_textures, rank_entries
 from stream.config import SynthConfig
-from stream.synthesis import Gallery, GalleryEntry, average_textures, rank_entries
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def gallery_file(tmp_path_factory):
 def test_gallery_holds_only_averages_of_k_identities(gallery_file):
     from calibration.gallery import describe_identity
     from stream.config import build_config
-    from stream.job import load_detector, load_estimator
+    from stream.run.job import load_detector, load_estimator
 
     path, folder = gallery_file
     gallery = Gallery.load(path)
@@ -119,7 +119,7 @@ def test_synth_mode_replaces_a_talking_head_and_keeps_every_frame(tmp_path, gall
 
 def test_synth_without_any_surrogate_falls_back_for_every_face(tmp_path, demo_clip, detector):
     from stream.config import build_config
-    from stream.job import run_job
+    from stream.run.job import run_job
 
     # No gallery and one person in the stream: fewer than k identities to average.
     config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"gallery": ""}})
@@ -130,7 +130,7 @@ def test_synth_without_any_surrogate_falls_back_for_every_face(tmp_path, demo_cl
 
 def test_the_builtin_gallery_replaces_the_demo_face(demo_clip, detector):
     from stream.config import build_config
-    from stream.job import run_job
+    from stream.run.job import run_job
 
     result = run_job(
         str(demo_clip), "null", build_config(None, {"obscure": {"mode": "synth"}}), detector=detector
@@ -144,7 +144,7 @@ def test_the_builtin_gallery_replaces_the_demo_face(demo_clip, detector):
 
 def test_a_surrogate_that_still_looks_like_the_person_is_not_drawn(demo_clip, detector):
     from stream.config import build_config
-    from stream.job import run_job
+    from stream.run.job import run_job
 
     # No surrogate can pass a check this strict: every face falls back, none is left as it was.
     config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"max_likeness": -1.0}})
@@ -154,7 +154,7 @@ def test_a_surrogate_that_still_looks_like_the_person_is_not_drawn(demo_clip, de
 
 
 def test_stream_surrogates_average_k_other_people_never_the_track_itself():
-    from stream.synthesis import TexturePool
+    from stream.algorithms.synthesis import TexturePool
 
     size = facewarp.SIZE
     rng = np.random.default_rng(1)
@@ -207,9 +207,9 @@ def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k():
 def _still_through_synth(detector, synth_options):
     """A media photo through fresh synth stages: the packet, the synth stage, the estimator."""
     from engines.evaluation import frame_sized, main_face, read_rgb
+    from stream.algorithms.obscure import Obscurer
     from stream.config import build_config
-    from stream.job import anonymize_still, build_stages, load_estimator
-    from stream.obscure import Obscurer
+    from stream.run.job import anonymize_still, build_stages, load_estimator
     from stream.stages import SynthStage
 
     overrides = {"every": 1, "min_estimates": 1, "max_estimates": 1}
@@ -225,8 +225,8 @@ def _still_through_synth(detector, synth_options):
 
 
 def test_the_identity_check_scores_the_face_as_it_is_drawn(detector):
-    from stream.attributes import FaceInput
-    from stream.synthesis import unit
+    from stream.algorithms.attributes import FaceInput
+    from stream.algorithms.synthesis import unit
 
     _, packet, synth, estimator = _still_through_synth(detector, {})
     ((track_id, likeness),) = synth.likeness.items()
@@ -253,7 +253,7 @@ def test_a_face_that_still_leads_every_other_person_is_not_drawn(detector):
 
 
 def test_the_drawn_mesh_is_steadied_when_still_and_follows_when_moving(astronaut_mesh):
-    from stream.synthesis import MeshSmoother
+    from stream.algorithms.synthesis import MeshSmoother
 
     _, points = astronaut_mesh
     height = float(np.ptp(points[:, 1]))

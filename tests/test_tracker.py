@@ -1,8 +1,8 @@
 import numpy as np
 
+from stream.algorithms.tracker import FaceTracker, iou_matrix
 from stream.config import TrackConfig
 from stream.frames import Detections
-from stream.tracker import FaceTracker, iou_matrix
 
 
 def dets(*rows):
@@ -91,8 +91,8 @@ def test_tracks_say_which_detection_they_matched():
 
 
 def test_a_small_face_gets_a_margin_of_at_least_the_floor_and_face_of_undoes_either():
+    from stream.algorithms.tracker import dilate
     from stream.stages import face_of
-    from stream.tracker import dilate
 
     small, large = np.array([100, 100, 112, 114], np.float32), np.array([0, 0, 200, 240], np.float32)
     grown = dilate(small, 0.25, 4.0)
@@ -103,7 +103,7 @@ def test_a_small_face_gets_a_margin_of_at_least_the_floor_and_face_of_undoes_eit
 
 
 def test_the_filters_run_together_as_each_would_alone():
-    from stream.tracker import KalmanBoxFilter, predict_all, update_all
+    from stream.algorithms.tracker import KalmanBoxFilter, predict_all, update_all
 
     rng = np.random.default_rng(3)
     boxes = [np.array([x, y, x + w, y + w * 1.2], np.float32)

@@ -13,8 +13,15 @@ from engines.base import create_backend
 from engines.crops import crop_from_box
 from engines.facemodels import FaceMesh, FaceRes
 from stream import facewarp
+from stream.algorithms.perturbation import (
+    MAX_LEVEL,
+    Perturbation,
+    build_manifest,
+    noise,
+    pattern_norm,
+    track_generator,
+)
 from stream.errors import ConfigError, ModelError
-from stream.perturbation import MAX_LEVEL, Perturbation, build_manifest, noise, pattern_norm, track_generator
 
 SIZE = facewarp.SIZE
 

@@ -14,15 +14,18 @@ from numpy.typing import NDArray
 from engines.centerface import CenterFace
 from engines.crops import Crop, crop_from_box, eye_angle, face_crop
 from engines.facemodels import FaceMesh
-
-from .attributes import AttributeFusion, Estimator, FaceInput, TrackAttributes, tracks_to_describe
-from .config import AttributesConfig, DetectConfig, ObscureConfig, PerturbConfig, SynthConfig, TrackConfig
-from .facewarp import MAX_TURN, to_canonical, turn
-from .frames import Detections, FramePacket
-from .obscure import Obscurer
-from .perturbation import Offset, Perturbation, add_to_face, noise_pattern, track_generator
-from .privacy import StreamPrivacy
-from .synthesis import (
+from stream.algorithms.attributes import (
+    AttributeFusion,
+    Estimator,
+    FaceInput,
+    TrackAttributes,
+    tracks_to_describe,
+)
+from stream.algorithms.facewarp import MAX_TURN, to_canonical, turn
+from stream.algorithms.obscure import Obscurer
+from stream.algorithms.perturbation import Offset, Perturbation, add_to_face, noise_pattern, track_generator
+from stream.algorithms.privacy import StreamPrivacy
+from stream.algorithms.synthesis import (
     OWN_IDENTITY_COSINE,
     AttributeStyler,
     Gallery,
@@ -38,7 +41,16 @@ from .synthesis import (
     strengths,
     unit,
 )
-from .tracker import FaceTracker, dilate
+from stream.algorithms.tracker import FaceTracker, dilate
+from stream.config import (
+    AttributesConfig,
+    DetectConfig,
+    ObscureConfig,
+    PerturbConfig,
+    SynthConfig,
+    TrackConfig,
+)
+from stream.frames import Detections, FramePacket
 
 
 class Stage(Protocol):
@@ -373,7 +385,7 @@ class SynthStage:
         self.waiting: dict[int, tuple[int, str]] = {}  # track -> (frame to ask again, why not yet)
         self.likeness: dict[int, float | None] = {}  # per track: its surrogate's cosine to them
         self.picks: dict[int, Pick] = {}  # per track: its surrogate, when a gallery entry
-        # Surrogates chosen for these tracks before a segment border (``stream.segments``).
+        # Surrogates chosen for these tracks before a segment border (``stream.run.segments``).
         self.pinned: dict[int, Pick] = {}
         self.seen: dict[int, _MeshSeen] = {}
         self._ended: collections.deque[int] = collections.deque()  # ended tracks still listed

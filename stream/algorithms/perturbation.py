@@ -25,10 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines import zoo
-
-from .errors import ModelError
-from .facewarp import CANONICAL_FILE, SIZE, Rendered, canonical, from_canonical
-from .files import check_npz
+from stream.algorithms.facewarp import CANONICAL_FILE, SIZE, Rendered, canonical, from_canonical
+from stream.errors import ModelError
+from stream.io.files import check_npz
 
 FORMAT = 1
 NORMS = ("inf", "2")

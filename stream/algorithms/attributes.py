@@ -38,9 +38,8 @@ from numpy.typing import NDArray
 
 from engines.crops import Crop, crop_from_box, face_crop
 from engines.facemodels import EMOTIONS, Emotion, FaceMesh, FaceRes
-
-from .errors import ModelError
-from .privacy import ATTRIBUTES, INDEX
+from stream.algorithms.privacy import ATTRIBUTES, INDEX
+from stream.errors import ModelError
 
 N_ATTR = len(ATTRIBUTES)
 

@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from .config import TrackConfig
-from .frames import Detections, Tracks
+from stream.config import TrackConfig
+from stream.frames import Detections, Tracks
 
 _STD_POSITION = 1.0 / 20
 _STD_VELOCITY = 1.0 / 160

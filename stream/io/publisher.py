@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import SinkConfig
-from .errors import SinkError
-from .frames import FramePacket, PassthroughPacket
-from .redact import display_url, scrub
-from .sinks import even_size, hold_audio, refuse_raw
+from stream.config import SinkConfig
+from stream.errors import SinkError
+from stream.frames import FramePacket, PassthroughPacket
+from stream.io.redact import display_url, scrub
+from stream.io.sinks import even_size, hold_audio, refuse_raw
 
 log = logging.getLogger("anonymousnet")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigError
+from stream.errors import ConfigError
 
 ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
@@ -40,7 +40,7 @@ ATTRIBUTES: tuple[str, ...] = (
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )  # fmt: skip
 INDEX = {name: i for i, name in enumerate(ATTRIBUTES)}
-CELEBA_FREQUENCIES = Path(__file__).resolve().parent / "data" / "celeba_attr_freq.csv"
+CELEBA_FREQUENCIES = Path(__file__).resolve().parent.parent / "data" / "celeba_attr_freq.csv"
 
 
 def attribute_indices(names: Sequence[str], field_name: str = "attributes") -> list[int]:

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from engines.centerface import CenterFace, FaceArrays
-
-from .config import Config, load_toml
-from .errors import AnonError, ConfigError, InternalError, Interrupted, signal_number
-from .job import JobResult, build_stages, load_detector, load_estimator
-from .runner import Runner
+from stream.config import Config, load_toml
+from stream.errors import AnonError, ConfigError, InternalError, Interrupted, signal_number
+from stream.run.job import JobResult, build_stages, load_detector, load_estimator
+from stream.run.runner import Runner
 
 log = logging.getLogger("anonymousnet")
 
@@ -172,7 +171,7 @@ def run_streams(
     a batched detector of the caller's (who then reads its batch counts and
     closes it); by default one is made and closed here.
     """
-    from .job import run_job
+    from stream.run.job import run_job
 
     own = detector is None
     detector = detector or BatchedDetector(load_detector(config), max_batch=max(8, 2 * len(specs)))

@@ -19,21 +19,28 @@ from engines import zoo
 from engines.base import Backend, BackendOptions, create_backend
 from engines.centerface import CenterFace
 from engines.facemodels import Emotion, FaceMesh, FaceRes
-
-from .attributes import BuiltinEstimator, Estimator, ForestEstimator
-from .config import Config
-from .errors import AnonError, ConfigError, ModelError, SourceError
-from .frames import FramePacket
-from .obscure import Obscurer
-from .perturbation import Perturbation
-from .privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
-from .publisher import RtspSink
-from .redact import display_url, scrub
-from .runner import Runner, RunStats
-from .sinks import open_sink
-from .sources import open_source
-from .stages import AttributeStage, DetectStage, ObscureStage, PerturbStage, Stage, SynthStage, TrackStage
-from .synthesis import AttributeStyler, Gallery, builtin_path
+from stream.algorithms.attributes import BuiltinEstimator, Estimator, ForestEstimator
+from stream.algorithms.obscure import Obscurer
+from stream.algorithms.perturbation import Perturbation
+from stream.algorithms.privacy import ATTRIBUTES, GlobalDistribution, StreamPrivacy
+from stream.algorithms.synthesis import AttributeStyler, Gallery, builtin_path
+from stream.config import Config
+from stream.errors import AnonError, ConfigError, ModelError, SourceError
+from stream.frames import FramePacket
+from stream.io.publisher import RtspSink
+from stream.io.redact import display_url, scrub
+from stream.io.sinks import open_sink
+from stream.io.sources import open_source
+from stream.run.runner import Runner, RunStats
+from stream.stages import (
+    AttributeStage,
+    DetectStage,
+    ObscureStage,
+    PerturbStage,
+    Stage,
+    SynthStage,
+    TrackStage,
+)
 
 
 def load_detector(config: Config) -> CenterFace:

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .adts import strips_headers, without_header
-from .config import SinkConfig
-from .errors import SinkError
-from .frames import FramePacket, PassthroughPacket
+from stream.config import SinkConfig
+from stream.errors import SinkError
+from stream.frames import FramePacket, PassthroughPacket
+from stream.io.adts import strips_headers, without_header
 
 log = logging.getLogger("anonymousnet")
 
@@ -61,7 +61,7 @@ def container_options(path: Path, config: SinkConfig, audio_templates: Sequence[
     fragment. Every packet is flushed to the file as it is muxed, for MKV too.
     ``fragment_s`` 0 writes a plain MP4, whose index only the trailer writes.
     AAC copied from MPEG-TS (ADTS) goes in as raw AAC with the codec header the
-    source read from its first frame (``stream.adts``); where no header could be
+    source read from its first frame (``stream.io.adts``); where no header could be
     had (a live MPEG-TS input), such files are written plain, with a warning.
     """
     options = {"flush_packets": "1"}
@@ -86,7 +86,7 @@ def open_sink(target: str, config: SinkConfig, rate: Fraction | None, audio_temp
     if target in ("null", "-"):
         return NullSink()
     if target.lower().startswith(("rtsp://", "rtsps://")):
-        from .publisher import RtspSink
+        from stream.io.publisher import RtspSink
 
         return RtspSink(target, config, rate, audio_templates)
     path = Path(target)

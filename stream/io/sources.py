@@ -21,10 +21,10 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .adts import give_headers
-from .config import SourceConfig
-from .errors import SourceError
-from .frames import FramePacket, PassthroughPacket
+from stream.config import SourceConfig
+from stream.errors import SourceError
+from stream.frames import FramePacket, PassthroughPacket
+from stream.io.adts import give_headers
 
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp")
 _NETWORK_SCHEMES = (*_LIVE_SCHEMES, "http", "https")

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import ObscureConfig
+from stream.config import ObscureConfig
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 

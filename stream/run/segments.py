@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import Config
-from .errors import AnonError, SourceError
-from .frames import FramePacket, PassthroughPacket
-from .sources import MediaSource, upright
-from .tracker import iou_matrix
+from stream.algorithms.tracker import iou_matrix
+from stream.config import Config
+from stream.errors import AnonError, SourceError
+from stream.frames import FramePacket, PassthroughPacket
+from stream.io.sources import MediaSource, upright
 
 if TYPE_CHECKING:
-    from .stages import Pick
+    from stream.stages import Pick
 
 
 @dataclass(frozen=True)
@@ -143,11 +143,11 @@ def process_segment(
     these tracks (``carried_surrogates``), chosen for the same people before the border.
     ``secret_seed``: the video's randomized-response secret, the same for each run of a
     segment, so one run again with pins draws for its other tracks as the first did."""
-    from .job import RegionLog, build_stages, load_detector
-    from .obscure import Obscurer
-    from .runner import Runner
-    from .sinks import VideoFileSink
-    from .stages import SynthStage
+    from stream.algorithms.obscure import Obscurer
+    from stream.io.sinks import VideoFileSink
+    from stream.run.job import RegionLog, build_stages, load_detector
+    from stream.run.runner import Runner
+    from stream.stages import SynthStage
 
     # Parts are joined by stream copy: no B-frames, so each part's decode order ends
     # where the next one's begins.

@@ -1,7 +1,7 @@
 """Archive redaction: many videos over a local process pool or a Ray cluster.
 
 Every video is one task running the same pipeline as a single run
-(``stream.job.run_job``). A manifest in the output folder records each
+(``stream.run.job.run_job``). A manifest in the output folder records each
 input's status, output checksum and run summary as tasks finish, so a
 rerun resumes: inputs whose output is there with the recorded checksum are
 not done again. A task writes to a ``.part`` file and renames it only when
@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from engines.zoo import sha256_file
-
-from .config import Config
-from .errors import AnonError, ConfigError
-from .redact import scrub
-from .sinks import VIDEO_EXTENSIONS
+from stream.config import Config
+from stream.errors import AnonError, ConfigError
+from stream.io.redact import scrub
+from stream.io.sinks import VIDEO_EXTENSIONS
 
 log = logging.getLogger("anonymousnet")
 
@@ -117,7 +116,7 @@ class Manifest:
 def process_video(input_path: str, output: str, config: Config) -> dict[str, Any]:
     """One task: anonymize ``input_path`` into ``output`` (through a ``.part`` file);
     returns the run summary and the output's sha256. Runs in a pool or Ray worker."""
-    from .job import run_job
+    from stream.run.job import run_job
 
     final = Path(output)
     part = final.with_name(final.stem + ".part" + final.suffix)
@@ -159,8 +158,8 @@ def process_part(
     pinned: dict[int, Any] | None = None,
     secret_seed: int | None = None,
 ) -> dict[str, Any]:
-    """One segment of a long video (``stream.segments``), in a worker."""
-    from .segments import process_segment
+    """One segment of a long video (``stream.run.segments``), in a worker."""
+    from stream.run.segments import process_segment
 
     return process_segment(path, segment, output, config, pinned, secret_seed)
 
@@ -186,7 +185,7 @@ def run_batch(
     track crossing one chose another than before it are run again with it
     pinned (a second round, after the first).
     """
-    from .segments import carried_surrogates, link_tracks, plan, stitch, write_tracks
+    from stream.run.segments import carried_surrogates, link_tracks, plan, stitch, write_tracks
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(folder)

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import RunnerConfig
-from .errors import (
+from stream.algorithms.obscure import Obscurer
+from stream.config import RunnerConfig
+from stream.errors import (
     AnonError,
     InputDamagedError,
     Interrupted,
@@ -27,11 +28,10 @@ from .errors import (
     StageError,
     signal_number,
 )
-from .frames import FramePacket, PassthroughPacket
-from .obscure import Obscurer
-from .sinks import Sink
-from .sources import Source
-from .stages import Stage
+from stream.frames import FramePacket, PassthroughPacket
+from stream.io.sinks import Sink
+from stream.io.sources import Source
+from stream.stages import Stage
 
 _END = object()
 

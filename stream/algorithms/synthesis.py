@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .facewarp import SIZE, Rendered, canonical, from_canonical, to_canonical
-from .files import check_npz
-from .privacy import INDEX
+from stream.algorithms.facewarp import SIZE, Rendered, canonical, from_canonical, to_canonical
+from stream.algorithms.privacy import INDEX
+from stream.io.files import check_npz
 
 if TYPE_CHECKING:
     from engines.base import Backend
@@ -589,7 +589,7 @@ def soften_surround(
     """Blur the head around a replaced face (hair, ears, jaw line inside the ellipse of the
     track's box), in place; the replaced face itself stays sharp. ``strength``: blur sigma as
     a fraction of the box width (0: nothing)."""
-    from .obscure import _blurred, clip_box, region_mask
+    from stream.algorithms.obscure import _blurred, clip_box, region_mask
 
     h, w = frame.shape[:2]
     clipped = clip_box(box, w, h)

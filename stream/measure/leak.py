@@ -61,12 +61,11 @@ from engines import zoo
 from engines.base import BackendOptions, create_backend
 from engines.centerface import CenterFace
 from engines.faceapi import FaceApiDetector
-
-from .config import Config, SourceConfig
-from .errors import ConfigError
-from .frames import FramePacket
-from .job import RegionLog, load_detector, run_job
-from .sources import open_source
+from stream.config import Config, SourceConfig
+from stream.errors import ConfigError
+from stream.frames import FramePacket
+from stream.io.sources import open_source
+from stream.run.job import RegionLog, load_detector, run_job
 
 _GRID = 24
 REFERENCE_PIXELS = 1920 * 1080

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 SIZE = 256
-CANONICAL_FILE = Path(__file__).resolve().parent / "data" / "canonical_face.npy"
+CANONICAL_FILE = Path(__file__).resolve().parent.parent / "data" / "canonical_face.npy"
 
 
 @dataclass(frozen=True)

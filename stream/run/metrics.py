@@ -11,9 +11,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .redact import display_url
-from .runner import LATENCY_BUCKETS, Runner
-from .stages import SynthStage, TrackStage
+from stream.io.redact import display_url
+from stream.run.runner import LATENCY_BUCKETS, Runner
+from stream.stages import SynthStage, TrackStage
 
 
 class StreamsCollector:

@@ -1,0 +1,1 @@
+"""Measurements of a run, apart from the pipeline: ``leak`` (faces left readable)."""
