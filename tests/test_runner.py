@@ -462,13 +462,12 @@ def test_ended_tracks_leave_only_what_the_report_needs():
 def test_past_keep_ended_the_oldest_tracks_are_counted_not_listed(monkeypatch):
     """A stream running for days: the report lists the last ``KEEP_ENDED`` ended tracks and
     counts the others; PPAS's classes still count everyone."""
-    from stream import stages
     from stream.algorithms.attributes import TrackAttributes
     from stream.algorithms.privacy import GlobalDistribution, StreamPrivacy
     from stream.frames import Tracks
-    from stream.stages import AttributeStage
+    from stream.stages import AttributeStage, base
 
-    monkeypatch.setattr(stages, "KEEP_ENDED", 50)
+    monkeypatch.setattr(base, "KEEP_ENDED", 50)
     config = build_config()
     privacy = StreamPrivacy(config.privacy.policy(), GlobalDistribution.celeba(), seed=1)
     attributes = AttributeStage(None, config.attributes, privacy)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from engines import zoo
 from engines.base import create_backend
 from engines.crops import crop_from_box
 from engines.facemodels import FaceMesh
-from stream import facewarp
+from stream.algorithms import facewarp
 from stream.algorithms.synthesis import Gallery, GalleryEntry, average_textures, rank_entries
 from stream.config import SynthConfig
 

@@ -12,7 +12,7 @@ from engines import zoo
 from engines.base import create_backend
 from engines.crops import crop_from_box
 from engines.facemodels import FaceMesh, FaceRes
-from stream import facewarp
+from stream.algorithms import facewarp
 from stream.algorithms.perturbation import (
     MAX_LEVEL,
     Perturbation,
