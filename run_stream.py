@@ -418,17 +418,15 @@ def cmd_models(argv: list[str]) -> int:
     p = _Parser(prog="run_stream.py models", description="List, fetch and verify the model zoo.")
     p.add_argument("--fetch", action="store_true", help="fetch and convert what is missing")
     p.add_argument("--verify", action="store_true", help="check cached models against their sha256")
-    p.add_argument(
-        "--stargan",
-        action="store_true",
-        help="download the official StarGAN CelebA generator (outside the registries: needs the web)",
-    )
+    p.add_argument("--stargan", nargs="?", const="official", metavar="CKPT",
+                   help="export a StarGAN checkpoint to ONNX for --stargan runs; without CKPT the "
+                        "official CelebA generator, downloaded first (needs the web)")  # fmt: skip
     p.add_argument("names", nargs="*", help="models (default: all)")
     args = p.parse_args(argv)
     if args.stargan:
-        from engines.stargan import official_checkpoint
+        from engines.stargan import prepare
 
-        print(f"stargan      ok         {official_checkpoint(zoo.cache_dir())}")
+        print(f"stargan      ok         {prepare(args.stargan, zoo.cache_dir())}")
         return 0
     names = args.names or list(zoo.REGISTRY)
     failed = 0

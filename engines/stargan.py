@@ -141,6 +141,9 @@ def load_generator(checkpoint: Path) -> Any:
     return generator
 
 
+OFFICIAL_FILE = "200000-G.ckpt"  # under the model cache's stargan/
+
+
 def official_checkpoint(cache: Path, timeout_s: float = 30.0) -> Path:
     """The official CelebA 128x128 generator, downloaded from its public address on first use.
 
@@ -150,7 +153,7 @@ def official_checkpoint(cache: Path, timeout_s: float = 30.0) -> Path:
     """
     from .zoo import sha256_file
 
-    target = cache / "stargan" / "200000-G.ckpt"
+    target = cache / "stargan" / OFFICIAL_FILE
     record = target.with_suffix(".json")
     if target.exists():
         if record.exists() and json.loads(record.read_text())["sha256"] != sha256_file(target):
@@ -212,3 +215,25 @@ def export_onnx(generator: Any, path: Path) -> None:
         opset_version=17,
         dynamo=False,
     )
+
+
+def onnx_path(checkpoint: Path, cache: Path) -> Path:
+    """Where ``prepare`` puts the ONNX export of ``checkpoint`` (keyed by its sha256)."""
+    from .zoo import sha256_file
+
+    return cache / "stargan" / f"{sha256_file(checkpoint)[:16]}.onnx"
+
+
+def prepare(checkpoint: str, cache: Path) -> Path:
+    """The ONNX export of a checkpoint (``official``: downloaded first), made once: what
+    ``run_stream.py models --stargan`` runs, so a stream only loads it."""
+    path = official_checkpoint(cache) if checkpoint == "official" else Path(checkpoint)
+    if not path.exists():
+        raise ModelError(f"StarGAN checkpoint {path}: not found")
+    onnx = onnx_path(path, cache)
+    if not onnx.exists():
+        onnx.parent.mkdir(parents=True, exist_ok=True)
+        partial = onnx.with_suffix(".part.onnx")
+        export_onnx(load_generator(path), partial)
+        partial.replace(onnx)
+    return onnx

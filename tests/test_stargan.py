@@ -1,11 +1,15 @@
 """StarGAN: the paper's generator, loading a checkpoint shaped like the official one, training steps."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from conftest import ROOT  # noqa: E402
 
 from engines.stargan import STARGAN_ATTRIBUTES, build_generator, export_onnx, load_generator  # noqa: E402
 from stream.errors import ModelError  # noqa: E402
@@ -162,6 +166,15 @@ def test_stargan_directs_the_surrogate_in_the_stream(tmp_path, demo_clip, detect
     torch.manual_seed(0)
     checkpoint = tmp_path / "G.ckpt"
     torch.save(official_like_state(build_generator(conv_dim=8)), checkpoint)
+    from engines import zoo
+    from engines.stargan import onnx_path
+
+    onnx_path(checkpoint, zoo.cache_dir()).unlink(missing_ok=True)  # made by an earlier run
+    with pytest.raises(ModelError, match="run_stream.py models --stargan"):
+        load_styler(str(checkpoint), "cpu")  # the stream only loads: the export is a set-up step
+    made = subprocess.run([sys.executable, str(ROOT / "run_stream.py"), "models", "--stargan", str(checkpoint)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
     styler = load_styler(str(checkpoint), "cpu")
     from calibration.gallery import ensure_builtin
 

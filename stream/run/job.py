@@ -91,19 +91,21 @@ def load_gallery(name: str) -> Gallery | None:
 
 
 def load_styler(checkpoint: str, backend: str) -> AttributeStyler:
-    """StarGAN from a checkpoint (``official``: the paper's CelebA 128 generator, downloaded
-    once), exported to ONNX beside the model cache and served by ``backend`` with instance
-    norm kept in FP32."""
-    from engines.stargan import export_onnx, load_generator, official_checkpoint
+    """StarGAN from the ONNX export of a checkpoint (``official``: the paper's CelebA 128
+    generator) that ``run_stream.py models --stargan`` made, served by ``backend`` with
+    instance norm kept in FP32. The stream only loads it: a missing export is an error
+    naming that command."""
+    from engines.stargan import OFFICIAL_FILE, onnx_path
 
-    path = official_checkpoint(zoo.cache_dir()) if checkpoint == "official" else Path(checkpoint)
+    path = zoo.cache_dir() / "stargan" / OFFICIAL_FILE if checkpoint == "official" else Path(checkpoint)
+    command = f"run_stream.py models --stargan {checkpoint}"
     if not path.exists():
-        raise ConfigError(f"synth.stargan: {path} not found; train one (python -m calibration.stargan_train) "
-                          "or use 'official'")  # fmt: skip
-    onnx = zoo.cache_dir() / "stargan" / f"{zoo.sha256_file(path)[:16]}.onnx"
+        hint = f"fetch it with `{command}`" if checkpoint == "official" else (
+            "train one (python -m calibration.stargan_train) or use 'official'")  # fmt: skip
+        raise ConfigError(f"synth.stargan: {path} not found; {hint}")
+    onnx = onnx_path(path, zoo.cache_dir())
     if not onnx.exists():
-        onnx.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(load_generator(path), onnx)
+        raise ModelError(f"synth.stargan: {path} is not exported to ONNX yet; run `{command}`")
     return AttributeStyler(
         create_backend(backend, onnx, options=BackendOptions(fp32_ops=("InstanceNormalization",)))
     )
