@@ -8,6 +8,7 @@ floor in pixels (``min_px``) so that small faces are not merely softened.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import cast
 
 import cv2
@@ -70,7 +71,7 @@ def _blurred(roi: NDArray[np.uint8], sigma: float) -> NDArray[np.uint8]:
 # a hairline or a jaw repeats it (on hamilton, a third of the faces pixelated in blocks
 # of a quarter of their width kept detail the leak measure sees; with soft edges 3%).
 BLOCK_EDGE = 0.4
-MANY = 8  # from this many regions in a frame, blur does them together (``_together``)
+MANY = 8  # from this many regions in a frame, blur does them together (``_all_at_once``)
 STEP = 1.5  # ... with their blur sigmas rounded up to powers of this (at most 50% stronger)
 
 
@@ -92,6 +93,15 @@ class Obscurer:
         self.config = config
         self.strength = config.strength_of(config.mode)
         self._colour = np.array(config.colour, np.uint8)
+        # The fill is chosen once here, not compared per face per frame ("synth" faces that
+        # reach an Obscurer were not replaced: the stage is built with the fallback mode).
+        fills: dict[str, Callable[[NDArray[np.uint8], float], NDArray[np.uint8]]] = {
+            "mask": self._masked,
+            "blur": self._blur,
+            "pixelate": self._pixelate,
+        }
+        self._fill = fills.get(config.mode, self._pixelate)
+        self._together = config.mode == "blur"
 
     def apply(self, image: NDArray[np.uint8], boxes: NDArray[np.float32]) -> None:
         """Obscure each of ``boxes`` ``(N, 4)`` xyxy in ``image`` ``(H, W, 3)`` uint8 RGB, in place."""
@@ -99,8 +109,8 @@ class Obscurer:
         cfg = self.config
         # Pixel blocks stay aligned to each face: lined up per strength instead, one small
         # face in 400 of MOT20-08 kept a detail the leak measure sees.
-        if cfg.mode == "blur" and len(boxes) >= MANY:
-            self._together(image, np.asarray(boxes, np.float32))
+        if self._together and len(boxes) >= MANY:
+            self._all_at_once(image, np.asarray(boxes, np.float32))
             return
         for box in boxes:
             clipped = clip_box(box, width, height)
@@ -108,27 +118,26 @@ class Obscurer:
                 continue
             x1, y1, x2, y2 = clipped
             roi = image[y1:y2, x1:x2]
-            mask = region_mask(box, clipped, cfg.shape)
-            bw = float(box[2] - box[0])
-            if cfg.mode == "mask":
-                replaced = np.empty_like(roi)
-                replaced[:] = self._colour
-            elif cfg.mode == "blur":
-                replaced = _blurred(roi, max(cfg.min_px, self.strength * bw))
-            else:
-                replaced = _pixelated(roi, max(2.0, cfg.min_px, self.strength * bw))
-            cv2.copyTo(replaced, mask, roi)
+            cv2.copyTo(self._fill(roi, float(box[2] - box[0])), region_mask(box, clipped, cfg.shape), roi)
 
-    def _together(self, image: NDArray[np.uint8], boxes: NDArray[np.float32]) -> None:
-        """Many regions (a crowd holds hundreds): one blur (or pixelation) per strength over
-        the area its regions span, copied through one mask, not one per region. Strengths
-        are rounded up to powers of ``STEP``; every region is obscured from the input (pixel
-        blocks then line up per strength, not per face)."""
+    def _masked(self, roi: NDArray[np.uint8], width: float) -> NDArray[np.uint8]:
+        replaced = np.empty_like(roi)
+        replaced[:] = self._colour
+        return replaced
+
+    def _blur(self, roi: NDArray[np.uint8], width: float) -> NDArray[np.uint8]:
+        return _blurred(roi, max(self.config.min_px, self.strength * width))
+
+    def _pixelate(self, roi: NDArray[np.uint8], width: float) -> NDArray[np.uint8]:
+        return _pixelated(roi, max(2.0, self.config.min_px, self.strength * width))
+
+    def _all_at_once(self, image: NDArray[np.uint8], boxes: NDArray[np.float32]) -> None:
+        """Many regions (a crowd holds hundreds): one blur per strength over the area its
+        regions span, copied through one mask, not one per region. Strengths are rounded up
+        to powers of ``STEP``; every region is blurred from the input."""
         height, width = image.shape[:2]
         cfg = self.config
-        floor = cfg.min_px if cfg.mode == "blur" else max(2.0, cfg.min_px)
-        fill = _blurred if cfg.mode == "blur" else _pixelated
-        amounts = np.maximum(floor, self.strength * (boxes[:, 2] - boxes[:, 0]))
+        amounts = np.maximum(cfg.min_px, self.strength * (boxes[:, 2] - boxes[:, 0]))
         steps = np.ceil(np.log(np.maximum(amounts, 1e-3)) / np.log(STEP)).astype(int)
         source = image.copy()
         for step in np.unique(steps):
@@ -141,7 +150,7 @@ class Obscurer:
             mask = np.zeros((uy2 - uy1, ux2 - ux1), np.uint8)
             for box, (x1, y1, x2, y2) in group:  # each drawn within its own window, as one alone is
                 _draw(mask[y1 - uy1 : y2 - uy1, x1 - ux1 : x2 - ux1], box, x1, y1, cfg.shape)
-            filled = fill(source[uy1:uy2, ux1:ux2], float(STEP**step))
+            filled = _blurred(source[uy1:uy2, ux1:ux2], float(STEP**step))
             cv2.copyTo(filled, mask, image[uy1:uy2, ux1:ux2])
 
     def mask_whole(self, image: NDArray[np.uint8]) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from stream.config import SinkConfig
-from stream.errors import SinkError
+from stream.errors import InternalError, SinkError
 from stream.frames import FramePacket, PassthroughPacket
 from stream.io.redact import display_url, scrub
 from stream.io.sinks import even_size, hold_audio, refuse_raw
@@ -158,7 +158,8 @@ class RtspSink:
             self._send_audio(self._held.popleft())
 
     def _spawn(self) -> None:
-        assert self._settings is not None and self._shm is not None
+        if self._settings is None or self._shm is None:
+            raise InternalError("publisher: spawned before its first frame set it up")
         self._free: Any = self._ctx.Queue()
         self._work: Any = self._ctx.Queue()
         self._events: Any = self._ctx.Queue()
@@ -198,7 +199,8 @@ class RtspSink:
         except queue.Empty:
             self.stats.frames_dropped += 1
             return
-        assert self._frames is not None
+        if self._frames is None:
+            raise InternalError("publisher: a frame before the shared memory was set up")
         self._frames[slot] = packet.image  # the source keeps one size, also across reconnections
         self._work.put(("frame", slot, packet.pts, packet.time_base, packet.capture_time))
         self.stats.frames_handed += 1
@@ -368,7 +370,8 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
 
     def send(packets: list[Any]) -> None:
         """Mux encoded frames; a frame counts as published once its packet is sent."""
-        assert conn is not None
+        if conn is None:
+            raise InternalError("publisher: sending before connecting")
         for out in packets:
             conn.container.mux(out)
             published.append(time.monotonic() - captured.pop(out.pts, time.monotonic()))

@@ -67,7 +67,8 @@ class BatchedDetector:
         call.done.wait()
         if call.error is not None:
             raise call.error
-        assert call.result is not None
+        if call.result is None:
+            raise InternalError("the shared detector answered nothing")
         return call.result
 
     def _serve(self) -> None:

@@ -35,6 +35,7 @@ from stream.config import (
     SynthConfig,
     TrackConfig,
 )
+from stream.errors import InternalError
 from stream.frames import FramePacket
 from stream.stages import base
 from stream.stages.attributes import AttributeStage
@@ -366,7 +367,8 @@ class SynthStage:
                 continue
             lab, lab_mask = sample_lab(packet.image, points)
             if isinstance(surrogate, list):
-                assert box is not None and detections is not None  # candidates come with a detection
+                if box is None or detections is None:  # candidates come with a detection
+                    raise InternalError(f"track {tid}: candidates without a detection")
                 face = (box, detections.landmarks[det], steady, tracks.xyxy[row])
                 checked = self._check(packet.image, tid, packet.index, surrogate, face, lab, lab_mask)
                 if checked is None:
