@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import collections
+import enum
+import itertools
 from dataclasses import dataclass, field
 
 import cv2
@@ -41,6 +42,20 @@ from stream.stages import base
 from stream.stages.attributes import AttributeStage
 
 
+class Fallback(enum.StrEnum):
+    """Why a face was left to the fallback (obscuring) instead of its surrogate; the report
+    counts them by these names."""
+
+    NOT_DESCRIBED = "not described yet"  # PPAS has not chosen its attributes
+    NOT_CHECKED = "not checked yet"  # candidates are checked on a detected face only
+    NO_SURROGATE = "no surrogate"  # no gallery entry, nor k people of the stream, match
+    RECOGNISABLE = "recognisable"  # every candidate still singles the person out
+    COASTING = "coasting"  # no detection and no mesh to follow
+    TOO_SMALL = "too small"  # under synth.min_face
+    MESH_NOT_FOUND = "mesh not found"  # the mesh model saw no face there
+    NOT_COVERED = "not covered"  # the mesh (or the drawn face) misses part of the face
+
+
 @dataclass
 class SynthCounts:
     """Faces replaced by a surrogate, and those that fell back to obscuring, by reason."""
@@ -49,7 +64,7 @@ class SynthCounts:
     fallback: dict[str, int] = field(default_factory=dict)
     forgotten: int = 0  # ended tracks no longer listed in the report (``KEEP_ENDED``)
 
-    def fell_back(self, reason: str) -> None:
+    def fell_back(self, reason: Fallback) -> None:
         self.fallback[reason] = self.fallback.get(reason, 0) + 1
 
 
@@ -90,6 +105,20 @@ Pick = tuple[int, Strength]  # a track's surrogate as a gallery index and streng
 FaceToCheck = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
 
 
+@dataclass
+class TrackSynthesis:
+    """All the synth stage holds for one track: forgetting the track is one deletion."""
+
+    surrogate: Surrogate | None = None  # its face for life, once chosen
+    origin: str | None = None  # where the surrogate came from (the report)
+    pick: Pick | None = None  # its gallery entry and strength (carried across segment borders)
+    likeness: float | None = None  # the identity check's cosine to the person
+    checked: bool = False  # whether the check ran (``likeness`` None: passed unchecked)
+    retry_at: int = -1  # the frame from which a track without a surrogate asks again
+    waiting: Fallback = Fallback.NOT_DESCRIBED  # why it has none yet
+    seen: _MeshSeen | None = None  # its last mesh, followed on frames without a detection
+
+
 class SynthStage:
     """Stage III: replaces each described track's face with its k-Same surrogate.
 
@@ -121,17 +150,33 @@ class SynthStage:
         self.config = config
         self.attributes = attributes
         self.pool = TexturePool(config.k)
-        self.surrogates: dict[int, Surrogate] = {}
-        self.origins: dict[int, str] = {}
-        self.waiting: dict[int, tuple[int, str]] = {}  # track -> (frame to ask again, why not yet)
-        self.likeness: dict[int, float | None] = {}  # per track: its surrogate's cosine to them
-        self.picks: dict[int, Pick] = {}  # per track: its surrogate, when a gallery entry
+        self.tracks: dict[int, TrackSynthesis] = {}  # live tracks
+        self.ended: dict[int, TrackSynthesis] = {}  # the last KEEP_ENDED, slimmed for the report
         # Surrogates chosen for these tracks before a segment border (``stream.run.segments``).
         self.pinned: dict[int, Pick] = {}
-        self.seen: dict[int, _MeshSeen] = {}
-        self._ended: collections.deque[int] = collections.deque()  # ended tracks still listed
         self.smoother = MeshSmoother()
         self.counts = SynthCounts()
+
+    def _record(self, track_id: int) -> TrackSynthesis:
+        return self.tracks.setdefault(track_id, TrackSynthesis())
+
+    def _listed(self) -> dict[int, TrackSynthesis]:
+        return self.ended | self.tracks
+
+    @property
+    def origins(self) -> dict[int, str]:
+        """Per track listed, where its surrogate came from (the report)."""
+        return {t: r.origin for t, r in self._listed().items() if r.origin is not None}
+
+    @property
+    def likeness(self) -> dict[int, float | None]:
+        """Per track checked, its surrogate's cosine to the person (None: not checked)."""
+        return {t: r.likeness for t, r in self._listed().items() if r.checked}
+
+    @property
+    def picks(self) -> dict[int, Pick]:
+        """Per track whose surrogate is a gallery entry: that entry and strength."""
+        return {t: r.pick for t, r in self._listed().items() if r.pick is not None}
 
     def _described(self) -> dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]]:
         return {
@@ -140,22 +185,22 @@ class SynthStage:
             if s.estimates
         }
 
-    def _surrogate(self, track_id: int, index: int, det: int) -> Surrogate | list[Candidate] | str:
+    def _surrogate(self, track_id: int, index: int, det: int) -> Surrogate | list[Candidate] | Fallback:
         """The track's surrogate; or, when it has none yet and this frame can check them, its
         candidates (best attribute match first); or why it has none (yet)."""
-        if track_id in self.surrogates:
-            return self.surrogates[track_id]
+        held = self.tracks.get(track_id)
+        if held is not None and held.surrogate is not None:
+            return held.surrogate
         carried = self._carried(track_id)
         if carried is not None:
             return carried
         record = self.attributes.privacy.tracks.get(track_id)
         if record is None:
-            return "not described yet"
-        retry_at, reason = self.waiting.get(track_id, (-1, ""))
-        if retry_at > index:
-            return reason
+            return Fallback.NOT_DESCRIBED
+        if held is not None and held.retry_at > index:
+            return held.waiting
         if det < 0:
-            return "not checked yet"  # candidates are checked on a detected face
+            return Fallback.NOT_CHECKED  # candidates are checked on a detected face
         described = self._described()
         own = described[track_id][1] if track_id in described else None
         scored: list[tuple[float, Candidate]] = []
@@ -168,13 +213,14 @@ class SynthStage:
         if pooled is not None and pooled[1] > -np.inf:
             scored.append((pooled[1], Candidate(pooled[0], f"{pooled[0].k} people of this stream")))
         if not scored:
-            self._wait(track_id, index, "no surrogate")
-            return "no surrogate"
+            self._wait(track_id, index, Fallback.NO_SURROGATE)
+            return Fallback.NO_SURROGATE
         scored.sort(key=lambda s: -s[0])  # stable: on a tie the gallery's entries first
         return [candidate for _, candidate in scored[: self.CANDIDATES]]
 
-    def _wait(self, track_id: int, index: int, reason: str) -> None:
-        self.waiting[track_id] = (index + self.RETRY_FRAMES, reason)
+    def _wait(self, track_id: int, index: int, reason: Fallback) -> None:
+        held = self._record(track_id)
+        held.retry_at, held.waiting = index + self.RETRY_FRAMES, reason
 
     def _check(self, image: NDArray[np.uint8], track_id: int, index: int, candidates: list[Candidate],
                face: FaceToCheck,
@@ -239,8 +285,9 @@ class SynthStage:
                 surrogate, chosen = drawn[best]
                 surrogate.light = None  # lit afresh by the first frame it is drawn on
                 return self._keep(track_id, surrogate, chosen, likeness)
-        self.likeness[track_id] = closest
-        self._wait(track_id, index, "recognisable")
+        held = self._record(track_id)
+        held.likeness, held.checked = closest, True
+        self._wait(track_id, index, Fallback.RECOGNISABLE)
         return None
 
     def _others(self, track_id: int, own: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -258,11 +305,10 @@ class SynthStage:
     def _keep(
         self, track_id: int, surrogate: Surrogate, chosen: Candidate, likeness: float | None
     ) -> Surrogate:
-        self.surrogates[track_id] = surrogate
-        self.origins[track_id] = chosen.origin
-        self.likeness[track_id] = likeness
+        held = self._record(track_id)
+        held.surrogate, held.origin, held.likeness, held.checked = surrogate, chosen.origin, likeness, True
         if chosen.index is not None:
-            self.picks[track_id] = (chosen.index, surrogate.strength)
+            held.pick = (chosen.index, surrogate.strength)
         return surrogate
 
     def _carried(self, track_id: int) -> Surrogate | None:
@@ -282,23 +328,23 @@ class SynthStage:
 
     def _forget(self, alive: set[int]) -> None:
         """Drop what is held for ended tracks (their ids never return), so a stream running
-        for days holds only its live tracks' surrogates; what they were stays in ``origins``."""
-        ended = set()
-        for held in (self.surrogates, self.waiting, self.seen, self.smoother.state):
-            for track_id in [t for t in held if t not in alive]:
-                del held[track_id]
-                ended.add(track_id)
+        for days holds only its live tracks' surrogates: one deletion a track, its record
+        slimmed to what the report lists (the last ``KEEP_ENDED`` of them)."""
+        for track_id in sorted(t for t in self.tracks if t not in alive):
+            held = self.tracks.pop(track_id)
+            if held.origin is not None or held.checked:
+                held.surrogate, held.seen = None, None  # what the report lists stays
+                self.ended[track_id] = held
+        for track_id in [t for t in self.smoother.state if t not in alive]:
+            del self.smoother.state[track_id]
         self.pool.forget(alive)
-        # The report lists the last ``KEEP_ENDED`` ended tracks' surrogates and likeness.
-        self._ended.extend(sorted(t for t in ended if t in self.origins or t in self.likeness))
-        while len(self._ended) > base.KEEP_ENDED:
-            track_id = self._ended.popleft()
-            for listed in (self.origins, self.likeness, self.picks):
-                listed.pop(track_id, None)
+        for track_id in list(itertools.islice(self.ended, max(0, len(self.ended) - base.KEEP_ENDED))):
+            del self.ended[track_id]
             self.counts.forgotten += 1
 
     def _crop(self, packet: FramePacket, row: int, track_id: int, det: int) -> Crop | None:
-        seen = self.seen.get(track_id)
+        held = self.tracks.get(track_id)
+        seen = held.seen if held is not None else None
         box = packet.tracks.xyxy[row]
         if seen is not None and packet.index - seen.index <= self.FOLLOW_FRAMES:
             return crop_from_mesh(packet.image, seen.points, _centre(box) - seen.centre)
@@ -316,18 +362,18 @@ class SynthStage:
         for row, (tid, det) in enumerate(rows):
             inner = face_of(tracks.xyxy[row], self.track.margin, self.track.min_margin_px)
             if inner[3] - inner[1] < self.SMALL * self.config.min_face:
-                self.counts.fell_back("too small")  # no mesh run for it (crowds hold hundreds)
+                self.counts.fell_back(Fallback.TOO_SMALL)  # no mesh run for it (crowds hold hundreds)
                 continue
             chosen = self._surrogate(tid, packet.index, det)
-            surrogate = None if isinstance(chosen, str) else chosen
-            if isinstance(chosen, str):
+            surrogate = None if isinstance(chosen, Fallback) else chosen
+            if isinstance(chosen, Fallback):
                 self.counts.fell_back(chosen)
                 if not (det >= 0 and self.pool.wants(tid)):
                     continue  # nothing to draw, nothing to learn
             crop = self._crop(packet, row, tid, det)
             if crop is None:
                 if surrogate is not None:
-                    self.counts.fell_back("coasting")
+                    self.counts.fell_back(Fallback.COASTING)
                 continue
             jobs.append((row, tid, det, surrogate, crop))
         if not jobs:
@@ -340,12 +386,13 @@ class SynthStage:
             points = mesh.points[i]
             # A face being followed is kept down to a lower confidence than one found anew,
             # so a track does not flicker between its surrogate and the fallback.
-            if mesh.confidence[i] < (self.KEEP_CONFIDENCE if tid in self.seen else self.FIND_CONFIDENCE):
-                self.seen.pop(tid, None)
+            held = self._record(tid)
+            if mesh.confidence[i] < (self.KEEP_CONFIDENCE if held.seen is not None else self.FIND_CONFIDENCE):
+                held.seen = None
                 if surrogate is not None:
-                    self.counts.fell_back("mesh not found")
+                    self.counts.fell_back(Fallback.MESH_NOT_FOUND)
                 continue
-            self.seen[tid] = _MeshSeen(packet.index, points, _centre(tracks.xyxy[row]))
+            held.seen = _MeshSeen(packet.index, points, _centre(tracks.xyxy[row]))
             steady = self.smoother(tid, packet.index, points)  # what is drawn; the raw mesh is followed
             big = float(np.ptp(points[:, 1])) >= cfg.min_face
             # A turned face would ghost the average.
@@ -354,7 +401,7 @@ class SynthStage:
             if surrogate is None:
                 continue
             if not big:
-                self.counts.fell_back("too small")
+                self.counts.fell_back(Fallback.TOO_SMALL)
                 continue
             # The mesh must cover the face: against a fresh detection the box it was found
             # for; a followed face (no detection) the tracked box without its margin, so a
@@ -363,7 +410,7 @@ class SynthStage:
             track = self.track
             face_box = face_of(tracks.xyxy[row], track.margin, track.min_margin_px) if box is None else box
             if covered_share(points, face_box) < cfg.min_cover:
-                self.counts.fell_back("not covered")
+                self.counts.fell_back(Fallback.NOT_COVERED)
                 continue
             lab, lab_mask = sample_lab(packet.image, points)
             if isinstance(surrogate, list):
@@ -372,7 +419,7 @@ class SynthStage:
                 face = (box, detections.landmarks[det], steady, tracks.xyxy[row])
                 checked = self._check(packet.image, tid, packet.index, surrogate, face, lab, lab_mask)
                 if checked is None:
-                    self.counts.fell_back("recognisable")
+                    self.counts.fell_back(Fallback.RECOGNISABLE)
                     continue
                 surrogate = checked
             draws.append((row, surrogate, steady, lab, lab_mask))
@@ -382,7 +429,7 @@ class SynthStage:
                 packet.image, points, tracks.xyxy[row], surrogate, lab, lab_mask, cfg.own_eyes
             )
             if drawn is None:
-                self.counts.fell_back("not covered")
+                self.counts.fell_back(Fallback.NOT_COVERED)
                 continue
             packet.replaced.add(tid)
             packet.drawn[tid] = drawn
@@ -391,14 +438,9 @@ class SynthStage:
 
     def reset(self) -> None:
         self.pool.reset()
-        self.surrogates.clear()
-        self._ended.clear()
-        self.origins.clear()
-        self.picks.clear()
+        self.tracks.clear()
+        self.ended.clear()
         self.smoother = MeshSmoother()
-        self.waiting.clear()
-        self.likeness.clear()
-        self.seen.clear()
         self.counts = SynthCounts()
 
 
