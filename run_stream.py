@@ -298,7 +298,7 @@ def cmd_anonymize(argv: list[str]) -> int:
         p.error("an output is required: -o OUTPUT")
     config = config_from_args(args)
     # Line-buffered: a run that is killed keeps its record of every frame it wrote.
-    regions_file = open(args.regions, "w", buffering=1) if args.regions else None  # noqa: SIM115
+    regions_file = open(args.regions, "w", buffering=1) if args.regions else None
     try:
         result = run_job(
             args.input, args.output, config,

@@ -201,7 +201,7 @@ class Person:
     def at(self, index: int) -> tuple[int, int]:
         u = (index - self.start) / max(1, self.frames - 1)
         x, y = self.p0 + (self.p1 - self.p0) * u
-        return int(round(x)), int(round(y + self.bob * math.sin(u * self.frames / 6.0)))
+        return round(x), round(y + self.bob * math.sin(u * self.frames / 6.0))
 
 
 @dataclass

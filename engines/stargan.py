@@ -163,7 +163,7 @@ def official_checkpoint(cache: Path, timeout_s: float = 30.0) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(OFFICIAL_URL, timeout=timeout_s) as response:  # noqa: S310 - fixed https address
+        with urllib.request.urlopen(OFFICIAL_URL, timeout=timeout_s) as response:  # fixed https address
             payload = _read_bounded(response, OFFICIAL_MAX_BYTES)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise ModelError(

@@ -32,7 +32,7 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-def _ops() -> dict[str, Callable[..., Any]]:
+def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of ONNX ops, one branch each
     import torch
     import torch.nn.functional as F
 

@@ -452,7 +452,7 @@ def _range(name: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(f"{name}: expected {lo}..{hi}, got {value}")
 
 
-def _coerce(name: str, hint: Any, value: Any) -> Any:
+def _coerce(name: str, hint: Any, value: Any) -> Any:  # noqa: C901 - one branch per field type
     """Check ``value`` against a field's type hint, converting ints to floats and lists to tuples."""
     origin = getattr(hint, "__origin__", None)
     if origin is Literal:

@@ -47,7 +47,7 @@ def test_an_unknown_op_is_named():
         ]},
         "weightsManifest": [{"paths": [], "weights": []}],
     }  # fmt: skip
-    with pytest.raises(ModelError, match="TF op Erfinv .*not supported"):
+    with pytest.raises(ModelError, match=r"TF op Erfinv .*not supported"):
         tfjs.convert(json.dumps(model).encode(), [], "toy")
 
 

@@ -1,6 +1,8 @@
 """face-api's SSD MobileNet v1 rebuilt as ONNX: tiling, box decoding, agreement with face-api's
 own output and with CenterFace on the shared media photos (the leak reference's second detector)."""
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def test_tiles_cover_the_length_with_the_overlap(length, size, overlap, expected
     origins = tile_origins(length, size, overlap)
     assert origins == expected
     assert origins[-1] + size >= length
-    assert all(b - a <= size - overlap for a, b in zip(origins, origins[1:], strict=False))
+    assert all(b - a <= size - overlap for a, b in itertools.pairwise(origins))
 
 
 def test_a_zero_encoding_decodes_to_its_anchor():

@@ -555,7 +555,7 @@ def decode(path: Path, tolerant: bool = True) -> Decoded:
     out = Decoded()
     try:
         container = av.open(str(path), metadata_errors="replace")  # as the source reads tags
-    except Exception as exc:  # noqa: BLE001 - any failure to open is an answer here
+    except Exception as exc:  # any failure to open is an answer here
         out.error = f"open: {exc}"
         return out
     with container:
@@ -571,12 +571,12 @@ def decode(path: Path, tolerant: bool = True) -> Decoded:
                 packet = next(packets)
             except StopIteration:
                 break
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 out.error = f"read: {exc}"
                 break
             try:
                 frames = packet.decode()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 out.error = f"decode: {exc}"
                 if not tolerant:
                     break

@@ -1,5 +1,6 @@
 """Sources and sinks: formats, stream time, rotation, audio copy, partial outputs."""
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def test_every_container_is_read_whole_with_increasing_stream_time(tmp_path, nam
     packets, _, source = read_all(path, with_source=True)
     assert len(packets) == 12
     times = [p.time for p in packets]
-    assert all(b > a for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in itertools.pairwise(times))
     assert packets[0].image.shape == (48, 64, 3) and packets[0].image.dtype == np.uint8
     # Raw elementary streams carry no timing: FFmpeg assumes its default rate there.
     rate = 10 if fmt is None else float(source.info.rate)

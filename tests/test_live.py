@@ -15,6 +15,7 @@ what tests/test_media.py measures).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -173,7 +174,7 @@ def test_live_pattern_over_udp_to_a_file(tmp_path, media, rtsp_server):
     assert summary["live"] and summary["frames_in"] == 90
     assert summary["frames_out"] + summary["frames_dropped"] == 90
     pts = video_pts(out)
-    assert len(pts) == summary["frames_out"] and all(b > a for a, b in zip(pts, pts[1:], strict=False))
+    assert len(pts) == summary["frames_out"] and all(b > a for a, b in itertools.pairwise(pts))
     assert len(audio_packets(out)[0]) > 50  # 3 s of the tone
 
 
@@ -197,7 +198,7 @@ def test_source_server_killed_and_restarted_mid_stream(tmp_path, media, detector
     assert summary["input_reconnects"] >= 1
     assert "reconnected" in stderr
     pts = video_pts(out)
-    assert len(pts) == summary["frames_out"] and all(b > a for a, b in zip(pts, pts[1:], strict=False))
+    assert len(pts) == summary["frames_out"] and all(b > a for a, b in itertools.pairwise(pts))
     # The clip starts again after the restart: its faces are there, and hidden.
     assert summary["frames_in"] == 210 and summary["faces_detected"] > 200
     frames, found = faces_in(out, detector)
@@ -277,7 +278,7 @@ def test_publishing_to_a_frozen_server_does_not_stall_capture(tmp_path):
 def test_reading_from_a_frozen_server_fails_in_time_with_a_clear_error():
     server = SilentServer()
     try:
-        done, summary, elapsed = anonymize(
+        done, _summary, elapsed = anonymize(
             f"rtsp://127.0.0.1:{server.port}/x", "-o", "null", "--timeout", "1"
         )
     finally:

@@ -3,6 +3,7 @@ and the Prometheus endpoint."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -140,8 +141,8 @@ def test_loop_keeps_time_stamps_and_audio_going_up(media):
             audio.append(item.packet.dts)
     source.close()
     assert len(video) == 300  # past the clip's 275 frames
-    assert all(b > a for a, b in zip(video, video[1:], strict=False))
-    assert all(b > a for a, b in zip(audio, audio[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(video))
+    assert all(b > a for a, b in itertools.pairwise(audio))
 
 
 def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path, media):

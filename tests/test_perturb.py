@@ -11,7 +11,7 @@ from stream.errors import ConfigError
 def test_perturbation_needs_replaced_faces():
     from stream.config import build_config
 
-    with pytest.raises(ConfigError, match="needs obscure.mode = synth"):
+    with pytest.raises(ConfigError, match=r"needs obscure.mode = synth"):
         build_config(None, {"obscure": {"mode": "blur"}, "perturb": {"mode": "noise"}})
     with pytest.raises(ConfigError, match="perturbation file"):
         build_config(None, {"obscure": {"mode": "synth"}, "perturb": {"mode": "uap"}})

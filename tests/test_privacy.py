@@ -170,7 +170,7 @@ def test_k_cannot_exceed_the_number_of_records():
 
 
 def test_policy_validation_names_the_field():
-    with pytest.raises(ConfigError, match="privacy.quasi_identifiers: unknown attribute 'Beard'"):
+    with pytest.raises(ConfigError, match=r"privacy.quasi_identifiers: unknown attribute 'Beard'"):
         Policy(quasi_identifiers=("Beard",)).validate()
-    with pytest.raises(ConfigError, match="privacy.t"):
+    with pytest.raises(ConfigError, match=r"privacy.t"):
         Policy(t=2).validate()

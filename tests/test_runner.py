@@ -144,7 +144,7 @@ def is_green(frame):
 def test_a_fault_in_any_stage_masks_that_frame_whole(tmp_path, where):
     stages = real_stages()
     stages[where] = Faulty(stages[where], fail_on={3, 7})
-    runner, out, stats = run(stages, tmp_path)
+    _runner, out, stats = run(stages, tmp_path)
     frames = decode_frames(out)
     assert len(frames) == 30 and stats.frames_masked_whole == 2
     assert is_black(frames[3]) and is_black(frames[7])

@@ -71,7 +71,7 @@ def test_official_download_fails_clearly_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(
-        ModelError, match="cannot download the official StarGAN checkpoint .*Place 200000-G.ckpt"
+        ModelError, match=r"cannot download the official StarGAN checkpoint .*Place 200000-G.ckpt"
     ):
         stargan.official_checkpoint(tmp_path)
 
@@ -170,7 +170,7 @@ def test_stargan_directs_the_surrogate_in_the_stream(tmp_path, demo_clip, detect
     from engines.stargan import onnx_path
 
     onnx_path(checkpoint, zoo.cache_dir()).unlink(missing_ok=True)  # made by an earlier run
-    with pytest.raises(ModelError, match="run_stream.py models --stargan"):
+    with pytest.raises(ModelError, match=r"run_stream.py models --stargan"):
         load_styler(str(checkpoint), "cpu")  # the stream only loads: the export is a set-up step
     made = subprocess.run([sys.executable, str(ROOT / "run_stream.py"), "models", "--stargan", str(checkpoint)],
                           capture_output=True, text=True)  # fmt: skip

@@ -89,7 +89,7 @@ def test_plaintext_off_the_machine_is_told_and_tls_files_are_checked(tmp_path, c
     from stream.errors import BackendUnavailableError
 
     assert _loopback("127.0.0.1:8001") and _loopback("localhost:8001") and not _loopback("10.0.0.5:8001")
-    with pytest.raises(BackendUnavailableError, match="CA .*missing.pem"):
+    with pytest.raises(BackendUnavailableError, match=r"CA .*missing.pem"):
         TritonBackend("127.0.0.1:9", "centerface", tls=TritonTLS(ca=str(tmp_path / "missing.pem")))
     with caplog.at_level("WARNING", logger="anonymousnet"), pytest.raises(BackendUnavailableError):
         TritonBackend("192.0.2.1:9", "centerface", timeout_s=0.5)  # TEST-NET: nobody answers

@@ -183,7 +183,7 @@ def test_the_clipped_margin_stops_at_clip():
 
 
 def test_settings_name_the_field_and_its_range():
-    with pytest.raises(ConfigError, match="uap delta: expected in \\[0, 1\\), got 1.5"):
+    with pytest.raises(ConfigError, match=r"uap delta: expected in \[0, 1\), got 1.5"):
         uap.Settings(delta=1.5)
     with pytest.raises(ConfigError, match="uap method: expected one of \\('deepfool', 'sgd'\\), got 'adam'"):
         uap.Settings(method="adam")
@@ -221,7 +221,7 @@ def test_the_file_round_trips_and_a_tampered_or_oversized_one_is_refused(tmp_pat
     with pytest.raises(ModelError, match="does not match the sha256"):
         Perturbation.load(path)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ModelError, match="junk.npz: not a readable perturbation file"):
+    with pytest.raises(ModelError, match=r"junk.npz: not a readable perturbation file"):
         Perturbation.load(tmp_path / "junk.npz")
 
 

@@ -78,7 +78,7 @@ class Gallery:
             member_counts=np.array([e.k for e in self.entries]),
             manifest=np.array(
                 json.dumps({"k": self.k, "source": self.source, "size": SIZE, "entries": len(self.entries)})
-            ),  # fmt: skip
+            ),
         )
 
     @classmethod

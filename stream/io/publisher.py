@@ -341,7 +341,7 @@ class _Connection:
             self.container.close()
 
 
-def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any, taken: Any) -> None:
+def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any, taken: Any) -> None:  # noqa: C901 - the publisher process's loop: connect, retry, mux, drain
     """The publisher process: frames and audio from ``work`` to the server, reconnecting as needed."""
     import av
 
@@ -404,7 +404,7 @@ def publish(s: PublishSettings, shm_name: str, free: Any, work: Any, events: Any
                     events.put(("connected",))
                     backoff = s.backoff_s
                     failures = 0
-                except Exception as exc:  # noqa: BLE001 - any failure to connect: wait and retry
+                except Exception as exc:  # any failure to connect: wait and retry
                     lost(exc)
                     backoff = min(backoff * 2, s.backoff_max_s)
                     failures += 1

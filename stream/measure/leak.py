@@ -49,6 +49,7 @@ counts: about one in six faces pixelated in 3 x 3 blocks still reaches 0.15.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -323,7 +324,7 @@ def cached_reference(input_spec: str, reference: ReferenceDetector, every: int =
         with np.load(target) as data:
             counts, boxes, crops = data["counts"], data["boxes"], data["crops"]
         edges = np.concatenate([[0], np.cumsum(counts)])
-        return [ReferenceFrame(boxes[a:b], crops[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        return [ReferenceFrame(boxes[a:b], crops[a:b]) for a, b in itertools.pairwise(edges)]
     frames = reference_frames(input_spec, reference, every)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part.npz")

@@ -164,7 +164,7 @@ def process_part(
     return process_segment(path, segment, output, config, pinned, secret_seed)
 
 
-def run_batch(
+def run_batch(  # noqa: C901 - videos, segments, pins and stitching in one loop; to split
     inputs: list[str],
     folder: Path,
     config: Config,
@@ -331,7 +331,7 @@ def _run_on_pool(jobs: list[Job], workers: int, retries: int, finished: Finished
                     except BrokenProcessPool:
                         broken = True  # a worker died: every unfinished task is retried
                         queue.append(job)
-                    except Exception as exc:  # noqa: BLE001 - recorded, retried
+                    except Exception as exc:  # recorded, retried
                         if attempts[job.key] <= retries:
                             log.warning("batch: %s failed (%s); retrying", job.key, exc)
                             queue.append(job)
@@ -373,7 +373,7 @@ def _run_on_ray(jobs: list[Job], address: str | None, workers: int, retries: int
             job = running.pop(ref)
             try:
                 finished(job.key, ray.get(ref), None, attempts[job.key])
-            except Exception as exc:  # noqa: BLE001 - a task error, or a worker that died on every retry
+            except Exception as exc:  # a task error, or a worker that died on every retry
                 if attempts[job.key] <= retries and not isinstance(exc, ray.exceptions.WorkerCrashedError):
                     attempts[job.key] += 1
                     log.warning("batch: %s failed (%s); retrying", job.key, exc)

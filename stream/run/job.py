@@ -160,7 +160,7 @@ def anonymize_still(image: NDArray[np.uint8], stages: list[Stage], obscurer: Obs
             packet = stage.process(packet)
         if not packet.anonymized:
             raise RuntimeError("no stage marked the photo anonymized")
-    except Exception as exc:  # noqa: BLE001 - a still fails closed like a frame
+    except Exception as exc:  # a still fails closed like a frame
         obscurer.mask_whole(packet.image)
         packet.failure = str(exc)
         packet.masked_whole = True
@@ -255,7 +255,7 @@ def privacy_report(stages: list[Stage], config: Config) -> dict[str, Any] | None
                 if stage.privacy.seeded
                 else "a secret seed drawn from the OS for this run, recorded nowhere"
             ),
-        },  # fmt: skip
+        },
         "figures": figures,
         "tracks": tracks,
         # Ended long ago (stages.KEEP_ENDED): in the PPAS classes, not in these figures or listings.

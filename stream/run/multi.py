@@ -98,7 +98,7 @@ class BatchedDetector:
         images = [image for call in calls for image in call.images]
         try:
             faces = self.detector.detect(images, scale, threshold, nms_iou)
-        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+        except BaseException as exc:  # handed to every caller
             for call in calls:
                 call.error = exc
                 call.done.set()
@@ -156,7 +156,7 @@ class StreamOutcome:
     error: AnonError | None = None
 
 
-def run_streams(
+def run_streams(  # noqa: C901 - starts, watches and stops the streams; a branch per outcome
     specs: Sequence[StreamSpec],
     config: Config,
     on_start: Callable[[str, Runner], None] | None = None,
@@ -197,7 +197,7 @@ def run_streams(
         except AnonError as exc:
             outcome.error = exc
             log.error("stream %s: %s", spec.name, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug ends this stream alone, and the run's code says so
+        except Exception as exc:  # a bug ends this stream alone, and the run's code says so
             outcome.error = InternalError(f"stream {spec.name}: {type(exc).__name__}: {exc}")
             log.error("stream %s: internal error: %s: %s", spec.name, type(exc).__name__, exc)
 

@@ -276,7 +276,7 @@ class Runner:
             self._q_in.put(_END)
         except _Aborted:
             pass
-        except Exception as exc:  # noqa: BLE001 - raised on the caller's thread once drained
+        except Exception as exc:  # raised on the caller's thread once drained
             if not isinstance(exc, (AnonError, *_read_errors())):
                 self._fail(exc)  # a bug, not the input: exit 70, as anywhere else
                 return
@@ -297,7 +297,7 @@ class Runner:
                 self._q_in.put(_END)
             except _Aborted:
                 pass
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._fail(exc)
 
     def _run_stages(self, packet: FramePacket, stages: Sequence[Stage]) -> FramePacket:
@@ -307,7 +307,7 @@ class Runner:
                 break
             try:
                 packet = stage.process(packet)
-            except Exception as exc:  # noqa: BLE001 - any stage fault must fail closed
+            except Exception as exc:  # any stage fault must fail closed
                 packet.failure = (
                     f"frame {packet.index}: stage {stage.name} failed ({type(exc).__name__}: {exc})"
                 )
@@ -347,7 +347,7 @@ class Runner:
                 self._reorder.put(seq, item)
         except _Aborted:
             pass
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._fail(exc)
 
     def _process(self) -> None:
@@ -367,7 +367,7 @@ class Runner:
                     return
         except _Aborted:
             pass
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._fail(exc)
 
     def _write(self) -> None:
@@ -400,13 +400,13 @@ class Runner:
             pass
         except AnonError as exc:
             self._fail(exc)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             error = SinkError(
                 f"output {self.sink.description}: writing failed after {self.stats.frames_out} frames "
                 f"({type(exc).__name__}: {exc})"
             )
             self._fail(error.with_traceback(exc.__traceback__))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._fail(exc)
 
     # --- driver -------------------------------------------------------------------

@@ -353,7 +353,7 @@ class SynthStage:
             return crop_from_box(packet.image, d.xyxy[det], d.landmarks[det], FaceMesh.size)
         return None
 
-    def process(self, packet: FramePacket) -> FramePacket:
+    def process(self, packet: FramePacket) -> FramePacket:  # noqa: C901 - mesh following, candidates and drawing in one loop; to split
         tracks, detections = packet.tracks, packet.detections
         self.pool.seen_together(tracks.track_id[tracks.detection >= 0].tolist())
         self._forget(set(tracks.track_id.tolist()))

@@ -33,16 +33,16 @@ class FakeTriton(rpc.GRPCInferenceServiceServicer):
         }
         self.requests = 0
 
-    def ServerLive(self, request, context):  # noqa: N802 - the gRPC method's name
+    def ServerLive(self, request, context):  # the gRPC method's name
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):  # noqa: N802
+    def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=True)
 
-    def ModelReady(self, request, context):  # noqa: N802
+    def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=request.name in self.sessions)
 
-    def ModelMetadata(self, request, context):  # noqa: N802
+    def ModelMetadata(self, request, context):
         session = self.sessions.get(request.name)
         if session is None:
             context.abort(
@@ -64,7 +64,7 @@ class FakeTriton(rpc.GRPCInferenceServiceServicer):
             inputs=meta(session.get_inputs()), outputs=meta(session.get_outputs()),
         )  # fmt: skip
 
-    def ModelInfer(self, request, context):  # noqa: N802
+    def ModelInfer(self, request, context):
         session = self.sessions.get(request.model_name)
         if session is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model_name}")
