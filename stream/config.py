@@ -15,6 +15,23 @@ from typing import Any, Literal, get_args, get_type_hints
 from stream.algorithms.privacy import Policy
 from stream.errors import ConfigError
 
+
+def bounded(default: Any, lo: float | str, hi: float | str) -> Any:
+    """A field's default and its valid range, declared once beside it; ``lo`` or ``hi`` may
+    name another field of the section (a maximum at least its minimum). ``check_ranges``
+    reads it."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi)})
+
+
+def check_ranges(section_config: Any, section: str) -> None:
+    """Every ``bounded`` field of a section within its range, or ConfigError naming it."""
+    for f in dataclasses.fields(section_config):
+        if "range" not in f.metadata:
+            continue
+        lo, hi = (getattr(section_config, v) if isinstance(v, str) else v for v in f.metadata["range"])
+        _range(f"{section}.{f.name}", getattr(section_config, f.name), lo, hi)
+
+
 ObscureMode = Literal["blur", "pixelate", "mask", "synth"]
 FallbackMode = Literal["blur", "pixelate", "mask"]
 MaskShape = Literal["ellipse", "box"]
@@ -43,25 +60,19 @@ class SourceConfig:
     """
 
     live: bool | None = None
-    timeout_s: float = 10.0
+    timeout_s: float = bounded(10.0, 0.1, 3600)
     rtsp_transport: RtspTransport = "tcp"
-    camera_width: int = 0
-    camera_height: int = 0
-    camera_fps: float = 0.0
-    reconnect_attempts: int = 10
-    reconnect_backoff_s: float = 0.5
-    reconnect_backoff_max_s: float = 8.0
+    camera_width: int = bounded(0, 0, 16384)
+    camera_height: int = bounded(0, 0, 16384)
+    camera_fps: float = bounded(0.0, 0, 1000)
+    reconnect_attempts: int = bounded(10, 0, 10**6)
+    reconnect_backoff_s: float = bounded(0.5, 0.0, 3600)
+    reconnect_backoff_max_s: float = bounded(8.0, "reconnect_backoff_s", 3600)
     realtime: bool | None = None
     loop: bool = False
 
     def validate(self) -> None:
-        _range("source.timeout_s", self.timeout_s, 0.1, 3600)
-        _range("source.reconnect_attempts", self.reconnect_attempts, 0, 10**6)
-        _range("source.reconnect_backoff_s", self.reconnect_backoff_s, 0.0, 3600)
-        _range("source.reconnect_backoff_max_s", self.reconnect_backoff_max_s, self.reconnect_backoff_s, 3600)
-        _range("source.camera_width", self.camera_width, 0, 16384)
-        _range("source.camera_height", self.camera_height, 0, 16384)
-        _range("source.camera_fps", self.camera_fps, 0, 1000)
+        check_ranges(self, "source")
 
 
 @dataclass(frozen=True)
@@ -92,27 +103,21 @@ class DetectConfig:
     backend: str = "cpu"  # a BackendName, or triton://HOST:PORT (tritons:// over TLS)
     precision: Precision = "fp16"
     calibration_table: str = ""
-    threads: int = 1
-    min_face: int = 16
-    model_min_face: float = 16.0
-    max_side: int = 0
-    threshold: float = 0.08
-    nms_iou: float = 0.3
-    every: int = 2
-    inter_scale: float = 0.5
+    threads: int = bounded(1, 0, 256)
+    min_face: int = bounded(16, 4, 512)
+    model_min_face: float = bounded(16.0, 4, 64)
+    max_side: int = bounded(0, 0, 16384)
+    threshold: float = bounded(0.08, 0.01, 0.99)
+    nms_iou: float = bounded(0.3, 0.05, 0.95)
+    every: int = bounded(2, 1, 60)
+    inter_scale: float = bounded(0.5, 0.0, 1.0)
 
     def validate(self) -> None:
-        _range("detect.threads", self.threads, 0, 256)
+        check_ranges(self, "detect")
         if self.precision == "int8" and not self.calibration_table:
             raise ConfigError(
                 "detect.calibration_table: int8 needs a calibration table (python -m calibration.int8)"
             )
-        _range("detect.min_face", self.min_face, 4, 512)
-        _range("detect.model_min_face", self.model_min_face, 4, 64)
-        _range("detect.max_side", self.max_side, 0, 16384)
-        _range("detect.threshold", self.threshold, 0.01, 0.99)
-        _range("detect.nms_iou", self.nms_iou, 0.05, 0.95)
-        _range("detect.every", self.every, 1, 60)
         if self.backend not in get_args(BackendName) and not self.backend.startswith(
             ("triton://", "tritons://")
         ):
@@ -121,7 +126,6 @@ class DetectConfig:
                 f"(tritons:// for TLS), "
                 f"got {self.backend!r}"
             )
-        _range("detect.inter_scale", self.inter_scale, 0.0, 1.0)
         if 0 < self.max_side < 64:
             raise ConfigError(f"detect.max_side: expected 0 or 64..16384, got {self.max_side}")
 
@@ -142,24 +146,17 @@ class TrackConfig:
     ``detect.every``, and coasts in between).
     """
 
-    high_threshold: float = 0.12
-    new_track_threshold: float = 0.12
-    match_iou: float = 0.2
-    low_match_iou: float = 0.4
-    coast_frames: int = 15
-    margin: float = 0.25
-    min_margin_px: float = 4.0
-    coast_growth: float = 0.15
+    high_threshold: float = bounded(0.12, 0.01, 0.99)
+    new_track_threshold: float = bounded(0.12, 0.01, 0.99)
+    match_iou: float = bounded(0.2, 0.01, 0.99)
+    low_match_iou: float = bounded(0.4, 0.01, 0.99)
+    coast_frames: int = bounded(15, 0, 10000)
+    margin: float = bounded(0.25, 0.0, 2.0)
+    min_margin_px: float = bounded(4.0, 0.0, 256.0)
+    coast_growth: float = bounded(0.15, 0.0, 1.0)
 
     def validate(self) -> None:
-        _range("track.high_threshold", self.high_threshold, 0.01, 0.99)
-        _range("track.new_track_threshold", self.new_track_threshold, 0.01, 0.99)
-        _range("track.match_iou", self.match_iou, 0.01, 0.99)
-        _range("track.low_match_iou", self.low_match_iou, 0.01, 0.99)
-        _range("track.coast_frames", self.coast_frames, 0, 10000)
-        _range("track.margin", self.margin, 0.0, 2.0)
-        _range("track.min_margin_px", self.min_margin_px, 0.0, 256.0)
-        _range("track.coast_growth", self.coast_growth, 0.0, 1.0)
+        check_ranges(self, "track")
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,7 @@ class ObscureConfig:
     mode: ObscureMode = "synth"
     shape: MaskShape = "ellipse"
     strength: float = 0.0
-    min_px: float = 5.0
+    min_px: float = bounded(5.0, 0.0, 256.0)
     colour: tuple[int, int, int] = (0, 0, 0)
 
     def strength_of(self, mode: str) -> float:
@@ -187,9 +184,9 @@ class ObscureConfig:
         return self.strength or (1 / 3 if mode == "pixelate" else 0.125)
 
     def validate(self) -> None:
+        check_ranges(self, "obscure")
         if self.strength:
             _range("obscure.strength", self.strength, 0.01, 1.0)
-        _range("obscure.min_px", self.min_px, 0.0, 256.0)
         if len(self.colour) != 3 or not all(0 <= int(c) <= 255 for c in self.colour):
             raise ConfigError(f"obscure.colour: expected three values 0..255, got {self.colour}")
 
@@ -231,27 +228,20 @@ class SynthConfig:
     """
 
     gallery: str = "builtin"
-    k: int = 4
+    k: int = bounded(4, 2, 100)
     fallback: FallbackMode = "blur"
-    min_face: int = 40
-    min_cover: float = 0.75
-    surround_blur: float = 0.06
-    reshape: float = 1.6
+    min_face: int = bounded(40, 8, 4096)
+    min_cover: float = bounded(0.75, 0.0, 1.0)
+    surround_blur: float = bounded(0.06, 0.0, 1.0)
+    reshape: float = bounded(1.6, 0.0, 2.0)
     own_eyes: bool = False
-    keep_tone: float = 0.0
+    keep_tone: float = bounded(0.0, 0.0, 1.0)
     stargan: str = ""
-    max_likeness: float = 0.6
-    max_lead: float = 0.05
+    max_likeness: float = bounded(0.6, -1.0, 1.0)
+    max_lead: float = bounded(0.05, -2.0, 2.0)
 
     def validate(self) -> None:
-        _range("synth.k", self.k, 2, 100)
-        _range("synth.surround_blur", self.surround_blur, 0.0, 1.0)
-        _range("synth.reshape", self.reshape, 0.0, 2.0)
-        _range("synth.keep_tone", self.keep_tone, 0.0, 1.0)
-        _range("synth.min_face", self.min_face, 8, 4096)
-        _range("synth.min_cover", self.min_cover, 0.0, 1.0)
-        _range("synth.max_likeness", self.max_likeness, -1.0, 1.0)
-        _range("synth.max_lead", self.max_lead, -2.0, 2.0)
+        check_ranges(self, "synth")
 
 
 @dataclass(frozen=True)
@@ -268,13 +258,12 @@ class PerturbConfig:
 
     mode: Literal["none", "uap", "noise"] = "none"
     file: str = ""
-    epsilon: float = 1.0
-    sigma: float = 3.0
+    epsilon: float = bounded(1.0, 0.0, 4.0)
+    sigma: float = bounded(3.0, 0.0, 64.0)
     seed: int = 0
 
     def validate(self) -> None:
-        _range("perturb.epsilon", self.epsilon, 0.0, 4.0)
-        _range("perturb.sigma", self.sigma, 0.0, 64.0)
+        check_ranges(self, "perturb")
         if self.mode == "uap" and not self.file:
             raise ConfigError(
                 "perturb.file: mode uap needs a perturbation file (python -m calibration.uap fit)"
@@ -299,29 +288,22 @@ class SinkConfig:
     """
 
     codec: str = "libx264"
-    crf: int = 20
+    crf: int = bounded(20, 0, 51)
     preset: str = "veryfast"
     pix_fmt: str = "yuv420p"
     image_format: str = "png"
     x264_params: str = ""  # passed to libx264 as is, e.g. "bframes=0"
     rtsp_transport: RtspTransport = "tcp"
-    timeout_s: float = 5.0
-    keyint_s: float = 1.0
-    reconnect_backoff_s: float = 0.5
-    reconnect_backoff_max_s: float = 8.0
-    connect_attempts: int = 10
-    fragment_s: float = 0.5
-    segment_s: float = 0.0
+    timeout_s: float = bounded(5.0, 0.1, 3600)
+    keyint_s: float = bounded(1.0, 0.04, 60)
+    reconnect_backoff_s: float = bounded(0.5, 0.0, 3600)
+    reconnect_backoff_max_s: float = bounded(8.0, "reconnect_backoff_s", 3600)
+    connect_attempts: int = bounded(10, 0, 1_000_000)
+    fragment_s: float = bounded(0.5, 0.0, 3600)
+    segment_s: float = bounded(0.0, 0.0, 24 * 3600)
 
     def validate(self) -> None:
-        _range("sink.crf", self.crf, 0, 51)
-        _range("sink.connect_attempts", self.connect_attempts, 0, 1_000_000)
-        _range("sink.fragment_s", self.fragment_s, 0.0, 3600)
-        _range("sink.segment_s", self.segment_s, 0.0, 24 * 3600)
-        _range("sink.timeout_s", self.timeout_s, 0.1, 3600)
-        _range("sink.keyint_s", self.keyint_s, 0.04, 60)
-        _range("sink.reconnect_backoff_s", self.reconnect_backoff_s, 0.0, 3600)
-        _range("sink.reconnect_backoff_max_s", self.reconnect_backoff_max_s, self.reconnect_backoff_s, 3600)
+        check_ranges(self, "sink")
         presets = "ultrafast superfast veryfast faster fast medium slow slower veryslow placebo".split()
         if self.codec in ("libx264", "libx265") and self.preset not in presets:
             raise ConfigError(f"sink.preset: expected one of {presets}, got {self.preset!r}")
@@ -346,21 +328,16 @@ class AttributesConfig:
     """
 
     enabled: bool = False
-    every: int = 2
-    min_face: int = 24
-    hysteresis: float = 0.1
-    freeze_confidence: float = 0.5
-    min_estimates: int = 3
-    max_estimates: int = 5
+    every: int = bounded(2, 1, 1000)
+    min_face: int = bounded(24, 0, 4096)
+    hysteresis: float = bounded(0.1, 0.0, 0.5)
+    freeze_confidence: float = bounded(0.5, 0.0, 1.0)
+    min_estimates: int = bounded(3, 1, 1000)
+    max_estimates: int = bounded(5, "min_estimates", 10000)
     forest: str = ""
 
     def validate(self) -> None:
-        _range("attributes.every", self.every, 1, 1000)
-        _range("attributes.min_face", self.min_face, 0, 4096)
-        _range("attributes.hysteresis", self.hysteresis, 0.0, 0.5)
-        _range("attributes.freeze_confidence", self.freeze_confidence, 0.0, 1.0)
-        _range("attributes.min_estimates", self.min_estimates, 1, 1000)
-        _range("attributes.max_estimates", self.max_estimates, self.min_estimates, 10000)
+        check_ranges(self, "attributes")
 
 
 @dataclass(frozen=True)
@@ -410,17 +387,14 @@ class RunnerConfig:
     latency (queue_size applies to files, which never drop).
     """
 
-    queue_size: int = 8
-    live_queue_size: int = 2
+    queue_size: int = bounded(8, 1, 1024)
+    live_queue_size: int = bounded(2, 1, 1024)
     on_failure: FailPolicy = "mask"
-    max_frames: int = 0
-    workers: int = 0
+    max_frames: int = bounded(0, 0, 10**9)
+    workers: int = bounded(0, 0, 64)
 
     def validate(self) -> None:
-        _range("runner.queue_size", self.queue_size, 1, 1024)
-        _range("runner.live_queue_size", self.live_queue_size, 1, 1024)
-        _range("runner.workers", self.workers, 0, 64)
-        _range("runner.max_frames", self.max_frames, 0, 10**9)
+        check_ranges(self, "runner")
 
 
 @dataclass(frozen=True)

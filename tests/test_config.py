@@ -50,3 +50,26 @@ def test_bad_toml_is_a_config_error(tmp_path: Path):
         build_config(file)
     with pytest.raises(ConfigError, match="not found"):
         build_config(tmp_path / "missing.toml")
+
+
+def test_every_flag_names_a_declared_field_and_its_declared_range_holds():
+    """The command line maps onto the config's one declaration: each flag names a field of
+    a section, and a value past a field's declared range (``bounded``) is refused with the
+    field's name and its range, whether it comes from the flag or from the file."""
+    import dataclasses
+
+    import run_stream
+    from stream.config import Config, ConfigError
+
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    config = build_config()
+    for option, (section, name) in run_stream._OPTION_FIELDS.items():
+        assert section in sections and hasattr(getattr(config, section), name), option
+        declared = {f.name: f for f in dataclasses.fields(getattr(config, section))}[name]
+        if "range" not in declared.metadata:
+            continue
+        lo, hi = declared.metadata["range"]
+        if isinstance(hi, str):
+            continue
+        with pytest.raises(ConfigError, match=rf"^{section}\.{name}: expected .*\.\.{hi}, got"):
+            build_config(None, {section: {name: type(declared.default)(hi * 2 + 1)}})
