@@ -68,7 +68,7 @@ def test_every_flag_names_a_declared_field_and_its_declared_range_holds():
         declared = {f.name: f for f in dataclasses.fields(getattr(config, section))}[name]
         if "range" not in declared.metadata:
             continue
-        lo, hi = declared.metadata["range"]
+        _, hi = declared.metadata["range"]
         if isinstance(hi, str):
             continue
         with pytest.raises(ConfigError, match=rf"^{section}\.{name}: expected .*\.\.{hi}, got"):
