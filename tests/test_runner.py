@@ -222,7 +222,8 @@ def test_an_input_that_breaks_before_its_first_frame_is_unreadable_not_damaged(t
 def test_a_bug_in_reading_is_a_bug_not_a_damaged_input(tmp_path):
     with pytest.raises(KeyError, match="a bug in the source"):
         run([PaintAll()], tmp_path, BuggySource(30))
-    frames = decode_frames(tmp_path / "out.mp4")
+    out = tmp_path / "out.mp4"  # none if the run stopped before the writer got a frame
+    frames = decode_frames(out) if out.exists() else []
     assert len(frames) <= 10 and all(is_green(f) for f in frames)  # what was written is kept
 
 
