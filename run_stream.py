@@ -8,6 +8,9 @@
     python run_stream.py privacy FOLDER [--json F]    attributes, PPAS and k / l / t over face photos
 
 Errors are one line on stderr and a non-zero exit code (see stream.errors).
+
+Over 400 lines: one function per subcommand; the flags are to be generated from
+the config declaration (issue 16 item 5).
 """
 
 from __future__ import annotations

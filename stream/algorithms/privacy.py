@@ -15,6 +15,9 @@
 
 Tables are ``(N, 40)`` arrays in ``ATTRIBUTES`` order: bool for values,
 float32 probabilities for estimates.
+
+Over 400 lines: PPAS, the k / l / t figures and the counterfactual changes work on
+one record format and are checked against each other.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ PPAS selected for it, never one containing the track's own identity; each
 frame the entry is warped onto the track's own mesh (pose and expression
 follow the person), relit to the frame (a smooth quadratic lighting surface
 per Lab channel is swapped for the target's), and feathered in.
+
+Over 400 lines: the gallery, the texture pool, relighting and drawing share the
+canonical face frame; to split along those with issue 17's work.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ again on a key frame.
 
 Only frames the pipeline marked anonymized are handed over (``RtspSink``
 refuses others like every sink); the publisher process sees nothing else.
+
+Over 400 lines: the parent-side sink and the child process's loop share one
+protocol of messages and shared memory, kept in one file so they change together.
 """
 
 from __future__ import annotations

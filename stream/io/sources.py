@@ -3,6 +3,9 @@
 A source yields, in input order, ``FramePacket`` for each decoded video frame
 (RGB, rotated upright, with its stream time) and ``PassthroughPacket`` for
 each compressed packet of the audio streams, which the sink copies as is.
+
+Over 400 lines: files, network streams (reconnection, timeouts) and cameras share
+the packet protocol and the stream-time bookkeeping.
 """
 
 from __future__ import annotations

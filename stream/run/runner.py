@@ -4,6 +4,9 @@ All threading, queueing, drop policy, fail policy and shutdown live here.
 Worker exceptions stop the run and are re-raised on the caller's thread;
 every thread is joined; the sink is closed (container finalized) on every
 path, so a partial output stays playable.
+
+Over 400 lines: the threads, queues and their shutdown paths are one piece of
+concurrency; split, their invariants would span files.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The synth stage: a k-Same surrogate per track, checked against the person, drawn on the mesh."""
+"""The synth stage: a k-Same surrogate per track, checked against the person, drawn on the mesh.
+
+Over 400 lines: the stage still holds candidate ranking, the identity check and
+mesh following as methods (to become parts of their own, issue 16 item 3).
+"""
 
 from __future__ import annotations
 
