@@ -485,8 +485,10 @@ def cmd_leak(argv: list[str]) -> int:
                            second_threshold=args.second_threshold, confirm=args.confirm_threshold,
                            max_detail=args.max_detail, cache=True)  # fmt: skip
     first = results[0]["reference"]
+    found = first["faces_by_source"]
+    by_source = ", ".join(f"{k} {v}" for k, v in found.items()) if found else "by source: not cached"
     print(f"reference: {results[0]['reference_faces']} faces in {results[0]['reference_frames']} frames "
-          f"({', '.join(f'{k} {v}' for k, v in first['faces_by_source'].items())})")  # fmt: skip
+          f"({by_source})")  # fmt: skip
     for r in results:
         print(f"{r['mode']:9s} leak {100 * r['leak_rate']:.3f}%  ({r['leaked']} uncovered + "
               f"{r['leaked_sharp']} covered but sharp, of {r['reference_faces']} reference faces; "

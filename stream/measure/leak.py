@@ -159,6 +159,7 @@ class ReferenceDetector:
         self.min_height = min_height
         self.confirm = confirm
         self.found = dict.fromkeys((*_SOURCES, "second_unconfirmed"), 0)
+        self.found_known = True  # False for a cached reference that did not record them
 
     def describe(self, width: int, height: int) -> dict[str, Any]:
         """The detectors and scales the reference runs on a frame of this size, and the faces
@@ -172,7 +173,7 @@ class ReferenceDetector:
             "second_threshold": self.second_threshold,
             "confirm_threshold": self.confirm,
             "min_height": self.min_height,
-            "faces_by_source": dict(self.found),
+            "faces_by_source": dict(self.found) if self.found_known else None,
         }
 
     def detect(self, image: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -326,6 +327,10 @@ def cached_reference(input_spec: str, reference: ReferenceDetector, every: int =
     if target.exists():
         with np.load(target) as data:
             counts, boxes, crops = data["counts"], data["boxes"], data["crops"]
+            # How many faces each detector contributed, for the report (older caches lack it).
+            if "found" in data:
+                reference.found.update(json.loads(str(data["found"])))
+            reference.found_known = "found" in data
         edges = np.concatenate([[0], np.cumsum(counts)])
         return [ReferenceFrame(boxes[a:b], crops[a:b]) for a, b in itertools.pairwise(edges)]
     frames = reference_frames(input_spec, reference, every)
@@ -334,7 +339,7 @@ def cached_reference(input_spec: str, reference: ReferenceDetector, every: int =
     counts = np.array([len(f.boxes) for f in frames], np.int64)
     boxes = np.concatenate([f.boxes for f in frames]).reshape(-1, 4)
     crops = np.concatenate([f.crops for f in frames]).reshape(-1, DETAIL_SIZE, DETAIL_SIZE)
-    np.savez(partial, counts=counts, boxes=boxes, crops=crops)
+    np.savez(partial, counts=counts, boxes=boxes, crops=crops, found=np.array(json.dumps(reference.found)))
     partial.replace(target)
     return frames
 
