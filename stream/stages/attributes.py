@@ -15,9 +15,7 @@ from stream.algorithms.attributes import (
     tracks_to_describe,
 )
 from stream.algorithms.privacy import StreamPrivacy
-from stream.config import (
-    AttributesConfig,
-)
+from stream.config import AttributesConfig
 from stream.frames import FramePacket
 from stream.stages import base
 

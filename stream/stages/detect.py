@@ -7,9 +7,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.centerface import CenterFace
-from stream.config import (
-    DetectConfig,
-)
+from stream.config import DetectConfig
 from stream.frames import Detections, FramePacket
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream.algorithms.obscure import Obscurer
-from stream.config import (
-    ObscureConfig,
-)
+from stream.config import ObscureConfig
 from stream.frames import FramePacket
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from stream.algorithms.perturbation import Offset, Perturbation, add_to_face, noise_pattern, track_generator
-from stream.config import (
-    PerturbConfig,
-)
+from stream.config import PerturbConfig
 from stream.frames import FramePacket
 
 

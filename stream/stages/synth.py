@@ -16,9 +16,7 @@ from numpy.typing import NDArray
 
 from engines.crops import Crop, crop_from_box, eye_angle, face_crop
 from engines.facemodels import FaceMesh
-from stream.algorithms.attributes import (
-    FaceInput,
-)
+from stream.algorithms.attributes import FaceInput
 from stream.algorithms.facewarp import MAX_TURN, to_canonical, turn
 from stream.algorithms.synthesis import (
     OWN_IDENTITY_COSINE,
@@ -36,10 +34,7 @@ from stream.algorithms.synthesis import (
     strengths,
     unit,
 )
-from stream.config import (
-    SynthConfig,
-    TrackConfig,
-)
+from stream.config import SynthConfig, TrackConfig
 from stream.errors import InternalError
 from stream.frames import FramePacket
 from stream.stages import base

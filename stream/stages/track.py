@@ -6,9 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream.algorithms.tracker import FaceTracker, dilate
-from stream.config import (
-    TrackConfig,
-)
+from stream.config import TrackConfig
 from stream.frames import FramePacket
 from stream.stages.detect import SCENE_CUT, DetectStage
 
