@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.command import command
 from engines.centerface import CenterFace
 from engines.evaluation import LabelledPhoto, labelled_photos, photo_faces
 from stream.algorithms.attributes import BuiltinEstimator, FaceInput
 from stream.algorithms.privacy import ATTRIBUTES
+from stream.errors import ConfigError
 
 
 def agreement(
@@ -46,6 +48,7 @@ def agreement(
     return result
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     from stream.config import build_config
     from stream.run.job import load_detector, load_estimator
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config()
     estimator = load_estimator(config)
     if not isinstance(estimator, BuiltinEstimator):
-        raise SystemExit("the agreement measures the built-in estimators; unset attributes.forest")
+        raise ConfigError("the agreement measures the built-in estimators; unset attributes.forest")
     photos = labelled_photos(args.media)
     figures = agreement(photos, load_detector(config), estimator)
     print(f"{len({ph.identity for ph in photos})} identities, {len(photos)} photos")

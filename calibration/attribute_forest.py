@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from calibration.command import command
 from stream.algorithms.privacy import ATTRIBUTES
 
 
@@ -106,6 +107,7 @@ def save_forests(path: Path, forests: dict[str, Any], meta: dict[str, Any]) -> N
     sio.dump({"attributes": list(forests), "forests": list(forests.values()), "meta": json.dumps(meta)}, path)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.attribute_forest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

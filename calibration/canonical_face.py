@@ -12,8 +12,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from calibration.command import command
 from engines.facemodels import MESH_EYE_CORNERS
 from stream.algorithms.facewarp import CANONICAL_FILE, SIZE
+from stream.errors import InternalError
 
 EYE_DISTANCE = 0.30
 EYE_LINE = 0.40
@@ -34,7 +36,9 @@ def normalise(points: NDArray[np.float32]) -> NDArray[np.float32]:
     return out.astype(np.float32)
 
 
-def main() -> int:
+@command
+def main(argv: list[str] | None = None) -> int:
+    del argv  # no options
     from skimage import data
 
     from engines import zoo
@@ -51,7 +55,7 @@ def main() -> int:
     ]
     layout = normalise(points)
     if layout.min() < 1 or layout.max() > SIZE - 2:
-        raise SystemExit("the layout does not fit the canonical square")
+        raise InternalError("the layout does not fit the canonical square")
     np.save(CANONICAL_FILE, layout)
     print(f"wrote {CANONICAL_FILE}: x {layout[:, 0].min():.0f}-{layout[:, 0].max():.0f}, "
           f"y {layout[:, 1].min():.0f}-{layout[:, 1].max():.0f}")  # fmt: skip

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from calibration.command import command
 from stream.algorithms.synthesis import Gallery, GalleryEntry, average_textures, builtin_path
 
 if TYPE_CHECKING:
@@ -272,6 +273,7 @@ def ensure_builtin(k: int = 4) -> Path:
     return path
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.gallery", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.command import command
 from stream.algorithms.privacy import ATTRIBUTES, GlobalDistribution
 
 
@@ -26,6 +27,7 @@ def from_attribute_file(path: Path) -> tuple[GlobalDistribution, int]:
     return GlobalDistribution.from_table(table, str(path)), len(table)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.global_distribution", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.command import command
 from engines import zoo
 from engines.centerface import INPUT, preprocess
 from stream.config import DetectConfig, SourceConfig
@@ -85,6 +86,7 @@ def write_table(
     return out_dir / "calibration.flatbuffers"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.int8", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.command import command
 from engines.stargan import IMAGE_SIZE, STARGAN_ATTRIBUTES, build_discriminator, build_generator
 
 
@@ -127,6 +128,7 @@ def load_batch(paths: list[Path], labels: np.ndarray, size: int) -> tuple[Any, A
     return batch, torch.from_numpy(labels.astype(np.float32))
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     from calibration.attribute_forest import read_dataset
     from stream.algorithms.privacy import INDEX

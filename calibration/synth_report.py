@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from calibration.command import command
 from engines.crops import crop_from_box
 from engines.evaluation import frame_sized, labelled_photos, main_face, read_rgb
 from engines.facemodels import FaceRes
@@ -310,6 +311,7 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
     return out
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.synth_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

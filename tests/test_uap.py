@@ -300,3 +300,26 @@ def test_the_torch_targets_agree_with_the_runtime_faceres(astronaut_face):
     with torch.no_grad():
         male_logit = float(gender(batch)[0, 0])
     assert male_logit == pytest.approx(float(np.log(runtime.male[0] / (1 - runtime.male[0]))), abs=1e-2)
+
+
+def test_every_calibration_command_turns_project_errors_into_one_line_and_the_exit_code(capsys, tmp_path):
+    import importlib
+    import pkgutil
+
+    import calibration
+    from calibration.uap import cli
+
+    commands = []
+    for info in pkgutil.walk_packages(calibration.__path__, "calibration."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        if callable(getattr(module, "main", None)) and module.__name__ == module.main.__module__:
+            commands.append(module)
+    assert len(commands) == 9
+    unwrapped = [m.__name__ for m in commands if not hasattr(m.main, "__wrapped__")]
+    assert unwrapped == [], "calibration commands without calibration.command.command"
+    code = cli.main(["fit", "-o", str(tmp_path / "u.npz"), "--delta", "5", "--media", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == ConfigError.exit_code
+    assert err == "error: uap delta: expected in [0, 1), got 5.0"
