@@ -130,6 +130,23 @@ def detector():
 
 
 @pytest.fixture(scope="session")
+def astronaut_mesh(detector):
+    """The astronaut photo and its 468-point mesh (the real mesh model on the CPU)."""
+    from skimage import data
+
+    from engines import zoo
+    from engines.base import create_backend
+    from engines.crops import crop_from_box
+    from engines.facemodels import FaceMesh
+
+    image = data.astronaut()
+    (faces,) = detector.detect([image], 1.0, 0.5)
+    mesh = FaceMesh(create_backend("cpu", zoo.ensure("facemesh")))
+    points = mesh.predict([crop_from_box(image, faces.boxes[0], faces.landmarks[0], 192)]).points[0]
+    return image, points
+
+
+@pytest.fixture(scope="session")
 def demo_clip(tmp_path_factory) -> Path:
     """The built-in demo clip (astronaut, with AAC audio)."""
     from stream.io.demo import write_demo_clip

@@ -5,24 +5,13 @@ import json
 import numpy as np
 import pytest
 from conftest import MEDIA, decode_frames
-from skimage import data
 
 from engines import zoo
 from engines.base import create_backend
-from engines.crops import crop_from_box
 from engines.facemodels import FaceMesh
 from stream.algorithms import facewarp
 from stream.algorithms.synthesis import Gallery, GalleryEntry, average_textures, rank_entries
 from stream.config import SynthConfig
-
-
-@pytest.fixture(scope="module")
-def astronaut_mesh(detector):
-    image = data.astronaut()
-    (faces,) = detector.detect([image], 1.0, 0.5)
-    mesh = FaceMesh(create_backend("cpu", zoo.ensure("facemesh")))
-    points = mesh.predict([crop_from_box(image, faces.boxes[0], faces.landmarks[0], 192)]).points[0]
-    return image, points
 
 
 def test_warp_to_the_canonical_frame_and_back_is_faithful(astronaut_mesh):
@@ -238,10 +227,12 @@ def test_the_identity_check_scores_the_face_as_it_is_drawn(detector):
     drawn = unit(
         estimator.estimate([FaceInput(packet.image, found.xyxy[0], found.landmarks[0])]).descriptor[0]
     )
-    own = unit(synth.attributes.states[track_id].descriptor_sum)
+    own = synth.attributes.identity(track_id)
+    assert own is not None
     assert float(drawn @ own) == pytest.approx(likeness, abs=0.01)
     # And someone else known scores about as well: the person does not lead by more than max_lead.
-    others = synth._others(track_id, own)
+    known = [d for t, (_, d) in synth.attributes.identities().items() if t != track_id]
+    others = synth.identity.others(own, known)
     assert len(others) >= synth.config.k and float((others @ own).max()) <= 0.55
     assert likeness - float((others @ drawn).max()) <= SynthConfig.max_lead + 0.01
 
@@ -253,20 +244,20 @@ def test_a_face_that_still_leads_every_other_person_is_not_drawn(detector):
 
 
 def test_the_drawn_mesh_is_steadied_when_still_and_follows_when_moving(astronaut_mesh):
-    from stream.algorithms.synthesis import MeshSmoother
+    from stream.algorithms.meshfollow import MeshSmoother
 
     _, points = astronaut_mesh
     height = float(np.ptp(points[:, 1]))
     rng = np.random.default_rng(0)
-    smoother = MeshSmoother()
+    smoother, mover = MeshSmoother(), MeshSmoother()
     # A still face whose mesh jitters by 0.5% of its height: the drawn mesh jitters a third less.
     jitter = [points + rng.normal(0, 0.005 * height, points.shape).astype(np.float32) for _ in range(60)]
-    still = [smoother(1, i, p) for i, p in enumerate(jitter)]
+    still = [smoother(i, p) for i, p in enumerate(jitter)]
     left = np.std(np.array(still[20:]) - points, axis=0).mean()
     assert left < 0.7 * np.std(np.array(jitter[20:]) - points, axis=0).mean()
     # A face moving 3% of its height per frame is followed within a quarter of a frame's step.
     step = np.array([0.03 * height, 0, 0], np.float32)
-    moving = [smoother(2, i, points + i * step) for i in range(30)]
+    moving = [mover(i, points + i * step) for i in range(30)]
     assert np.abs(moving[-1] - (points + 29 * step)).max() < 0.25 * 0.03 * height
     # A gap starts afresh: the first frame after it is drawn as found.
-    assert np.array_equal(smoother(2, 40, points), points)
+    assert np.array_equal(mover(40, points), points)

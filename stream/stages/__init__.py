@@ -15,13 +15,10 @@ from stream.stages.detect import SCENE_CUT, DetectStage, detection_scale, thumbn
 from stream.stages.obscure import ObscureStage
 from stream.stages.perturb import PerturbStage
 from stream.stages.synth import (
-    Candidate,
-    FaceToCheck,
     Pick,
     SynthCounts,
     SynthStage,
     covered_share,
-    crop_from_mesh,
     face_of,
 )
 from stream.stages.track import TrackStage
@@ -30,9 +27,7 @@ __all__ = [
     "KEEP_ENDED",
     "SCENE_CUT",
     "AttributeStage",
-    "Candidate",
     "DetectStage",
-    "FaceToCheck",
     "ObscureStage",
     "PerturbStage",
     "Pick",
@@ -41,7 +36,6 @@ __all__ = [
     "SynthStage",
     "TrackStage",
     "covered_share",
-    "crop_from_mesh",
     "detection_scale",
     "face_of",
     "thumbnail",

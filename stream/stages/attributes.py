@@ -6,6 +6,7 @@ import collections
 import itertools
 
 import numpy as np
+from numpy.typing import NDArray
 
 from stream.algorithms.attributes import (
     AttributeFusion,
@@ -15,6 +16,7 @@ from stream.algorithms.attributes import (
     tracks_to_describe,
 )
 from stream.algorithms.privacy import StreamPrivacy
+from stream.algorithms.synthesis import unit
 from stream.config import AttributesConfig
 from stream.frames import FramePacket
 from stream.stages import base
@@ -90,6 +92,33 @@ class AttributeStage:
     def with_descriptors(self) -> dict[int, TrackAttributes]:
         """Live tracks and the recently ended ones that still hold their descriptor."""
         return {t: self.ended[t] for t in self._with_descriptor} | self.states
+
+    # What the synth stage reads: what PPAS released, and who the people are.
+
+    def released(self, track_id: int) -> NDArray[np.bool_] | None:
+        """The attributes PPAS released for the track; None until it is described."""
+        record = self.privacy.tracks.get(track_id)
+        return None if record is None else record.released
+
+    def identity(self, track_id: int) -> NDArray[np.float32] | None:
+        """The live track's unit identity descriptor (its estimates fused); None: none yet."""
+        state = self.states.get(track_id)
+        return unit(state.descriptor_sum) if state is not None and state.estimates else None
+
+    def identities(self) -> dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]]:
+        """Per track still holding its descriptor (``with_descriptors``): its fused attribute
+        probabilities and unit identity descriptor."""
+        return {
+            t: (s.probability, unit(s.descriptor_sum))
+            for t, s in self.with_descriptors().items()
+            if s.estimates
+        }
+
+    def read_identity(
+        self, image: NDArray[np.uint8], box: NDArray[np.float32], landmarks: NDArray[np.float32]
+    ) -> NDArray[np.float32]:
+        """The unit identity descriptor of the face found at ``box`` and ``landmarks``."""
+        return unit(self.estimator.estimate([FaceInput(image, box, landmarks)]).descriptor[0])
 
     def all_tracks(self) -> dict[int, TrackAttributes]:
         """Every track described in the run, ended and live."""

@@ -1,0 +1,121 @@
+"""The synth stage's parts on their own: candidate ranking, the identity check, mesh following."""
+
+import numpy as np
+import pytest
+
+from stream.algorithms import facewarp, meshfollow
+from stream.algorithms.candidates import Candidate, rank_candidates
+from stream.algorithms.identity import IdentityCheck
+from stream.algorithms.synthesis import Gallery, GalleryEntry, TexturePool, strengths
+from stream.config import SynthConfig
+
+SIZE = facewarp.SIZE
+
+
+def _people(count: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(count, 1024)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _attributes(male: bool, young: bool) -> np.ndarray:
+    values = np.full(40, np.nan, np.float32)
+    values[20], values[39] = (0.9 if male else 0.1), (0.9 if young else 0.1)
+    return values
+
+
+def _gallery(members: np.ndarray) -> Gallery:
+    mask = facewarp.canonical().mask
+    entries = [
+        GalleryEntry(np.full((SIZE, SIZE, 3), 60 + 40 * i, np.uint8), mask, _attributes(male, young), group)
+        for i, ((male, young), group) in enumerate(
+            zip([(True, True), (True, False), (False, True)], np.split(members, 3), strict=True)
+        )
+    ]
+    return Gallery(entries, 3, "test")
+
+
+def test_candidates_are_ranked_by_attribute_match_and_never_hold_the_person():
+    members = _people(9)
+    gallery = _gallery(members)
+    young_man = np.zeros(40, bool)
+    young_man[[20, 39]] = True
+    pool = TexturePool(k=3)
+    ranked = rank_candidates(gallery, pool, 1, young_man, {}, 3)
+    assert [c.index for c in ranked] == [0, 1]  # the young man first, never the woman
+    assert ranked[0].origin == "gallery entry 0"
+    assert [c.index for c in rank_candidates(gallery, pool, 1, young_man, {}, 1)] == [0]
+    # Track 1 is member 0 of entry 0: it never gets its own average back.
+    own = {1: (_attributes(True, True), members[0])}
+    assert [c.index for c in rank_candidates(gallery, pool, 1, young_man, own, 3)] == [1]
+    assert rank_candidates(None, pool, 1, young_man, own, 3) == []
+
+
+def _face(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    lo, hi = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
+    box = np.concatenate([lo, hi]).astype(np.float32)
+    landmarks = np.stack([points[33, :2], points[263, :2], points[1, :2], points[61, :2], points[291, :2]])
+    return box, landmarks.astype(np.float32), points, box
+
+
+def test_the_identity_check_keeps_the_least_alike_passing_candidate_and_never_draws_on_the_frame(
+    astronaut_mesh,
+):
+    from stream.algorithms.synthesis import sample_lab
+
+    image, points = astronaut_mesh
+    people = _people(12, seed=3)
+    own, gallery = people[0], _gallery(people[3:])
+    seen: list[np.ndarray] = []
+    # The recognizer's answers, candidate by candidate: the first drawn face is still the
+    # person, the second is not.
+    answers = iter([own, people[1], own, people[1]])
+
+    def read(canvas, box, landmarks):
+        seen.append(canvas)
+        return next(answers)
+
+    check = IdentityCheck(gallery, read, SynthConfig.max_likeness, SynthConfig.max_lead, False)
+    assert check.active
+    others = check.others(own, [people[2]])
+    assert len(others) == 1 + 9  # the other track and the gallery's members
+    candidates = [Candidate(e, f"gallery entry {i}", i) for i, e in enumerate(gallery.entries[:2])]
+    lab, lab_mask = sample_lab(image, points)
+    before = image.copy()
+    ladder = strengths(SynthConfig.reshape, SynthConfig.keep_tone, SynthConfig.surround_blur)
+    checked = check.choose(image, candidates, ladder, _face(points), lab, lab_mask, own, others)
+    assert np.array_equal(image, before)  # drawn on copies only
+    assert checked.candidate is candidates[1] and checked.surrogate is not None
+    assert checked.likeness == pytest.approx(float(people[1] @ own))
+    assert len(seen) == 2 and seen[0].shape[0] < image.shape[0]  # a copy of the surroundings
+    # Every candidate at every strength still the person: none kept, the closest reported.
+    check = IdentityCheck(gallery, lambda *_: own, SynthConfig.max_likeness, SynthConfig.max_lead, False)
+    refused = check.choose(image, candidates, ladder, _face(points), lab, lab_mask, own, others)
+    assert refused.surrogate is None and refused.likeness == pytest.approx(1.0)
+    # A gallery member who is the person does not count as someone else.
+    assert len(check.others(people[3], [])) == 8
+    assert not IdentityCheck(None, read, 1.0, 2.0, False).active
+
+
+def test_a_followed_mesh_is_kept_at_lower_confidence_and_found_anew_when_lost(astronaut_mesh):
+    image, points = astronaut_mesh
+    box = np.concatenate([points[:, :2].min(axis=0), points[:, :2].max(axis=0)]).astype(np.float32)
+    found = (box, _face(points)[1])
+    followed = meshfollow.FollowedMesh()
+    assert followed.crop(image, 0, box, None) is None  # nothing seen, nothing detected
+    assert followed.crop(image, 0, box, found) is not None  # from the detection
+    # Found anew it needs the find confidence; once followed the keep confidence.
+    between = (meshfollow.KEEP_CONFIDENCE + meshfollow.FIND_CONFIDENCE) / 2
+    assert followed.update(0, points, between, box) is None and followed.seen is None
+    assert followed.update(0, points, 0.9, box) is not None
+    assert followed.update(1, points, between, box) is not None
+    # Followed without a detection: the crop sits on the last mesh moved with the track.
+    moved = box + np.array([10, 0, 10, 0], np.float32)
+    a = followed.crop(image, 2, box, None)
+    b = followed.crop(image, 2, moved, None)
+    assert a is not None and b is not None
+    shift = np.asarray(b.to_image(np.zeros((1, 2), np.float32)) - a.to_image(np.zeros((1, 2), np.float32)))
+    assert shift[0, 0] == pytest.approx(10, abs=0.5) and shift[0, 1] == pytest.approx(0, abs=0.5)
+    # Too old a mesh is not followed.
+    assert followed.crop(image, 1 + meshfollow.FOLLOW_FRAMES + 1, box, None) is None
+    assert followed.update(5, points, 0.1, box) is None and followed.seen is None
