@@ -119,3 +119,13 @@ def test_a_followed_mesh_is_kept_at_lower_confidence_and_found_anew_when_lost(as
     # Too old a mesh is not followed.
     assert followed.crop(image, 1 + meshfollow.FOLLOW_FRAMES + 1, box, None) is None
     assert followed.update(5, points, 0.1, box) is None and followed.seen is None
+
+
+def test_data_computed_once_and_shared_cannot_be_changed_by_a_caller():
+    from stream.algorithms import synthesis
+
+    shared = [facewarp.canonical().points, facewarp.canonical().tri_map, facewarp.canonical().bary]
+    shared += [synthesis._rim(), synthesis._full_basis(), synthesis._reshape_weights()]
+    for array in shared:
+        with pytest.raises(ValueError, match="read-only"):
+            array.flat[0] = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,9 +35,20 @@ class Canonical:
     tri_map: NDArray[np.int32]
     bary: NDArray[np.float32]
 
+    def __post_init__(self) -> None:
+        for array in (self.points, self.triangles, self.tri_map, self.bary):
+            read_only(array)
+
     @property
     def mask(self) -> NDArray[np.bool_]:
         return np.asarray(self.tri_map >= 0)
+
+
+def read_only(array: NDArray[Any]) -> NDArray[Any]:
+    """``array`` made unwriteable: data computed once and shared by every caller (the
+    ``lru_cache`` singletons of this package) cannot be changed by one of them."""
+    array.flags.writeable = False
+    return array
 
 
 MAX_TURN = 0.15  # beyond this, a face's far side is stretched in the canonical frame

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.algorithms.facewarp import SIZE, Rendered, canonical, from_canonical, to_canonical
+from stream.algorithms.facewarp import SIZE, Rendered, canonical, from_canonical, read_only, to_canonical
 from stream.algorithms.privacy import INDEX
 from stream.io.files import check_npz
 
@@ -131,7 +131,7 @@ def _rim() -> NDArray[np.bool_]:
     hair and shadows fall over a face; nothing of eyes, brows or mouth lies in it."""
     mask = canonical().mask.astype(np.uint8)
     inner = cv2.erode(mask, np.ones((31, 31), np.uint8))
-    return np.asarray((mask > 0) & (inner == 0))
+    return read_only(np.asarray((mask > 0) & (inner == 0)))
 
 
 def even_lighting(
@@ -320,7 +320,7 @@ def lighting(lab: NDArray[np.float32], mask: NDArray[np.bool_]) -> NDArray[np.fl
 @lru_cache(maxsize=1)
 def _full_basis() -> NDArray[np.float32]:
     gv, gu = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE - 0.5
-    return _basis(gu, gv)
+    return read_only(_basis(gu, gv))
 
 
 def surface(coeffs: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -506,7 +506,7 @@ def _reshape_weights() -> NDArray[np.float32]:
     points = canonical().points
     fixed = points[list(LEFT_EYE + RIGHT_EYE + INNER_LIPS)]
     distance = np.linalg.norm(points[:, None] - fixed[None], axis=2).min(axis=1)
-    return np.asarray(np.clip((distance - 8) / 24, 0, 1), np.float32)
+    return read_only(np.asarray(np.clip((distance - 8) / 24, 0, 1), np.float32))
 
 
 def reshape(

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from stream.frames import FramePacket, PassthroughPacket
 from stream.io.adts import strips_headers, without_header
 
 log = logging.getLogger("anonymousnet")
+
+if TYPE_CHECKING:
+    from stream.io.publisher import PublishStats
 
 # Audio packets held while the video stream is not yet set up (first frame).
 _MAX_HELD_PACKETS = 20000
@@ -37,6 +40,16 @@ class Sink(Protocol):
     def write_passthrough(self, packet: PassthroughPacket) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Publishing(Protocol):
+    """A sink that hands frames to a publisher and hears back from it (RTSP): its counters,
+    and the latencies of the frames it published since last asked."""
+
+    stats: PublishStats
+
+    def drain_latencies(self) -> list[float]: ...
 
 
 def even_size(image: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,6 +71,13 @@ class Source(Protocol):
     def damage(self) -> str | None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """A source whose reading can be stopped from another thread, mid-wait."""
+
+    def interrupt(self) -> None: ...
 
 
 def scheme(spec: str) -> str | None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from stream.io.redact import display_url
+from stream.io.sinks import Publishing
 from stream.run.runner import LATENCY_BUCKETS, Runner
 from stream.stages import SynthStage, TrackStage
 
@@ -60,8 +61,8 @@ class StreamsCollector:
                 frames.add_metric([name, kind], value)
             faces.add_metric([name], s.faces)
             tracks.add_metric([name], s.max_track_id)
-            reconnects.add_metric([name], getattr(runner.source.stats, "reconnects", 0))
-            publish = getattr(runner.sink, "stats", None)
+            reconnects.add_metric([name], runner.source.stats.reconnects)
+            publish = runner.sink.stats if isinstance(runner.sink, Publishing) else None
             if publish is not None:
                 published.add_metric([name], publish.frames_published)
                 publish_dropped.add_metric([name], publish.frames_dropped)

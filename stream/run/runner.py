@@ -32,8 +32,8 @@ from stream.errors import (
     signal_number,
 )
 from stream.frames import FramePacket, PassthroughPacket
-from stream.io.sinks import Sink
-from stream.io.sources import Source
+from stream.io.sinks import Publishing, Sink
+from stream.io.sources import Interruptible, Source
 from stream.stages import Stage
 
 _END = object()
@@ -245,7 +245,7 @@ class Runner:
         # Leading stages that declare themselves independent per frame run on
         # several workers; the rest (tracking onwards) run in input order.
         split = 0
-        while split < len(self.stages) and getattr(self.stages[split], "parallel", False):
+        while split < len(self.stages) and self.stages[split].parallel:
             split += 1
         self._parallel_stages = self.stages[:split]
         self._serial_stages = self.stages[split:]
@@ -380,7 +380,7 @@ class Runner:
             self._written.set()
 
     def _write_loop(self) -> None:
-        drain_latencies = getattr(self.sink, "drain_latencies", None)
+        drain_latencies = self.sink.drain_latencies if isinstance(self.sink, Publishing) else None
         try:
             while True:
                 item = self._q_out.get()
@@ -417,9 +417,8 @@ class Runner:
     def stop(self) -> None:
         """Stop reading, from any thread; what is already queued is processed and written."""
         self._stop.set()
-        interrupt = getattr(self.source, "interrupt", None)
-        if interrupt is not None:
-            interrupt()
+        if isinstance(self.source, Interruptible):
+            self.source.interrupt()
 
     def run(self, progress: Callable[[RunStats], None] | None = None) -> RunStats:
         """Run to the end of the input. Raises the first worker error, or Interrupted
