@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -53,126 +54,55 @@ def _colour(text: str) -> list[int]:
 
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set`` and one flag per config field that declares one (``Flag`` in
+    stream/config.py, beside the field's type, default and range)."""
+    from stream.config import GROUPS, flag_fields
+
     p.add_argument(
         "--config", type=Path, help="TOML file with any of the options (sections as in stream/config.py)"
     )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="any config option, e.g. source.reconnect_backoff_s=1 (repeatable)")  # fmt: skip
-    g = p.add_argument_group("obscuring")
-    g.add_argument(
-        "--mode", choices=["blur", "pixelate", "mask", "synth"], help="how faces are hidden (synth)"
-    )
-    g.add_argument(
-        "--gallery",
-        help="k-Same gallery for --mode synth: a file (python -m calibration.gallery), "
-        "builtin (default) or '' for the stream's own people only",
-    )
-    g.add_argument(
-        "--perturb",
-        choices=["none", "uap", "noise"],
-        help="Stage IV on replaced faces: a universal adversarial perturbation, or noise (none)",
-    )
-    g.add_argument(
-        "--perturbation", help="perturbation file for --perturb uap (python -m calibration.uap fit)"
-    )
-    g.add_argument(
-        "--stargan",
-        help="StarGAN generator checkpoint (or 'official') that directs surrogates "
-        "to the selected attributes",
-    )
-    g.add_argument("--shape", choices=["ellipse", "box"], help="shape of the hidden region (ellipse)")
-    g.add_argument(
-        "--strength",
-        type=float,
-        help="blur sigma / pixel block as a fraction of face width (blur 0.125, pixelate 1/3)",
-    )
-    g.add_argument("--colour", "--color", type=_colour, help="mask colour R,G,B (0,0,0)")
-    g = p.add_argument_group("detection and tracking")
-    g.add_argument(
-        "--backend",
-        help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT, "
-        "tritons://HOST:PORT (TLS) (cpu)",
-    )
-    g.add_argument("--threads", type=int, help="inference threads per call (1; 0: all cores)")
-    g.add_argument("--workers", type=int, help="frames detected at once (0: one per core)")
-    g.add_argument("--min-face", type=int, help="smallest face height to find, px (16; 10 upscales)")
-    g.add_argument("--threshold", type=float, help="lowest detection score kept (0.2)")
-    g.add_argument(
-        "--coast-frames", type=int, help="frames a lost face stays hidden at its predicted place (15)"
-    )
-    g.add_argument("--margin", type=float, help="box dilation per side, fraction of size (0.25)")
-    g = p.add_argument_group("input and output")
-    live = g.add_mutually_exclusive_group()
-    live.add_argument("--live", dest="live", action="store_true", default=None, help="treat input as live")
-    live.add_argument("--no-live", dest="live", action="store_false", help="treat input as a file")
-    g.add_argument("--timeout", type=float, help="network open/read timeout, s (10)")
-    g.add_argument("--rtsp-transport", choices=["tcp", "udp"], help="RTSP transport (tcp)")
-    g.add_argument("--reconnect-attempts", type=int,
-                   help="failed reconnections in a row before a lost live input stops (10)")  # fmt: skip
-    g.add_argument("--realtime", dest="realtime", action="store_true", default=None,
-                   help="read a file or lavfi: input at its own pace, like a camera "
-                        "(the default for an rtsp:// output)")  # fmt: skip
-    g.add_argument("--no-realtime", dest="realtime", action="store_false",
-                   help="read as fast as possible, also for an rtsp:// output")  # fmt: skip
-    g.add_argument("--loop", dest="loop", action="store_true", default=None,
-                   help="start a file again at its end (a simulated camera, with --realtime)")  # fmt: skip
-    g.add_argument("--codec", help="video encoder (libx264)")
-    g.add_argument("--crf", type=int, help="encoder quality, lower is better (20)")
-    g.add_argument("--preset", help="x264 preset (veryfast)")
-    g.add_argument("--segment-time", type=float,
-                   help="a new output file every this many seconds, NAME_000.mp4, ... (0: one)")  # fmt: skip
-    g.add_argument("--on-failure", choices=["mask", "stop"], help="when a stage fails on a frame (mask)")
-    g.add_argument("--max-frames", type=int, help="stop after this many input frames")
-    g = p.add_argument_group("attributes and privacy")
-    g.add_argument("--attributes", dest="attributes", action="store_true", default=None,
-                   help="estimate every track's attributes; report privacy figures (PPAS)")  # fmt: skip
-    g.add_argument("--report-original-attributes", dest="report_original", action="store_true", default=None,
-                   help="also write original attribute values to the report (off by default)")  # fmt: skip
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    for option in flag_fields():
+        _add_flag(groups[option.flag.group], option)
 
 
-_OPTION_FIELDS = {
-    "mode": ("obscure", "mode"),
-    "gallery": ("synth", "gallery"),
-    "stargan": ("synth", "stargan"),
-    "perturb": ("perturb", "mode"),
-    "perturbation": ("perturb", "file"),
-    "shape": ("obscure", "shape"),
-    "strength": ("obscure", "strength"),
-    "colour": ("obscure", "colour"),
-    "backend": ("detect", "backend"),
-    "threads": ("detect", "threads"),
-    "min_face": ("detect", "min_face"),
-    "threshold": ("detect", "threshold"),
-    "coast_frames": ("track", "coast_frames"),
-    "margin": ("track", "margin"),
-    "live": ("source", "live"),
-    "timeout": ("source", "timeout_s"),
-    "rtsp_transport": ("source", "rtsp_transport"),
-    "reconnect_attempts": ("source", "reconnect_attempts"),
-    "realtime": ("source", "realtime"),
-    "loop": ("source", "loop"),
-    "codec": ("sink", "codec"),
-    "crf": ("sink", "crf"),
-    "preset": ("sink", "preset"),
-    "segment_time": ("sink", "segment_s"),
-    "on_failure": ("runner", "on_failure"),
-    "max_frames": ("runner", "max_frames"),
-    "workers": ("runner", "workers"),
-    "attributes": ("attributes", "enabled"),
-    "report_original": ("privacy", "report_original"),
-}
+def _add_flag(group: Any, option: Any) -> None:
+    """The flag of one config field: its type and choices from the field's type hint, its
+    help with the field's default."""
+    flag, hint = option.flag, option.hint
+    default = option.default
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    text = f"{flag.help} (default {shown})" if flag.show_default else flag.help
+    if hint is bool or bool in typing.get_args(hint):
+        if flag.negative is None:
+            group.add_argument(*flag.names, dest=option.dest, action="store_true", default=None, help=text)
+            return
+        both = group.add_mutually_exclusive_group()
+        both.add_argument(*flag.names, dest=option.dest, action="store_true", default=None, help=text)
+        both.add_argument(flag.negative[0], dest=option.dest, action="store_false", help=flag.negative[1])
+        return
+    metavar = flag.names[0].lstrip("-").upper().replace("-", "_")
+    if typing.get_origin(hint) is typing.Literal:
+        group.add_argument(*flag.names, dest=option.dest, choices=list(typing.get_args(hint)), help=text)
+    elif typing.get_origin(hint) is tuple:
+        group.add_argument(*flag.names, dest=option.dest, type=_colour, metavar="R,G,B", help=text)
+    else:
+        kind = hint if hint in (int, float) else str
+        group.add_argument(*flag.names, dest=option.dest, type=kind, metavar=metavar, help=text)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from stream.config import build_config, parse_option
+    from stream.config import build_config, flag_fields, parse_option
 
     overrides: dict[str, dict[str, Any]] = {}
     for section, name, value in map(parse_option, getattr(args, "set", None) or []):
         overrides.setdefault(section, {})[name] = value
-    for option, (section, name) in _OPTION_FIELDS.items():
-        value = getattr(args, option, None)
+    for option in flag_fields():
+        value = getattr(args, option.dest, None)
         if value is not None:
-            overrides.setdefault(section, {})[name] = value
+            overrides.setdefault(option.section, {})[option.name] = value
     return build_config(args.config, overrides)
 
 
@@ -257,7 +187,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def cmd_anonymize(argv: list[str]) -> int:
+def anonymize_parser() -> argparse.ArgumentParser:
+    """The main command's parser: inputs and outputs, then every pipeline option."""
     p = _Parser(prog="run_stream.py", description="Anonymize every face in a video file, stream or camera.")
     p.add_argument("input", nargs="*", help="video file, URL (rtsp://, http://, lavfi:...) or camera "
                    "index; several run at once, one -o each")  # fmt: skip
@@ -274,6 +205,11 @@ def cmd_anonymize(argv: list[str]) -> int:
                    help="address the metrics endpoint binds (127.0.0.1; 0.0.0.0: all)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     _add_pipeline_options(p)
+    return p
+
+
+def cmd_anonymize(argv: list[str]) -> int:
+    p = anonymize_parser()
     args = p.parse_args(argv)
 
     from stream.run.job import RegionLog, run_job

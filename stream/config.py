@@ -19,11 +19,44 @@ from stream.algorithms.privacy import Policy
 from stream.errors import ConfigError
 
 
-def bounded(default: Any, lo: float | str, hi: float | str) -> Any:
+@dataclass(frozen=True)
+class Flag:
+    """A config field's command-line flag; ``run_stream.py`` makes every flag from these.
+
+    ``names`` as typed (the first is the flag, the rest aliases), the help line (the field's
+    default is appended unless ``show_default`` is off), the help group (one of ``GROUPS``);
+    ``negative``: the flag and help that set a bool back to False, where its default (None)
+    means "decided from the input".
+    """
+
+    names: tuple[str, ...]
+    help: str
+    group: str
+    negative: tuple[str, str] | None = None
+    show_default: bool = True
+
+
+OBSCURING, DETECTION, IO, PRIVACY = GROUPS = (
+    "obscuring", "detection and tracking", "input and output", "attributes and privacy",
+)  # fmt: skip
+
+
+def flag(*names: str, help: str, group: str, negative: tuple[str, str] | None = None,
+         show_default: bool = True) -> dict[str, Flag]:  # fmt: skip
+    """Field metadata declaring a command-line flag (for ``bounded`` and ``flagged``)."""
+    return {"flag": Flag(names, help, group, negative, show_default)}
+
+
+def bounded(default: Any, lo: float | str, hi: float | str, cli: dict[str, Flag] | None = None) -> Any:
     """A field's default and its valid range, declared once beside it; ``lo`` or ``hi`` may
     name another field of the section (a maximum at least its minimum). ``check_ranges``
-    reads it."""
-    return dataclasses.field(default=default, metadata={"range": (lo, hi)})
+    reads it; ``cli`` (``flag(...)``) gives it a command-line flag."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi)} | (cli or {}))
+
+
+def flagged(default: Any, cli: dict[str, Flag]) -> Any:
+    """A field without a range, with a command-line flag (``flag(...)``)."""
+    return dataclasses.field(default=default, metadata=cli)
 
 
 def check_ranges(section_config: Any, section: str) -> None:
@@ -62,17 +95,55 @@ class SourceConfig:
     its end, time stamps continuing (a simulated camera, with ``realtime``).
     """
 
-    live: bool | None = None
-    timeout_s: float = bounded(10.0, 0.1, 3600)
-    rtsp_transport: RtspTransport = "tcp"
+    live: bool | None = flagged(
+        None,
+        flag(
+            "--live",
+            help="treat input as live",
+            group=IO,
+            show_default=False,
+            negative=("--no-live", "treat input as a file"),
+        ),
+    )
+    timeout_s: float = bounded(
+        10.0, 0.1, 3600, flag("--timeout", help="network open/read timeout, s", group=IO)
+    )
+    rtsp_transport: RtspTransport = flagged("tcp", flag("--rtsp-transport", help="RTSP transport", group=IO))
     camera_width: int = bounded(0, 0, 16384)
     camera_height: int = bounded(0, 0, 16384)
     camera_fps: float = bounded(0.0, 0, 1000)
-    reconnect_attempts: int = bounded(10, 0, 10**6)
+    reconnect_attempts: int = bounded(
+        10,
+        0,
+        10**6,
+        flag(
+            "--reconnect-attempts",
+            help="failed reconnections in a row before a lost live input stops",
+            group=IO,
+        ),
+    )
     reconnect_backoff_s: float = bounded(0.5, 0.0, 3600)
     reconnect_backoff_max_s: float = bounded(8.0, "reconnect_backoff_s", 3600)
-    realtime: bool | None = None
-    loop: bool = False
+    realtime: bool | None = flagged(
+        None,
+        flag(
+            "--realtime",
+            help="read a file or lavfi: input at its own pace, like a camera "
+            "(the default for an rtsp:// output)",
+            group=IO,
+            show_default=False,
+            negative=("--no-realtime", "read as fast as possible, also for an rtsp:// output"),
+        ),
+    )
+    loop: bool = flagged(
+        False,
+        flag(
+            "--loop",
+            help="start a file again at its end (a simulated camera, with --realtime)",
+            group=IO,
+            show_default=False,
+        ),
+    )
 
     def validate(self) -> None:
         check_ranges(self, "source")
@@ -103,14 +174,35 @@ class DetectConfig:
     patterns too (a face left is worse than a pattern blurred).
     """
 
-    backend: str = "cpu"  # a BackendName, or triton://HOST:PORT (tritons:// over TLS)
+    backend: str = flagged(
+        "cpu",
+        flag(
+            "--backend",
+            help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT, "
+            "tritons://HOST:PORT (TLS)",
+            group=DETECTION,
+        ),
+    )
     precision: Precision = "fp16"
     calibration_table: str = ""
-    threads: int = bounded(1, 0, 256)
-    min_face: int = bounded(16, 4, 512)
+    threads: int = bounded(
+        1, 0, 256, flag("--threads", help="inference threads per call (0: all cores)", group=DETECTION)
+    )
+    min_face: int = bounded(
+        16,
+        4,
+        512,
+        flag(
+            "--min-face",
+            help="smallest face height to find, px (under 16 upscales the frame)",
+            group=DETECTION,
+        ),
+    )
     model_min_face: float = bounded(16.0, 4, 64)
     max_side: int = bounded(0, 0, 16384)
-    threshold: float = bounded(0.08, 0.01, 0.99)
+    threshold: float = bounded(
+        0.08, 0.01, 0.99, flag("--threshold", help="lowest detection score kept", group=DETECTION)
+    )
     nms_iou: float = bounded(0.3, 0.05, 0.95)
     every: int = bounded(2, 1, 60)
     inter_scale: float = bounded(0.5, 0.0, 1.0)
@@ -153,8 +245,17 @@ class TrackConfig:
     new_track_threshold: float = bounded(0.12, 0.01, 0.99)
     match_iou: float = bounded(0.2, 0.01, 0.99)
     low_match_iou: float = bounded(0.4, 0.01, 0.99)
-    coast_frames: int = bounded(15, 0, 10000)
-    margin: float = bounded(0.25, 0.0, 2.0)
+    coast_frames: int = bounded(
+        15,
+        0,
+        10000,
+        flag(
+            "--coast-frames", help="frames a lost face stays hidden at its predicted place", group=DETECTION
+        ),
+    )
+    margin: float = bounded(
+        0.25, 0.0, 2.0, flag("--margin", help="box dilation per side, fraction of size", group=DETECTION)
+    )
     min_margin_px: float = bounded(4.0, 0.0, 256.0)
     coast_growth: float = bounded(0.15, 0.0, 1.0)
 
@@ -176,11 +277,22 @@ class ObscureConfig:
     colour: RGB of the mask, and of whole-frame masks under the fail policy.
     """
 
-    mode: ObscureMode = "synth"
-    shape: MaskShape = "ellipse"
-    strength: float = 0.0
+    mode: ObscureMode = flagged("synth", flag("--mode", help="how faces are hidden", group=OBSCURING))
+    shape: MaskShape = flagged("ellipse", flag("--shape", help="shape of the hidden region", group=OBSCURING))
+    strength: float = flagged(
+        0.0,
+        flag(
+            "--strength",
+            help="blur sigma / pixel block as a fraction of face width "
+            "(0: the mode's own, blur 0.125, pixelate 1/3)",
+            group=OBSCURING,
+            show_default=False,
+        ),
+    )
     min_px: float = bounded(5.0, 0.0, 256.0)
-    colour: tuple[int, int, int] = (0, 0, 0)
+    colour: tuple[int, int, int] = flagged(
+        (0, 0, 0), flag("--colour", "--color", help="mask colour R,G,B", group=OBSCURING)
+    )
 
     def strength_of(self, mode: str) -> float:
         """The strength ``mode`` is drawn with: ``strength``, or that mode's own."""
@@ -230,7 +342,15 @@ class SynthConfig:
     weakest strength, the one least like the person is kept.
     """
 
-    gallery: str = "builtin"
+    gallery: str = flagged(
+        "builtin",
+        flag(
+            "--gallery",
+            help="k-Same gallery for --mode synth: a file (python -m calibration.gallery), builtin, "
+            "or '' for the stream's own people only",
+            group=OBSCURING,
+        ),
+    )
     k: int = bounded(4, 2, 100)
     fallback: FallbackMode = "blur"
     min_face: int = bounded(40, 8, 4096)
@@ -239,7 +359,16 @@ class SynthConfig:
     reshape: float = bounded(1.6, 0.0, 2.0)
     own_eyes: bool = False
     keep_tone: float = bounded(0.0, 0.0, 1.0)
-    stargan: str = ""
+    stargan: str = flagged(
+        "",
+        flag(
+            "--stargan",
+            help="StarGAN generator (run_stream.py models --stargan) that directs surrogates "
+            "to the selected attributes",
+            group=OBSCURING,
+            show_default=False,
+        ),
+    )
     max_likeness: float = bounded(0.6, -1.0, 1.0)
     max_lead: float = bounded(0.05, -2.0, 2.0)
 
@@ -259,8 +388,23 @@ class PerturbConfig:
     face to perturb.
     """
 
-    mode: Literal["none", "uap", "noise"] = "none"
-    file: str = ""
+    mode: Literal["none", "uap", "noise"] = flagged(
+        "none",
+        flag(
+            "--perturb",
+            help="Stage IV on replaced faces: a universal adversarial perturbation, or noise",
+            group=OBSCURING,
+        ),
+    )
+    file: str = flagged(
+        "",
+        flag(
+            "--perturbation",
+            help="perturbation file for --perturb uap (python -m calibration.uap fit)",
+            group=OBSCURING,
+            show_default=False,
+        ),
+    )
     epsilon: float = bounded(1.0, 0.0, 4.0)
     sigma: float = bounded(3.0, 0.0, 64.0)
     seed: int = 0
@@ -290,9 +434,9 @@ class SinkConfig:
     ``NAME_000.mp4``, ``NAME_001.mp4``, ... (0: one file).
     """
 
-    codec: str = "libx264"
-    crf: int = bounded(20, 0, 51)
-    preset: str = "veryfast"
+    codec: str = flagged("libx264", flag("--codec", help="video encoder", group=IO))
+    crf: int = bounded(20, 0, 51, flag("--crf", help="encoder quality, lower is better", group=IO))
+    preset: str = flagged("veryfast", flag("--preset", help="x264 preset", group=IO))
     pix_fmt: str = "yuv420p"
     image_format: str = "png"
     x264_params: str = ""  # passed to libx264 as is, e.g. "bframes=0"
@@ -303,7 +447,16 @@ class SinkConfig:
     reconnect_backoff_max_s: float = bounded(8.0, "reconnect_backoff_s", 3600)
     connect_attempts: int = bounded(10, 0, 1_000_000)
     fragment_s: float = bounded(0.5, 0.0, 3600)
-    segment_s: float = bounded(0.0, 0.0, 24 * 3600)
+    segment_s: float = bounded(
+        0.0,
+        0.0,
+        24 * 3600,
+        flag(
+            "--segment-time",
+            help="a new output file every this many seconds, NAME_000.mp4, ... (0: one file)",
+            group=IO,
+        ),
+    )
 
     def validate(self) -> None:
         check_ranges(self, "sink")
@@ -330,7 +483,15 @@ class AttributesConfig:
     detector's low-score finds are there.
     """
 
-    enabled: bool = False
+    enabled: bool = flagged(
+        False,
+        flag(
+            "--attributes",
+            help="estimate every track's attributes; report privacy figures (PPAS)",
+            group=PRIVACY,
+            show_default=False,
+        ),
+    )
     every: int = bounded(2, 1, 1000)
     min_face: int = bounded(24, 0, 4096)
     hysteresis: float = bounded(0.1, 0.0, 0.5)
@@ -357,7 +518,15 @@ class PrivacyConfig(Policy):
 
     distribution: str = ""
     seed: int | None = None
-    report_original: bool = False
+    report_original: bool = flagged(
+        False,
+        flag(
+            "--report-original-attributes",
+            help="also write original attribute values to the report",
+            group=PRIVACY,
+            show_default=False,
+        ),
+    )
     stricter_k: int = 0
     stricter_t: float = -1.0
 
@@ -392,9 +561,15 @@ class RunnerConfig:
 
     queue_size: int = bounded(8, 1, 1024)
     live_queue_size: int = bounded(2, 1, 1024)
-    on_failure: FailPolicy = "mask"
-    max_frames: int = bounded(0, 0, 10**9)
-    workers: int = bounded(0, 0, 64)
+    on_failure: FailPolicy = flagged(
+        "mask", flag("--on-failure", help="when a stage fails on a frame", group=IO)
+    )
+    max_frames: int = bounded(
+        0, 0, 10**9, flag("--max-frames", help="stop after this many input frames (0: all)", group=IO)
+    )
+    workers: int = bounded(
+        0, 0, 64, flag("--workers", help="frames detected at once (0: one per core)", group=DETECTION)
+    )
 
     def validate(self) -> None:
         check_ranges(self, "runner")
@@ -422,6 +597,33 @@ class Config:
                 f"(with {self.obscure.mode} there is no face left to perturb)"
             )
         return self
+
+
+@dataclass(frozen=True)
+class FlagField:
+    """A config field with a command-line flag: where it lives, its flag, type and default."""
+
+    section: str
+    name: str
+    flag: Flag
+    hint: Any
+    default: Any
+
+    @property
+    def dest(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def flag_fields() -> list[FlagField]:
+    """Every config field with a command-line flag, by help group, then in config order."""
+    found = []
+    for section in dataclasses.fields(Config):
+        kind = section.default_factory
+        hints = get_type_hints(kind)
+        for f in dataclasses.fields(kind):  # type: ignore[arg-type]
+            if "flag" in f.metadata:
+                found.append(FlagField(section.name, f.name, f.metadata["flag"], hints[f.name], f.default))
+    return sorted(found, key=lambda f: GROUPS.index(f.flag.group))
 
 
 def _range(name: str, value: float, lo: float, hi: float) -> None:

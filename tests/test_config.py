@@ -58,12 +58,12 @@ def test_every_flag_names_a_declared_field_and_its_declared_range_holds():
     field's name and its range, whether it comes from the flag or from the file."""
     import dataclasses
 
-    import run_stream
-    from stream.config import Config, ConfigError
+    from stream.config import Config, ConfigError, flag_fields
 
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
     config = build_config()
-    for option, (section, name) in run_stream._OPTION_FIELDS.items():
+    for option in flag_fields():
+        section, name = option.section, option.name
         assert section in sections and hasattr(getattr(config, section), name), option
         declared = {f.name: f for f in dataclasses.fields(getattr(config, section))}[name]
         if "range" not in declared.metadata:
@@ -73,3 +73,45 @@ def test_every_flag_names_a_declared_field_and_its_declared_range_holds():
             continue
         with pytest.raises(ConfigError, match=rf"^{section}\.{name}: expected .*\.\.{hi}, got"):
             build_config(None, {section: {name: type(declared.default)(hi * 2 + 1)}})
+
+
+def test_the_command_line_is_made_from_the_config_declaration():
+    """Every field declaring a flag has it, with its default in the help, and a value given
+    on the command line reaches exactly that field: a new option is one edit in config.py."""
+    import typing
+
+    import run_stream
+    from stream.config import flag_fields
+
+    parser = run_stream.anonymize_parser()
+    text = parser.format_help()
+    options = flag_fields()
+    assert len(options) >= 29
+    for option in options:
+        flag = option.flag
+        assert flag.names[0] in text, flag.names
+        hint = option.hint
+        if hint is bool or bool in typing.get_args(hint):
+            argv, expected = [flag.names[0]], True
+        elif typing.get_origin(hint) is typing.Literal:
+            expected = typing.get_args(hint)[-1]
+            argv = [flag.names[0], expected]
+        elif typing.get_origin(hint) is tuple:
+            argv, expected = [flag.names[0], "1,2,3"], (1, 2, 3)
+        elif hint in (int, float):
+            expected = hint(option.default + (1 if hint is int else 0.5))
+            argv = [flag.names[0], str(expected)]
+        else:
+            samples = {"backend": "cuda", "preset": "medium", "codec": "libx265"}
+            expected = samples.get(option.name, "named.file")
+            argv = [flag.names[0], expected]
+        args = parser.parse_args(["in.mp4", *argv])
+        config = run_stream.config_from_args(args)
+        assert getattr(getattr(config, option.section), option.name) == expected, argv
+        if option.flag.show_default:
+            shown = (
+                option.default
+                if not isinstance(option.default, tuple)
+                else ",".join(map(str, option.default))
+            )
+            assert f"(default {shown})" in " ".join(text.split()), flag.names
