@@ -59,7 +59,7 @@ def write_table(
         raise ValueError(f"{video}: no frames to calibrate on")
     scale = detection_scale(images[0].shape[1], images[0].shape[0], DetectConfig(min_face=min_face))
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches: Iterator[dict[str, Any]] = iter({INPUT: preprocess([im], scale)} for im in images)
 

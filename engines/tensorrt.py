@@ -65,7 +65,7 @@ def gpu_name() -> str:
 
 def tensorrt_version() -> str:
     try:
-        import tensorrt  # type: ignore[import-not-found]
+        import tensorrt
 
         return str(tensorrt.__version__)
     except ImportError:

@@ -36,7 +36,18 @@ def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of
     import torch
     import torch.nn.functional as F
 
-    def conv(x, w, b=None, *, group=1, strides=(1, 1), dilations=(1, 1), pads=None, auto_pad="NOTSET", **_):
+    def conv(
+        x: Any,
+        w: Any,
+        b: Any = None,
+        *,
+        group: Any = 1,
+        strides: Any = (1, 1),
+        dilations: Any = (1, 1),
+        pads: Any = None,
+        auto_pad: Any = "NOTSET",
+        **_: Any,
+    ) -> Any:
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             pads = _same_pads(x.shape[2:], w.shape[2:], strides, dilations, auto_pad)
         if pads is not None and any(pads):
@@ -47,14 +58,23 @@ def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of
             x = F.pad(x, [begin[1], end[1], begin[0], end[0]])
         return F.conv2d(x, w, b, tuple(strides), 0, tuple(dilations), group)
 
-    def conv_transpose(x, w, b=None, *, group=1, strides=(1, 1), pads=(0, 0, 0, 0), output_padding=(0, 0),
-                       dilations=(1, 1), **_):  # fmt: skip
+    def conv_transpose(x: Any, w: Any, b: Any = None, *, group: Any = 1, strides: Any = (1, 1),
+                       pads: Any = (0, 0, 0, 0), output_padding: Any = (0, 0), dilations: Any = (1, 1),
+                       **_: Any) -> Any:  # fmt: skip
         if pads[0] != pads[2] or pads[1] != pads[3]:
             raise ModelError("ConvTranspose with asymmetric pads is not supported")
         return F.conv_transpose2d(x, w, b, tuple(strides), tuple(pads[:2]), tuple(output_padding), group,
                                   tuple(dilations))  # fmt: skip
 
-    def max_pool(x, *, kernel_shape, strides=None, pads=None, auto_pad="NOTSET", **_):
+    def max_pool(
+        x: Any,
+        *,
+        kernel_shape: Any,
+        strides: Any = None,
+        pads: Any = None,
+        auto_pad: Any = "NOTSET",
+        **_: Any,
+    ) -> Any:
         strides = strides or kernel_shape
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             pads = _same_pads(x.shape[2:], kernel_shape, strides, (1, 1), auto_pad)
@@ -62,16 +82,28 @@ def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of
             x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]], value=float("-inf"))
         return F.max_pool2d(x, tuple(kernel_shape), tuple(strides))
 
-    def batch_norm(x, scale, bias, mean, var, *, epsilon=1e-5, **_):
+    def batch_norm(
+        x: Any, scale: Any, bias: Any, mean: Any, var: Any, *, epsilon: Any = 1e-5, **_: Any
+    ) -> Any:
         return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
 
-    def gemm(a, b, c=None, *, transA=0, transB=0, alpha=1.0, beta=1.0, **_):
+    def gemm(
+        a: Any,
+        b: Any,
+        c: Any = None,
+        *,
+        transA: Any = 0,
+        transB: Any = 0,
+        alpha: Any = 1.0,
+        beta: Any = 1.0,
+        **_: Any,
+    ) -> Any:
         a = a.t() if transA else a
         b = b.t() if transB else b
         y = alpha * (a @ b)
         return y if c is None else y + beta * c
 
-    def pad(x, pads, value=None, *, mode="constant", **_):
+    def pad(x: Any, pads: Any, value: Any = None, *, mode: Any = "constant", **_: Any) -> Any:
         p = [int(v) for v in pads.tolist()]
         n = len(p) // 2
         torch_pads: list[int] = []
@@ -79,15 +111,15 @@ def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of
             torch_pads += [p[axis], p[axis + n]]
         return F.pad(x, torch_pads, mode=mode, value=0.0 if value is None else float(value))
 
-    def resize(x, roi=None, scales=None, sizes=None, *, mode="nearest",
-               coordinate_transformation_mode="half_pixel", **_):  # fmt: skip
+    def resize(x: Any, roi: Any = None, scales: Any = None, sizes: Any = None, *, mode: Any = "nearest",
+               coordinate_transformation_mode: Any = "half_pixel", **_: Any) -> Any:  # fmt: skip
         size = [int(v) for v in sizes.tolist()][2:] if sizes is not None else None
         if mode == "linear":
             align = coordinate_transformation_mode == "align_corners"
             return F.interpolate(x, size=size, mode="bilinear", align_corners=align)
         return F.interpolate(x, size=size, mode="nearest")
 
-    def slice_(x, starts, ends, axes=None, steps=None, **_):
+    def slice_(x: Any, starts: Any, ends: Any, axes: Any = None, steps: Any = None, **_: Any) -> Any:
         index: list[Any] = [slice(None)] * x.dim()
         axes_l = axes.tolist() if axes is not None else list(range(len(starts)))
         steps_l = steps.tolist() if steps is not None else [1] * len(axes_l)
@@ -98,32 +130,32 @@ def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of
             index[a] = slice(s, e, st)
         return x[tuple(index)]
 
-    def shape(x, **_):
+    def shape(x: Any, **_: Any) -> Any:
         # Shape arithmetic stays on the CPU: no device sync, so CUDA graphs can capture the model.
         return torch.tensor(list(x.shape), dtype=torch.int64)
 
-    def reshape(x, s, **_):
+    def reshape(x: Any, s: Any, **_: Any) -> Any:
         target = [int(v) for v in s.tolist()]
         target = [x.shape[i] if v == 0 else v for i, v in enumerate(target)]
         return x.reshape(target)
 
-    def unsqueeze(x, axes, **_):
+    def unsqueeze(x: Any, axes: Any, **_: Any) -> Any:
         for a in sorted(int(v) for v in axes.tolist()):
             x = x.unsqueeze(a)
         return x
 
-    def squeeze(x, axes=None, **_):
+    def squeeze(x: Any, axes: Any = None, **_: Any) -> Any:
         if axes is None:
             return x.squeeze()
         for a in sorted((int(v) for v in axes.tolist()), reverse=True):
             x = x.squeeze(a)
         return x
 
-    def concat(*xs, axis, **_):
+    def concat(*xs: Any, axis: Any, **_: Any) -> Any:
         return torch.cat(xs, dim=axis)
 
     def reduce(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def run(x, *, axes, keepdims=1, **_):
+        def run(x: Any, *, axes: Any, keepdims: Any = 1, **_: Any) -> Any:
             dims = [a % x.dim() for a in axes]
             if fn is torch.amax:
                 return torch.amax(x, dim=dims, keepdim=bool(keepdims))
@@ -131,7 +163,7 @@ def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of
 
         return run
 
-    def depth_to_space(x, *, blocksize, mode="DCR", **_):
+    def depth_to_space(x: Any, *, blocksize: Any, mode: Any = "DCR", **_: Any) -> Any:
         n, c, h, w = x.shape
         b = blocksize
         if mode == "DCR":
@@ -140,13 +172,13 @@ def _ops() -> dict[str, Callable[..., Any]]:  # noqa: C901 - a dispatch table of
             y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
         return y.reshape(n, c // (b * b), h * b, w * b)
 
-    def prelu(x, slope, **_):
+    def prelu(x: Any, slope: Any, **_: Any) -> Any:
         return torch.where(x >= 0, x, x * slope)
 
-    def clip(x, lo=None, hi=None, **_):
+    def clip(x: Any, lo: Any = None, hi: Any = None, **_: Any) -> Any:
         return torch.clamp(x, lo, hi)
 
-    def cast(x, *, to, **_):
+    def cast(x: Any, *, to: Any, **_: Any) -> Any:
         return x.to(torch.int64) if to == 7 else x.to(torch.float32)
 
     return {

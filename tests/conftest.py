@@ -6,6 +6,7 @@ import hashlib
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def noise_frames(count: int, width: int = 160, height: int = 96, seed: int = 0) 
 
 
 @pytest.fixture(scope="session")
-def detector():
+def detector() -> Any:
     """The real CenterFace detector on the CPU (fetched by set-up)."""
     from stream.config import build_config
     from stream.run.job import load_detector
@@ -130,7 +131,7 @@ def detector():
 
 
 @pytest.fixture(scope="session")
-def astronaut_mesh(detector):
+def astronaut_mesh(detector: Any) -> Any:
     """The astronaut photo and its 468-point mesh (the real mesh model on the CPU)."""
     from skimage import data
 
@@ -147,7 +148,7 @@ def astronaut_mesh(detector):
 
 
 @pytest.fixture(scope="session")
-def demo_clip(tmp_path_factory) -> Path:
+def demo_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in demo clip (astronaut, with AAC audio)."""
     from stream.io.demo import write_demo_clip
 

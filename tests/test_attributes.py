@@ -1,6 +1,8 @@
 """Stage I: fusion, the attribute stage end to end, the forest job, the global distribution job."""
 
 import json
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,13 +15,13 @@ from stream.config import build_config
 MALE, SMILING = INDEX["Male"], INDEX["Smiling"]
 
 
-def estimate(male=np.nan, smiling=np.nan):
+def estimate(male: Any = np.nan, smiling: Any = np.nan) -> Any:
     p = np.full(len(ATTRIBUTES), np.nan, np.float32)
     p[MALE], p[SMILING] = male, smiling
     return p
 
 
-def test_fusion_weights_by_quality_and_holds_decisions_with_hysteresis():
+def test_fusion_weights_by_quality_and_holds_decisions_with_hysteresis() -> None:
     fusion = AttributeFusion(hysteresis=0.1, freeze_confidence=0.99, min_estimates=100, max_estimates=1000)
     track = TrackAttributes(1)
     fusion.update(track, estimate(male=0.9, smiling=0.55), 1.0, np.zeros(1024, np.float32))
@@ -33,7 +35,7 @@ def test_fusion_weights_by_quality_and_holds_decisions_with_hysteresis():
     assert np.isnan(track.probability[INDEX["Bald"]]) and not track.known[INDEX["Bald"]]
 
 
-def test_a_frozen_track_never_changes():
+def test_a_frozen_track_never_changes() -> None:
     fusion = AttributeFusion(hysteresis=0.1, freeze_confidence=0.6, min_estimates=2, max_estimates=10)
     track = TrackAttributes(7)
     assert not fusion.update(track, estimate(male=0.95, smiling=0.9), 1.0, np.zeros(1024, np.float32))
@@ -44,7 +46,7 @@ def test_a_frozen_track_never_changes():
     np.testing.assert_array_equal(track.decided, before[1])
 
 
-def test_stream_privacy_chooses_once_and_reproducibly():
+def test_stream_privacy_chooses_once_and_reproducibly() -> None:
     policy = Policy(quasi_identifiers=("Male",), t=0.1, epsilon=1.0)
     probs = np.random.default_rng(0).random((20, len(ATTRIBUTES))).astype(np.float32)
     a = StreamPrivacy(policy, GlobalDistribution.celeba(), seed=5)
@@ -58,7 +60,7 @@ def test_stream_privacy_chooses_once_and_reproducibly():
     assert verdict is not None and verdict.figures.classes <= 2
 
 
-def test_online_ppas_moves_a_class_toward_the_global_distribution():
+def test_online_ppas_moves_a_class_toward_the_global_distribution() -> None:
     # Twenty men who all smile: the class's smiling rate is pulled toward CelebA's ~48%.
     policy = Policy(quasi_identifiers=("Male",), t=0.1, epsilon=float("inf"))
     privacy = StreamPrivacy(policy, GlobalDistribution.celeba(), seed=0)
@@ -69,7 +71,9 @@ def test_online_ppas_moves_a_class_toward_the_global_distribution():
     assert abs(chosen.mean() - p) <= 0.1
 
 
-def test_attribute_stage_in_a_run_reports_without_original_values(tmp_path, demo_clip, detector):
+def test_attribute_stage_in_a_run_reports_without_original_values(
+    tmp_path: Path, demo_clip: Path, detector: Any
+) -> None:
     from stream.run.job import run_job
 
     config = build_config(None, {"attributes": {"enabled": True, "every": 2}})
@@ -88,7 +92,7 @@ def test_attribute_stage_in_a_run_reports_without_original_values(tmp_path, demo
     assert any("original" in t and t["original"]["Male"] < 0.5 for t in tracks)  # Eileen Collins
 
 
-def test_global_distribution_job(tmp_path):
+def test_global_distribution_job(tmp_path: Path) -> None:
     from calibration.global_distribution import from_attribute_file
 
     rows = ["3", " ".join(ATTRIBUTES)]
@@ -105,7 +109,9 @@ def test_global_distribution_job(tmp_path):
 
 
 @pytest.mark.media
-def test_forest_job_end_to_end_on_a_celeba_format_set_made_from_shared_media(tmp_path, detector):
+def test_forest_job_end_to_end_on_a_celeba_format_set_made_from_shared_media(
+    tmp_path: Path, detector: Any
+) -> None:
     """Faces of ../shared/media, aligned by our crops and labelled by the built-in estimators,
     written in CelebA format; the job trains, saves with skops, and the forests load and predict."""
     from conftest import MEDIA
@@ -153,7 +159,7 @@ def test_forest_job_end_to_end_on_a_celeba_format_set_made_from_shared_media(tmp
     )
 
 
-def test_forest_files_with_unexpected_types_are_refused(tmp_path):
+def test_forest_files_with_unexpected_types_are_refused(tmp_path: Path) -> None:
     import skops.io as sio
     from sklearn.linear_model import LogisticRegression
 
@@ -166,7 +172,9 @@ def test_forest_files_with_unexpected_types_are_refused(tmp_path):
         load_forests(path)
 
 
-def test_a_crafted_forest_file_naming_a_numpy_function_is_refused(tmp_path, monkeypatch):
+def test_a_crafted_forest_file_naming_a_numpy_function_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """skops calls what a file names: a file naming numpy.savetxt must not even be loaded."""
     import skops.io as sio
 
@@ -183,12 +191,12 @@ def test_a_crafted_forest_file_naming_a_numpy_function_is_refused(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def _released(report):
+def _released(report: Any) -> Any:
     data = json.loads(report.read_text())
     return data, [t["selected"] for t in data["privacy"]["tracks"] if "selected" in t]
 
 
-def test_a_report_alone_cannot_undo_the_randomized_response(tmp_path, demo_clip):
+def test_a_report_alone_cannot_undo_the_randomized_response(tmp_path: Path, demo_clip: Path) -> None:
     """The draw comes from a secret seed recorded nowhere: two runs release differently, and
     the report holds no seed. A user seed reproduces the draw and the report says it weakens
     the guarantee."""
@@ -197,7 +205,7 @@ def test_a_report_alone_cannot_undo_the_randomized_response(tmp_path, demo_clip)
 
     from conftest import ROOT
 
-    def run(name, *extra):
+    def run(name: Any, *extra: Any) -> Any:
         report = tmp_path / f"{name}.json"
         result = subprocess.run([sys.executable, str(ROOT / "run_stream.py"), str(demo_clip), "-o", "null", "-q",
                                  "--mode", "blur", "--attributes", "--max-frames", "40", "--report", str(report),
@@ -214,12 +222,12 @@ def test_a_report_alone_cannot_undo_the_randomized_response(tmp_path, demo_clip)
     assert "weakened" in seeded["privacy"]["policy"]["randomness"]
 
 
-def test_the_secret_seed_is_not_in_the_privacy_object_repr():
+def test_the_secret_seed_is_not_in_the_privacy_object_repr() -> None:
     privacy = StreamPrivacy(Policy(), GlobalDistribution.celeba())
     assert not privacy.seeded and "seed" in repr(privacy) and str(privacy._seed) not in repr(privacy)
 
 
-def test_runs_of_one_videos_segments_share_a_secret_and_draw_alike():
+def test_runs_of_one_videos_segments_share_a_secret_and_draw_alike() -> None:
     """batch gives a video's segment runs one secret: a segment run again (surrogates pinned)
     releases what its first run did for every other track, and still counts as unseeded."""
     import secrets

@@ -4,6 +4,8 @@ and GPU agreement (marked ``gpu``, skipped where no CUDA device exists)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from engines.base import BackendOptions, create_backend
 MODELS = [name for name in zoo.REGISTRY if name != "faceapi-recognition"]
 
 
-def sample_input(name, batch=2, seed=0):
+def sample_input(name: Any, batch: Any = 2, seed: Any = 0) -> Any:
     rng = np.random.default_rng(seed)
     backend = create_backend("cpu", zoo.ensure(name), threads=2)
     (spec,) = backend.input_spec()
@@ -25,21 +27,21 @@ def sample_input(name, batch=2, seed=0):
     return backend, (rng.random(shape) * scale).astype(np.float32)
 
 
-def test_importing_the_packages_loads_no_gpu_library():
+def test_importing_the_packages_loads_no_gpu_library() -> None:
     code = "import sys, run_stream, stream.run.job, engines.base, engines.torch_backend, engines.tensorrt, calibration.int8; " \
            "print(sorted(m for m in ('torch', 'tensorrt', 'pycuda', 'cuda') if m in sys.modules))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-def test_auto_says_which_backend_it_chose(capsys):
+def test_auto_says_which_backend_it_chose(capsys: pytest.CaptureFixture[str]) -> None:
     backend = create_backend("auto", zoo.ensure("emotion"))
     assert backend.name
     assert "backend: auto chose" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_torch_module_matches_onnx_runtime(name):
+def test_torch_module_matches_onnx_runtime(name: Any) -> None:
     torch = pytest.importorskip("torch")
     from engines.torch_backend import load_module
 
@@ -54,7 +56,7 @@ def test_torch_module_matches_onnx_runtime(name):
         assert (np.abs(a - b) / np.maximum(1.0, np.abs(a))).max() < 1e-4
 
 
-def test_torch_module_is_differentiable():
+def test_torch_module_is_differentiable() -> None:
     torch = pytest.importorskip("torch")
     from engines.torch_backend import load_module
 
@@ -66,7 +68,7 @@ def test_torch_module_is_differentiable():
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
-def test_tensorrt_options_for_fp16_and_int8(tmp_path):
+def test_tensorrt_options_for_fp16_and_int8(tmp_path: Path) -> None:
     profiles = tensorrt.default_profiles(zoo.ensure("faceres"))
     assert profiles == {"input_1": ((1, 224, 224, 3), (8, 224, 224, 3), (32, 224, 224, 3))}
     options = tensorrt.provider_options(tmp_path, "fp16", profiles)
@@ -89,7 +91,7 @@ def test_tensorrt_options_for_fp16_and_int8(tmp_path):
     assert detector[1] == (1, 3, 736, 1280) and detector[2][0] == tensorrt.MAX_FRAME_BATCH
 
 
-def test_engine_manifest_removes_stale_engines(tmp_path):
+def test_engine_manifest_removes_stale_engines(tmp_path: Path) -> None:
     cache = tmp_path / "engines"
     first = {"onnx_sha256": "a", "tensorrt": "10.0", "precision": "fp16"}
     assert not tensorrt.prepare_engine_cache(cache, first)
@@ -101,7 +103,7 @@ def test_engine_manifest_removes_stale_engines(tmp_path):
     assert json.loads((cache / "manifest.json").read_text())["tensorrt"] == "10.1"
 
 
-def test_int8_calibration_table_from_video_frames(tmp_path, demo_clip):
+def test_int8_calibration_table_from_video_frames(tmp_path: Path, demo_clip: Path) -> None:
     from calibration.int8 import write_table
 
     table = write_table(str(demo_clip), tmp_path, frames=6)
@@ -116,7 +118,7 @@ def test_int8_calibration_table_from_video_frames(tmp_path, demo_clip):
     assert options.calibration_table == table
 
 
-def _cuda():
+def _cuda() -> Any:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
@@ -125,7 +127,7 @@ def _cuda():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", MODELS)
-def test_torch_cuda_fp16_agrees_with_cpu(name):
+def test_torch_cuda_fp16_agrees_with_cpu(name: Any) -> None:
     _cuda()
     backend, x = sample_input(name, batch=4)
     expected = backend.infer(x)
@@ -138,7 +140,7 @@ def test_torch_cuda_fp16_agrees_with_cpu(name):
 
 
 @pytest.mark.gpu
-def test_torch_cuda_graphs_give_each_thread_its_own_answer():
+def test_torch_cuda_graphs_give_each_thread_its_own_answer() -> None:
     """The runner's detection workers call one backend from several threads; the
     replayed CUDA graph's shared buffers must not mix their inputs up."""
     from concurrent.futures import ThreadPoolExecutor
@@ -158,7 +160,7 @@ def test_torch_cuda_graphs_give_each_thread_its_own_answer():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["cuda", "tensorrt"])
-def test_onnx_runtime_gpu_providers_agree_with_cpu(kind):
+def test_onnx_runtime_gpu_providers_agree_with_cpu(kind: Any) -> None:
     from engines.base import available_backends
 
     if kind not in available_backends():
@@ -170,7 +172,7 @@ def test_onnx_runtime_gpu_providers_agree_with_cpu(kind):
         assert np.abs(a - b).max() / max(1.0, float(np.abs(a).max())) < 3e-2
 
 
-def test_torch_backend_class_runs_on_the_cpu_too():
+def test_torch_backend_class_runs_on_the_cpu_too() -> None:
     """The torch-cuda backend's own code path (buffers, specs, output order), on the CPU in FP32."""
     pytest.importorskip("torch")
     from engines.torch_backend import TorchCudaBackend
@@ -182,7 +184,7 @@ def test_torch_backend_class_runs_on_the_cpu_too():
         assert np.abs(a - b).max() / max(1.0, float(np.abs(a).max())) < 1e-4
 
 
-def test_models_whose_batch_varies_run_without_the_memory_arena():
+def test_models_whose_batch_varies_run_without_the_memory_arena() -> None:
     """faceres, the mesh and emotion take one batch item a face: ONNX Runtime's arena would
     keep a high-water mark for every mix of batch sizes (docs/soak.md); the detector's
     input size is fixed per stream, so it keeps its arena."""

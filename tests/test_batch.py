@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import HAMILTON, MEDIA, ROOT, audio_packets, digest, video_pts
@@ -41,7 +43,7 @@ def ray_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     pytest.importorskip("ray")
     port = next(p for p in range(26379, 26479) if port_free(p))  # outside Ray's worker port range
     started = ray_cli("start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
@@ -52,7 +54,7 @@ def ray_cluster(tmp_path_factory):
     ray_cli("stop", "--force")
 
 
-def faces_left(path: Path, detector, every: int = 10) -> tuple[int, int]:
+def faces_left(path: Path, detector: Any, every: int = 10) -> tuple[int, int]:
     import av
 
     frames = found = 0
@@ -65,7 +67,7 @@ def faces_left(path: Path, detector, every: int = 10) -> tuple[int, int]:
     return frames, found
 
 
-def check_outputs(outdir: Path, detector) -> dict:
+def check_outputs(outdir: Path, detector: Any) -> dict:
     manifest = json.loads((outdir / "manifest.json").read_text())["inputs"]
     assert len(manifest) == len(CLIPS)
     assert not list(outdir.glob("*.part.*"))  # no half-written output left behind
@@ -80,7 +82,9 @@ def check_outputs(outdir: Path, detector) -> dict:
     return manifest
 
 
-def test_batch_on_ray_survives_a_killed_worker(tmp_path, media, detector, ray_cluster):
+def test_batch_on_ray_survives_a_killed_worker(
+    tmp_path: Path, media: Any, detector: Any, ray_cluster: Any
+) -> None:
     outdir = tmp_path / "out"
     run = subprocess.Popen(
         [sys.executable, "run_stream.py", "batch", *map(str, CLIPS), "-o", str(outdir), "--ray", ray_cluster,
@@ -106,7 +110,7 @@ def test_batch_on_ray_survives_a_killed_worker(tmp_path, media, detector, ray_cl
     check_outputs(outdir, detector)
 
 
-def test_local_pool_batch_resumes_from_its_manifest(tmp_path, media, detector):
+def test_local_pool_batch_resumes_from_its_manifest(tmp_path: Path, media: Any, detector: Any) -> None:
     outdir = tmp_path / "out"
     command = [sys.executable, "run_stream.py", "batch", *map(str, CLIPS), "-o", str(outdir), "--mode", "mask",
                "--jobs", "2"]  # fmt: skip
@@ -123,13 +127,13 @@ def test_local_pool_batch_resumes_from_its_manifest(tmp_path, media, detector):
     check_outputs(outdir, detector)
 
 
-def test_batch_names_a_missing_input():
+def test_batch_names_a_missing_input() -> None:
     done = subprocess.run([sys.executable, "run_stream.py", "batch", "no/such/*.mp4", "-o", "/tmp/never"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "matches no file" in done.stderr
 
 
-def _iou(a, b) -> float:
+def _iou(a: Any, b: Any) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
@@ -147,7 +151,7 @@ def _hamilton_in_segments(outdir: Path, mode: str) -> dict:
     return json.loads((outdir / "manifest.json").read_text())["inputs"][str(HAMILTON)]
 
 
-def test_segment_split_matches_a_single_process_run(tmp_path, media, detector):
+def test_segment_split_matches_a_single_process_run(tmp_path: Path, media: Any, detector: Any) -> None:
     """Hamilton in keyframe-aligned segments of about 3 s, run as separate tasks
     and stitched: every frame and audio packet kept, and the tracks are the
     single run's tracks, one identity each across the borders."""
@@ -180,7 +184,7 @@ def test_segment_split_matches_a_single_process_run(tmp_path, media, detector):
     assert entry["summary"]["tracks"] == len({i for f in single.frames for i in f["track_ids"]})
 
 
-def test_segments_in_synth_keep_each_persons_surrogate_across_borders(tmp_path, media):
+def test_segments_in_synth_keep_each_persons_surrogate_across_borders(tmp_path: Path, media: Any) -> None:
     """Hamilton's crowd in segments of about 3 s: a track that crosses a border and chose
     another surrogate after it than before is run again with the earlier one pinned."""
     outdir = tmp_path / "out"
@@ -191,7 +195,7 @@ def test_segments_in_synth_keep_each_persons_surrogate_across_borders(tmp_path, 
     assert summary["surrogate_changes"] == 0
 
 
-def test_a_surrogate_chosen_before_a_border_is_pinned_after_it():
+def test_a_surrogate_chosen_before_a_border_is_pinned_after_it() -> None:
     from stream.algorithms.synthesis import Strength
     from stream.run.segments import Segment, carried_surrogates
 
@@ -210,7 +214,7 @@ def test_a_surrogate_chosen_before_a_border_is_pinned_after_it():
     assert carried_surrogates([before, after], segments) == {}
 
 
-def test_a_folder_is_its_videos_and_images_at_any_depth(tmp_path):
+def test_a_folder_is_its_videos_and_images_at_any_depth(tmp_path: Path) -> None:
     from stream.errors import ConfigError
     from stream.run.batch import expand_inputs
 

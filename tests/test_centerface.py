@@ -1,3 +1,5 @@
+from typing import Any
+
 import cv2
 import numpy as np
 import pytest
@@ -7,14 +9,14 @@ from stream.config import DetectConfig, build_config
 from stream.stages import detection_scale
 
 
-def test_input_is_padded_to_multiples_of_32():
+def test_input_is_padded_to_multiples_of_32() -> None:
     assert input_size(1280, 720, 1.0) == (1280, 720, 1280, 736)
     batch = preprocess([np.full((720, 1280, 3), 7, np.uint8)], 1.0)
     assert batch.shape == (1, 3, 736, 1280) and batch.dtype == np.float32
     assert batch[0, :, 719, 0].tolist() == [7, 7, 7] and batch[0, :, 720:, :].max() == 0
 
 
-def test_decode_places_a_box_from_the_maps():
+def test_decode_places_a_box_from_the_maps() -> None:
     h, w = 8, 8
     heat = np.zeros((1, 1, h, w), np.float32)
     heat[0, 0, 3, 5] = 0.9
@@ -31,13 +33,13 @@ def test_decode_places_a_box_from_the_maps():
     assert decode([heat, size, offset, landmarks], 0, 0.95, 0.3).boxes.shape == (0, 4)
 
 
-def test_nms_keeps_the_best_of_overlapping_boxes():
+def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     keep = nms(boxes, np.array([0.5, 0.9, 0.7], np.float32), 0.3)
     assert keep.tolist() == [1, 2]
 
 
-def test_finds_the_astronaut(detector):
+def test_finds_the_astronaut(detector: Any) -> None:
     from skimage import data
 
     (faces,) = detector.detect([data.astronaut()], 1.0, 0.5)
@@ -46,7 +48,7 @@ def test_finds_the_astronaut(detector):
     assert 170 < x1 < 195 and 45 < y1 < 75 and 255 < x2 < 285 and 165 < y2 < 190
 
 
-def _small_faces(height_px: int, count: int = 6, seed: int = 0):
+def _small_faces(height_px: int, count: int = 6, seed: int = 0) -> Any:
     """A 1280x720 frame with ``count`` astronaut pictures whose faces are ``height_px`` tall,
     and the face centres."""
     from skimage import data
@@ -64,7 +66,9 @@ def _small_faces(height_px: int, count: int = 6, seed: int = 0):
     return frame, centres
 
 
-def _found(detector, frame, centres, config: DetectConfig, threshold: float | None = None) -> int:
+def _found(
+    detector: Any, frame: Any, centres: Any, config: DetectConfig, threshold: float | None = None
+) -> int:
     """How many of ``centres`` a face box found at the config's detection scale lies on
     (scored at least ``threshold``, by default the track-start one)."""
     scale = detection_scale(frame.shape[1], frame.shape[0], config)
@@ -74,12 +78,12 @@ def _found(detector, frame, centres, config: DetectConfig, threshold: float | No
     return sum(bool(np.any((np.abs(bx - cx) < 6) & (np.abs(by - cy) < 6))) for cx, cy in centres)
 
 
-def test_default_settings_find_16px_faces_in_720p(detector):
+def test_default_settings_find_16px_faces_in_720p(detector: Any) -> None:
     frame, centres = _small_faces(16)
     assert _found(detector, frame, centres, build_config().detect) >= 5
 
 
-def test_min_face_10_finds_10px_faces(detector):
+def test_min_face_10_finds_10px_faces(detector: Any) -> None:
     frame, centres = _small_faces(10)
     config = build_config(None, {"detect": {"min_face": 10}}).detect
     assert _found(detector, frame, centres, config) >= 5
@@ -90,7 +94,7 @@ def test_min_face_10_finds_10px_faces(detector):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_batches_give_the_same_faces(detector, batch):
+def test_batches_give_the_same_faces(detector: Any, batch: Any) -> None:
     from skimage import data
 
     image = data.astronaut()

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -14,12 +16,12 @@ import pytest
 from conftest import ROOT, audio_packets, decode_frames, noise_frames, video_pts, write_clip
 
 
-def cli(*args, cwd=None, timeout=120):
+def cli(*args: Any, cwd: Any = None, timeout: Any = 120) -> Any:
     return subprocess.run([sys.executable, str(ROOT / "run_stream.py"), *args], capture_output=True,
                           text=True, cwd=cwd, timeout=timeout)  # fmt: skip
 
 
-def one_line_error(result, code, *fragments):
+def one_line_error(result: Any, code: Any, *fragments: Any) -> None:
     assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -28,22 +30,22 @@ def one_line_error(result, code, *fragments):
         assert fragment in lines[0]
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(tmp_path: Path) -> None:
     one_line_error(cli(str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4")), 3, "no such file")
 
 
-def test_corrupt_container(tmp_path):
+def test_corrupt_container(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
     one_line_error(cli(str(bad), "-o", str(tmp_path / "o.mp4")), 3, "not a readable video")
 
 
-def test_url_that_does_not_answer(tmp_path):
+def test_url_that_does_not_answer(tmp_path: Path) -> None:
     result = cli("rtsp://127.0.0.1:9/cam", "-o", str(tmp_path / "o.mp4"), "--timeout", "2")
     one_line_error(result, 3, "rtsp://127.0.0.1:9/cam")
 
 
-def test_unknown_option_and_bad_value(tmp_path):
+def test_unknown_option_and_bad_value(tmp_path: Path) -> None:
     one_line_error(
         cli("x.mp4", "-o", "y.mp4", "--blurriness", "3"), 2, "unrecognized arguments: --blurriness"
     )
@@ -55,13 +57,13 @@ def test_unknown_option_and_bad_value(tmp_path):
     one_line_error(cli(str(clip), "-o", str(tmp_path / "o.mp4"), "--config", str(config)), 2, "obscure.sigma")
 
 
-def test_bad_output(tmp_path):
+def test_bad_output(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "c.mp4", noise_frames(3))
     one_line_error(cli(str(clip), "-o", str(tmp_path / "o.xyz")), 5, "unknown container .xyz")
     one_line_error(cli(str(clip), "-o", str(tmp_path / "no" / "such" / "o.mp4")), 5, "does not exist")
 
 
-def test_damaged_input_exits_non_zero_with_a_playable_output(tmp_path):
+def test_damaged_input_exits_non_zero_with_a_playable_output(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "c.mp4", noise_frames(40, 96, 64))
     data = bytearray(clip.read_bytes())
     # Overwrite the middle of the media data: packets there no longer decode.
@@ -78,7 +80,7 @@ def test_damaged_input_exits_non_zero_with_a_playable_output(tmp_path):
     assert len(decode_frames(out)) > 0
 
 
-def test_report_and_regions(tmp_path, demo_clip):
+def test_report_and_regions(tmp_path: Path, demo_clip: Path) -> None:
     out, report, regions = tmp_path / "o.mkv", tmp_path / "r.json", tmp_path / "regions.jsonl"
     result = cli(str(demo_clip), "-o", str(out), "--mode", "pixelate", "--report", str(report),
                  "--regions", str(regions))  # fmt: skip
@@ -93,19 +95,21 @@ def test_report_and_regions(tmp_path, demo_clip):
     assert "frames     100 in, 100 out" in result.stderr
 
 
-def test_demo_runs_from_any_folder(tmp_path):
+def test_demo_runs_from_any_folder(tmp_path: Path) -> None:
     result = cli("--demo", "-o", str(tmp_path / "demo.mp4"), "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(decode_frames(tmp_path / "demo.mp4")) == 100
 
 
-def test_models_verify():
+def test_models_verify() -> None:
     result = cli("models", "--verify")
     assert result.returncode == 0 and "centerface" in result.stdout and " ok " in result.stdout
 
 
 @pytest.mark.parametrize("mode", ["blur", "pixelate", "mask"])
-def test_modes_change_the_face_and_only_around_it(tmp_path, demo_clip, detector, mode):
+def test_modes_change_the_face_and_only_around_it(
+    tmp_path: Path, demo_clip: Path, detector: Any, mode: Any
+) -> None:
     out = tmp_path / f"{mode}.mp4"
     assert cli(str(demo_clip), "-o", str(out), "--mode", mode, "-q").returncode == 0
     original, anonymized = decode_frames(demo_clip)[50], decode_frames(out)[50]
@@ -119,7 +123,7 @@ def test_modes_change_the_face_and_only_around_it(tmp_path, demo_clip, detector,
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_a_stop_signal_leaves_a_playable_file(tmp_path, sig, code):
+def test_a_stop_signal_leaves_a_playable_file(tmp_path: Path, sig: Any, code: Any) -> None:
     """Ctrl-C, docker stop (SIGTERM) and a closed terminal (SIGHUP) all finalize the output."""
     clip = write_clip(tmp_path / "long.mp4", noise_frames(400, 320, 240))
     out = tmp_path / "o.mp4"
@@ -139,7 +143,7 @@ def test_a_stop_signal_leaves_a_playable_file(tmp_path, sig, code):
     assert "interrupted" in data["error"] and data["summary"]["frames_out"] == len(frames)
 
 
-def test_a_killed_run_leaves_every_frame_but_the_last_second(tmp_path):
+def test_a_killed_run_leaves_every_frame_but_the_last_second(tmp_path: Path) -> None:
     """SIGKILL (or an out-of-memory kill, or a power cut) cannot be handled: the file is
     written in fragments, so it still opens and holds all but its last second."""
     clip = write_clip(tmp_path / "long.mp4", noise_frames(500, 320, 240))
@@ -162,7 +166,7 @@ def test_a_killed_run_leaves_every_frame_but_the_last_second(tmp_path):
     assert len(frames) <= len(written)
 
 
-def test_fragmented_output_holds_the_same_frames_and_audio(tmp_path, demo_clip):
+def test_fragmented_output_holds_the_same_frames_and_audio(tmp_path: Path, demo_clip: Path) -> None:
     """A normal run's fragmented MP4 equals a plain one in frames, timing and audio packets."""
     fragmented, plain = tmp_path / "frag.mp4", tmp_path / "plain.mp4"
     assert cli(str(demo_clip), "-o", str(fragmented), "-q", "--mode", "blur").returncode == 0
@@ -178,7 +182,7 @@ def test_fragmented_output_holds_the_same_frames_and_audio(tmp_path, demo_clip):
         assert abs(f.duration - p.duration) < 50_000  # microseconds
 
 
-def test_segment_time_rotates_files_like_a_recorder(tmp_path):
+def test_segment_time_rotates_files_like_a_recorder(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "long.mp4", noise_frames(130, 160, 96), audio_streams=1)
     out = tmp_path / "rec.mp4"
     result = cli(str(clip), "-o", str(out), "-q", "--mode", "blur", "--segment-time", "2")
@@ -193,7 +197,7 @@ def test_segment_time_rotates_files_like_a_recorder(tmp_path):
     assert sum(len(audio_packets(f)[0]) for f in files) == len(audio_packets(clip)[0])
 
 
-def test_a_full_disk_is_an_output_error(tmp_path, demo_clip):
+def test_a_full_disk_is_an_output_error(tmp_path: Path, demo_clip: Path) -> None:
     """The trailer (or any write) failing, as on a full disk, exits 5, not 70."""
     full = tmp_path / "full.mp4"
     full.symlink_to("/dev/full")
@@ -205,7 +209,7 @@ def test_a_full_disk_is_an_output_error(tmp_path, demo_clip):
 
 
 @pytest.mark.media
-def test_privacy_over_a_folder_of_faces(tmp_path):
+def test_privacy_over_a_folder_of_faces(tmp_path: Path) -> None:
     from conftest import MEDIA
 
     out = tmp_path / "p.json"
@@ -218,7 +222,7 @@ def test_privacy_over_a_folder_of_faces(tmp_path):
     one_line_error(cli("privacy", str(tmp_path / "empty")), 2, "no photos")
 
 
-def test_aac_from_mpeg_ts_goes_into_a_fragmented_mp4_as_raw_aac(tmp_path, demo_clip):
+def test_aac_from_mpeg_ts_goes_into_a_fragmented_mp4_as_raw_aac(tmp_path: Path, demo_clip: Path) -> None:
     """MPEG-TS carries AAC in ADTS frames, without the codec header MP4 needs: the header is
     read from the first frame, the ADTS headers come off, and the output stays fragmented
     (it survives a kill) with every audio frame in it, decodable."""
@@ -243,7 +247,7 @@ def test_aac_from_mpeg_ts_goes_into_a_fragmented_mp4_as_raw_aac(tmp_path, demo_c
         assert sum(1 for _ in container.decode(audio=0)) == frames_in
 
 
-def test_set_up_installs_the_anonymousnet_command():
+def test_set_up_installs_the_anonymousnet_command() -> None:
     """``pip install .`` (set-up installs the project so) gives the same command line."""
     import shutil
 

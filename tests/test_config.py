@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -6,13 +7,13 @@ from stream.config import Config, build_config
 from stream.errors import ConfigError
 
 
-def test_defaults_are_valid():
+def test_defaults_are_valid() -> None:
     config = build_config()
     assert config == Config()
     assert config.obscure.mode == "synth"
 
 
-def test_file_then_overrides(tmp_path: Path):
+def test_file_then_overrides(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
     file.write_text('[obscure]\nmode = "mask"\ncolour = [255, 0, 0]\n[detect]\nmin_face = 10\n')
     config = build_config(file, {"obscure": {"mode": "pixelate"}})
@@ -37,13 +38,13 @@ def test_file_then_overrides(tmp_path: Path):
         ({"runner": {"on_failure": "ignore"}}, "runner.on_failure: expected one of ['mask', 'stop']"),
     ],
 )
-def test_bad_values_name_the_field(overrides, message):
+def test_bad_values_name_the_field(overrides: Any, message: Any) -> None:
     with pytest.raises(ConfigError) as info:
         build_config(None, overrides)
     assert message in str(info.value)
 
 
-def test_bad_toml_is_a_config_error(tmp_path: Path):
+def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
     file.write_text("[obscure\nmode=")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -52,7 +53,7 @@ def test_bad_toml_is_a_config_error(tmp_path: Path):
         build_config(tmp_path / "missing.toml")
 
 
-def test_every_flag_names_a_declared_field_and_its_declared_range_holds():
+def test_every_flag_names_a_declared_field_and_its_declared_range_holds() -> None:
     """The command line maps onto the config's one declaration: each flag names a field of
     a section, and a value past a field's declared range (``bounded``) is refused with the
     field's name and its range, whether it comes from the flag or from the file."""
@@ -75,7 +76,7 @@ def test_every_flag_names_a_declared_field_and_its_declared_range_holds():
             build_config(None, {section: {name: type(declared.default)(hi * 2 + 1)}})
 
 
-def test_the_command_line_is_made_from_the_config_declaration():
+def test_the_command_line_is_made_from_the_config_declaration() -> None:
     """Every field declaring a flag has it, with its default in the help, and a value given
     on the command line reaches exactly that field: a new option is one edit in config.py."""
     import typing

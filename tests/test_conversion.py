@@ -5,6 +5,7 @@ the output's magnitude where it exceeds 1."""
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,12 +19,12 @@ INPUTS = json.loads((FIXTURES / "inputs.json").read_text())
 OUTPUTS = json.loads((FIXTURES / "outputs.json").read_text())
 
 
-def test_the_reference_ran_on_the_pure_javascript_cpu_backend():
+def test_the_reference_ran_on_the_pure_javascript_cpu_backend() -> None:
     assert OUTPUTS["backend"] == "cpu" and OUTPUTS["tfjs"].startswith("4.")
 
 
 @pytest.mark.parametrize("name", sorted(INPUTS))
-def test_converted_model_matches_tfjs(name):
+def test_converted_model_matches_tfjs(name: Any) -> None:
     spec = INPUTS[name]
     raw = np.fromfile(FIXTURES / "inputs" / f"{name}.u8", np.uint8).reshape(spec["shape"])
     x = raw.astype(np.float32) * np.float32(spec["scale"]) + np.float32(spec["offset"])
@@ -38,7 +39,7 @@ def test_converted_model_matches_tfjs(name):
         assert error.max() < 1e-4, (tensor, float(error.max()))
 
 
-def test_an_unknown_op_is_named():
+def test_an_unknown_op_is_named() -> None:
     model = {
         "format": "graph-model",
         "modelTopology": {"node": [
@@ -51,7 +52,7 @@ def test_an_unknown_op_is_named():
         tfjs.convert(json.dumps(model).encode(), [], "toy")
 
 
-def test_quantized_weights_are_dequantized():
+def test_quantized_weights_are_dequantized() -> None:
     manifest = [{"paths": ["w.bin"], "weights": [
         {"name": "a", "shape": [2], "dtype": "float32", "quantization": {"dtype": "float16"}},
         {"name": "b", "shape": [3], "dtype": "float32", "quantization": {"dtype": "uint8", "min": -1.0, "scale": 0.5}},

@@ -1,5 +1,7 @@
 """The zoo's face models wired to their pre- and post-processing, checked on real photos."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 from skimage import data
@@ -11,18 +13,18 @@ from engines.evaluation import GENDER_LABELS, evaluate_faceres, labelled_photos,
 from engines.facemodels import BlazeFaceFull, Emotion, FaceMesh, FaceRes, Gear
 
 
-def model(cls, name, **kwargs):
+def model(cls, name: Any, **kwargs: Any) -> Any:
     return cls(create_backend("cpu", zoo.ensure(name), threads=2), **kwargs)
 
 
 @pytest.fixture(scope="module")
-def astronaut(detector):
+def astronaut(detector: Any) -> Any:
     image = data.astronaut()
     (faces,) = detector.detect([image], 1.0, 0.5)
     return image, faces
 
 
-def test_crops_level_the_eyes_and_map_back(astronaut):
+def test_crops_level_the_eyes_and_map_back(astronaut: Any) -> None:
     image, faces = astronaut
     crop = crop_from_box(image, faces.boxes[0], faces.landmarks[0], 192)
     eyes = np.c_[faces.landmarks[0, :2], np.ones(2)] @ crop.to_crop.T
@@ -30,7 +32,7 @@ def test_crops_level_the_eyes_and_map_back(astronaut):
     np.testing.assert_allclose(crop.to_image(eyes), faces.landmarks[0, :2], atol=1e-3)
 
 
-def test_mesh_lands_on_the_face_and_batches(astronaut):
+def test_mesh_lands_on_the_face_and_batches(astronaut: Any) -> None:
     image, faces = astronaut
     mesh = model(FaceMesh, "facemesh")
     crop = crop_from_box(image, faces.boxes[0], faces.landmarks[0], 192)
@@ -44,7 +46,7 @@ def test_mesh_lands_on_the_face_and_batches(astronaut):
     assert np.mean(nearest) < 0.05 * size
 
 
-def test_blazeface_full_range_finds_the_astronaut(astronaut):
+def test_blazeface_full_range_finds_the_astronaut(astronaut: Any) -> None:
     image, faces = astronaut
     found = model(BlazeFaceFull, "facemesh-detection-full", pad=0.5).detect(image)
     assert len(found.boxes) == 1 and found.scores[0] > 0.8
@@ -52,7 +54,7 @@ def test_blazeface_full_range_finds_the_astronaut(astronaut):
     assert abs(cx - faces.boxes[0, [0, 2]].mean()) < 15 and abs(cy - faces.boxes[0, [1, 3]].mean()) < 15
 
 
-def test_emotion_gear_and_faceres_read_the_astronaut(astronaut):
+def test_emotion_gear_and_faceres_read_the_astronaut(astronaut: Any) -> None:
     image, faces = astronaut
     box, points = faces.boxes[0], faces.landmarks[0]
     emotions = model(Emotion, "emotion").predict([crop_from_box(image, box, points, 64)])
@@ -66,12 +68,12 @@ def test_emotion_gear_and_faceres_read_the_astronaut(astronaut):
 
 
 @pytest.fixture(scope="module")
-def photos(media_dir):
+def photos(media_dir: Any) -> Any:
     return labelled_photos(media_dir)
 
 
 @pytest.fixture(scope="module")
-def media_dir():
+def media_dir() -> Any:
     from conftest import MEDIA
 
     if not MEDIA.exists():
@@ -80,7 +82,7 @@ def media_dir():
 
 
 @pytest.mark.media
-def test_descriptor_separates_identities_and_gender_is_right(detector, photos):
+def test_descriptor_separates_identities_and_gender_is_right(detector: Any, photos: Any) -> None:
     figures = evaluate_faceres(detector, model(FaceRes, "faceres"), photos)
     assert figures.identities >= 20 and figures.photos >= 95
     assert figures.auc >= 0.95, figures
@@ -90,7 +92,7 @@ def test_descriptor_separates_identities_and_gender_is_right(detector, photos):
         assert predicted == GENDER_LABELS[identity], (identity, figures.gender[identity])
 
 
-def test_dlib_descriptor_from_face_api_separates_identities(detector, photos):
+def test_dlib_descriptor_from_face_api_separates_identities(detector: Any, photos: Any) -> None:
     """The attacker the measurements use besides faceres, rebuilt from face-api's weights."""
     from engines.evaluation import photo_faces, roc_auc
     from engines.faceapi import FaceApiRecognition
@@ -114,7 +116,7 @@ def test_dlib_descriptor_from_face_api_separates_identities(detector, photos):
 
 
 @pytest.mark.media
-def test_mesh_landmarks_land_on_the_detector_landmarks(detector, photos):
+def test_mesh_landmarks_land_on_the_detector_landmarks(detector: Any, photos: Any) -> None:
     errors = landmark_errors(detector, model(FaceMesh, "facemesh"), photos)
     assert len(errors) >= 95
     assert errors.mean() < 0.05 and np.percentile(errors, 90) < 0.05, np.percentile(errors, [50, 90, 100])

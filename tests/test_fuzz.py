@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -158,7 +159,7 @@ def stored(frames: list[Image], rotation: int | None) -> list[Image]:
     return [np.ascontiguousarray(np.rot90(f, -turns)) for f in frames] if turns else frames
 
 
-def _clip(name: str, size: tuple[int, int] = (SIZE, SIZE), count: int = FRAMES, **kwargs) -> Base:
+def _clip(name: str, size: tuple[int, int] = (SIZE, SIZE), count: int = FRAMES, **kwargs: Any) -> Base:
     """The face clip at ``size`` (width, height as displayed), encoded by ``encode(**kwargs)``."""
 
     def make(folder: Path, footage: Footage) -> Path:
@@ -797,7 +798,9 @@ def footage() -> Footage:
 
 
 @pytest.fixture(scope="module")
-def fuzz(request, tmp_path_factory, footage) -> Iterator[Fuzz]:
+def fuzz(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, footage: Any
+) -> Iterator[Fuzz]:
     folder = tmp_path_factory.mktemp("fuzz")
     bases = Bases(folder / "bases", footage)
     bases.folder.mkdir()
@@ -815,12 +818,12 @@ def fuzz(request, tmp_path_factory, footage) -> Iterator[Fuzz]:
 
 
 @pytest.mark.parametrize("case", plan(BUDGET), ids=lambda c: c.id)
-def test_fuzzed_input_ends_cleanly(case, fuzz):
+def test_fuzzed_input_ends_cleanly(case: Any, fuzz: Any) -> None:
     outcome = fuzz.outcome(case)
     assert not outcome.problems, outcome.report()
 
 
-def test_the_leak_check_sees_an_unmasked_face(fuzz):
+def test_the_leak_check_sees_an_unmasked_face(fuzz: Any) -> None:
     """The judge the cases rely on passes the clean run and flags every frame of the raw input."""
     raw = decode(fuzz.bases.get("face.mp4"))
     clean = decode(fuzz.folder / "clean.mp4")

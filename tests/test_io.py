@@ -3,6 +3,7 @@
 import itertools
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -17,7 +18,7 @@ from stream.io.sources import open_source
 from stream.run.job import run_job
 
 
-def read_all(path: Path, with_source: bool = False):
+def read_all(path: Path, with_source: bool = False) -> Any:
     source = open_source(str(path), SourceConfig())
     try:
         items = list(source.packets())
@@ -41,7 +42,9 @@ def read_all(path: Path, with_source: bool = False):
         ("clip.gif", "gif", None),
     ],
 )
-def test_every_container_is_read_whole_with_increasing_stream_time(tmp_path, name, codec, fmt):
+def test_every_container_is_read_whole_with_increasing_stream_time(
+    tmp_path: Path, name: Any, codec: Any, fmt: Any
+) -> None:
     frames = noise_frames(12, 64, 48)
     path = write_clip(tmp_path / name, frames, codec=codec, fmt=fmt, rate=10)
     packets, _, source = read_all(path, with_source=True)
@@ -55,7 +58,7 @@ def test_every_container_is_read_whole_with_increasing_stream_time(tmp_path, nam
 
 
 @pytest.mark.parametrize("rotation", [90, -90, 180])
-def test_rotation_metadata_is_applied(tmp_path, rotation):
+def test_rotation_metadata_is_applied(tmp_path: Path, rotation: Any) -> None:
     image = np.zeros((48, 64, 3), np.uint8)
     image[:8, :8] = 255  # a white mark at the stored top-left
     path = write_clip(tmp_path / "rot.mp4", [image] * 3, rotation=rotation)
@@ -68,7 +71,7 @@ def test_rotation_metadata_is_applied(tmp_path, rotation):
     assert corner == expected_corner
 
 
-def test_variable_frame_rate_and_audio_survive_the_pipeline(tmp_path, detector):
+def test_variable_frame_rate_and_audio_survive_the_pipeline(tmp_path: Path, detector: Any) -> None:
     pts = [0, 40, 80, 200, 220, 240, 400, 410, 420, 430]  # ms, irregular
     frames = noise_frames(len(pts), 96, 64)
     src = write_clip(tmp_path / "vfr.mkv", frames, pts=pts, time_base=Fraction(1, 1000), audio_streams=2)
@@ -80,7 +83,7 @@ def test_variable_frame_rate_and_audio_survive_the_pipeline(tmp_path, detector):
     assert all(len(a) > 5 for a in outs)
 
 
-def test_demo_clip_keeps_frames_duration_and_audio(tmp_path, demo_clip, detector):
+def test_demo_clip_keeps_frames_duration_and_audio(tmp_path: Path, demo_clip: Path, detector: Any) -> None:
     out = tmp_path / "demo.mp4"
     result = run_job(str(demo_clip), str(out), build_config(), detector=detector)
     assert result.stats.frames_out == len(decode_frames(out)) == 100
@@ -91,7 +94,7 @@ def test_demo_clip_keeps_frames_duration_and_audio(tmp_path, demo_clip, detector
     assert result.stats.max_track_id >= 1
 
 
-def test_image_sequence_and_null_sinks(tmp_path, detector):
+def test_image_sequence_and_null_sinks(tmp_path: Path, detector: Any) -> None:
     src = write_clip(tmp_path / "c.mp4", noise_frames(5, 64, 48))
     run_job(str(src), str(tmp_path / "frames") + "/", build_config(), detector=detector)
     assert sorted(p.name for p in (tmp_path / "frames").iterdir())[:2] == [
@@ -103,7 +106,7 @@ def test_image_sequence_and_null_sinks(tmp_path, detector):
     assert result.stats.frames_out == 5
 
 
-def test_sinks_refuse_frames_that_were_not_anonymized(tmp_path):
+def test_sinks_refuse_frames_that_were_not_anonymized(tmp_path: Path) -> None:
     packet = FramePacket(0, np.zeros((16, 16, 3), np.uint8), 0, Fraction(1, 25))
     for target in ("null", str(tmp_path / "x.mp4"), str(tmp_path / "imgs") + "/"):
         sink = open_sink(target, SinkConfig(), Fraction(25), [])
@@ -113,7 +116,7 @@ def test_sinks_refuse_frames_that_were_not_anonymized(tmp_path):
     assert not (tmp_path / "x.mp4").exists() or (tmp_path / "x.mp4").stat().st_size == 0
 
 
-def test_truncated_stream_gives_a_playable_partial_output(tmp_path, detector):
+def test_truncated_stream_gives_a_playable_partial_output(tmp_path: Path, detector: Any) -> None:
     src = write_clip(tmp_path / "full.mkv", noise_frames(60, 96, 64), audio_streams=1)
     data = src.read_bytes()
     cut = tmp_path / "cut.mkv"
@@ -133,12 +136,12 @@ def test_truncated_stream_gives_a_playable_partial_output(tmp_path, detector):
         (lambda d: "rtsp://127.0.0.1:9/stream", "input rtsp://127.0.0.1:9/stream"),
     ],
 )
-def test_unreadable_inputs_raise_source_errors(tmp_path, make, message):
+def test_unreadable_inputs_raise_source_errors(tmp_path: Path, make: Any, message: Any) -> None:
     with pytest.raises(SourceError, match=message):
         open_source(make(tmp_path), SourceConfig(timeout_s=2))
 
 
-def test_audio_only_file_is_refused(tmp_path):
+def test_audio_only_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "a.m4a"
     with av.open(str(path), "w") as c:
         s = c.add_stream("aac", rate=22050)
@@ -151,7 +154,7 @@ def test_audio_only_file_is_refused(tmp_path):
         open_source(str(path), SourceConfig())
 
 
-def test_http_input_is_read_like_a_file(tmp_path, detector):
+def test_http_input_is_read_like_a_file(tmp_path: Path, detector: Any) -> None:
     import functools
     import http.server
     import threading
@@ -175,6 +178,6 @@ def test_http_input_is_read_like_a_file(tmp_path, detector):
         thread.join()
 
 
-def test_missing_camera_is_a_clear_error():
+def test_missing_camera_is_a_clear_error() -> None:
     with pytest.raises(SourceError, match="camera 9: cannot open"):
         open_source("9", SourceConfig())

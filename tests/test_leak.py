@@ -2,6 +2,8 @@
 union of detectors, and a short end-to-end run where only the sharpness check sees the leak."""
 
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,12 +45,19 @@ FACE = np.array([100, 100, 140, 150], np.float32)
         ([[300, 300, 340, 350]], "ellipse", 0.0),
     ],
 )
-def test_covered_fraction(regions, shape, expected):
+def test_covered_fraction(regions: Any, shape: Any, expected: Any) -> None:
     got = covered_fraction(FACE, np.asarray(regions, np.float32).reshape(-1, 4), shape)
     assert got == pytest.approx(expected, abs=0.03)
 
 
-def record(index, boxes=(), untracked=(), track_ids=None, replaced=(), masked_whole=False):
+def record(
+    index: Any,
+    boxes: Any = (),
+    untracked: Any = (),
+    track_ids: Any = None,
+    replaced: Any = (),
+    masked_whole: Any = False,
+) -> Any:
     boxes = [list(b) for b in boxes]
     return {
         "index": index,
@@ -63,7 +72,7 @@ def record(index, boxes=(), untracked=(), track_ids=None, replaced=(), masked_wh
 AROUND = (90, 90, 150, 160)  # a region that covers FACE
 
 
-def test_every_way_a_face_is_covered_leaks_or_is_sharp():
+def test_every_way_a_face_is_covered_leaks_or_is_sharp() -> None:
     cases = [  # (record, retained detail of the face, expected: None, "uncovered" or "sharp")
         (record(0, [AROUND]), 0.01, None),
         (record(1, untracked=[AROUND]), 0.01, None),  # obscured without a track
@@ -85,7 +94,7 @@ def test_every_way_a_face_is_covered_leaks_or_is_sharp():
     assert (counts.uncovered, counts.sharp) == (2, 2)
 
 
-def test_leak_counts_still_takes_records_without_the_new_fields():
+def test_leak_counts_still_takes_records_without_the_new_fields() -> None:
     """bench_e2e hands deface's regions: index, masked_whole and boxes only."""
     frames = [
         {"index": 0, "masked_whole": False, "boxes": [list(AROUND)]},
@@ -95,7 +104,7 @@ def test_leak_counts_still_takes_records_without_the_new_fields():
     assert (total, leaked) == (2, 1) and leaks[0][0] == 1
 
 
-def test_merging_keeps_the_first_detector_and_drops_duplicates_and_parts():
+def test_merging_keeps_the_first_detector_and_drops_duplicates_and_parts() -> None:
     first = np.array([[100, 100, 140, 150]], np.float32)
     second = np.array(
         [
@@ -114,17 +123,17 @@ def test_merging_keeps_the_first_detector_and_drops_duplicates_and_parts():
     ("size", "expected"),
     [((960, 366), 2.0), ((640, 360), 2.0), ((1280, 720), 1.5), ((1920, 1080), 1.0), ((3840, 2160), 1.0)],
 )
-def test_the_reference_upscales_small_frames_within_a_pixel_budget(size, expected):
+def test_the_reference_upscales_small_frames_within_a_pixel_budget(size: Any, expected: Any) -> None:
     assert upscale_for(*size) == pytest.approx(expected)
 
 
 class ScriptedCenterFace:
     """CenterFace's ``detect`` answering with fixed boxes and scores at every scale."""
 
-    def __init__(self, boxes, scores):
+    def __init__(self, boxes: Any, scores: Any) -> None:
         self.boxes, self.scores = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
 
-    def detect(self, images, scale=1.0, threshold=0.5, nms_iou=0.3):
+    def detect(self, images: Any, scale: Any = 1.0, threshold: Any = 0.5, nms_iou: Any = 0.3) -> Any:
         keep = self.scores >= threshold
         return [
             FaceArrays(self.boxes[keep], self.scores[keep], np.zeros((int(keep.sum()), 5, 2), np.float32))
@@ -132,14 +141,14 @@ class ScriptedCenterFace:
 
 
 class ScriptedSsd:
-    def __init__(self, boxes):
+    def __init__(self, boxes: Any) -> None:
         self.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
 
-    def detect(self, image, scale=1.0, threshold=0.5, nms_iou=0.4):
+    def detect(self, image: Any, scale: Any = 1.0, threshold: Any = 0.5, nms_iou: Any = 0.4) -> Any:
         return FaceBoxes(self.boxes, np.full(len(self.boxes), 0.9, np.float32))
 
 
-def test_a_face_only_the_ssd_finds_counts_where_centerface_sees_it_weakly():
+def test_a_face_only_the_ssd_finds_counts_where_centerface_sees_it_weakly() -> None:
     centerface = ScriptedCenterFace(
         [[10, 10, 40, 50], [100, 10, 130, 50], [200, 10, 230, 50]], [0.9, 0.4, 0.1]
     )
@@ -165,14 +174,14 @@ MOT20 = MEDIA / "dlib" / "dlib" / "test" / "ffmpeg_data" / "MOT20-08-raw_shorter
 SUNGLASSES = np.array([125.9, 24.5, 136.3, 37.5], np.float32)
 
 
-def dilated(box, margin=0.25):
+def dilated(box: Any, margin: Any = 0.25) -> Any:
     w, h = box[2] - box[0], box[3] - box[1]
     return np.array(
         [box[0] - margin * w, box[1] - margin * h, box[2] + margin * w, box[3] + margin * h], np.float32
     )
 
 
-def mot20(index):
+def mot20(index: Any) -> Any:
     import av
 
     if not MOT20.exists():
@@ -185,12 +194,12 @@ def mot20(index):
 
 
 @pytest.fixture(scope="module")
-def mot20_frame():
+def mot20_frame() -> Any:
     return mot20(40)
 
 
 @pytest.fixture(scope="module")
-def mot20_frame_47():
+def mot20_frame_47() -> Any:
     return mot20(47)
 
 
@@ -206,7 +215,7 @@ def mot20_frame_47():
         (ObscureConfig(mode="mask"), False),
     ],
 )
-def test_a_small_face_left_readable_counts_as_sharp(mot20_frame, obscure, sharp):
+def test_a_small_face_left_readable_counts_as_sharp(mot20_frame: Any, obscure: Any, sharp: Any) -> None:
     output = mot20_frame.copy()
     if obscure is not None:
         Obscurer(obscure).apply(output, dilated(SUNGLASSES)[None])
@@ -217,7 +226,7 @@ def test_a_small_face_left_readable_counts_as_sharp(mot20_frame, obscure, sharp)
 
 
 @pytest.mark.media
-def test_a_mask_that_leaves_the_box_corners_is_not_sharp(mot20_frame_47):
+def test_a_mask_that_leaves_the_box_corners_is_not_sharp(mot20_frame_47: Any) -> None:
     """Frame 47 of MOT20-08: a track's mask covers 97% of a 17 px face's ellipse; the box
     corners and the mask's edge are input beside black. Judged over the whole crop the edge
     reads as detail (0.17); over the obscured pixels it is none."""
@@ -232,14 +241,14 @@ def test_a_mask_that_leaves_the_box_corners_is_not_sharp(mot20_frame_47):
     assert retained_detail(before, after, covered_grid(face, region, "ellipse", width, height)) < 0.05
 
 
-def test_a_face_without_detail_is_not_judged():
+def test_a_face_without_detail_is_not_judged() -> None:
     flat = np.full((60, 60, 3), 128, np.uint8)
     box = np.array([10, 10, 50, 50], np.float32)
     assert np.isnan(retained_detail(face_crop(flat, box), face_crop(flat, box)))
     assert face_crop(flat, np.array([100, 100, 120, 120], np.float32)).shape == (32, 32)  # outside: zeros
 
 
-def test_the_probe_measures_the_output_against_the_stored_input():
+def test_the_probe_measures_the_output_against_the_stored_input() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
     box = np.array([20, 10, 60, 50], np.float32)
@@ -255,11 +264,11 @@ def test_the_probe_measures_the_output_against_the_stored_input():
 
 
 class NoSsd:
-    def detect(self, image, scale=1.0, threshold=0.5, nms_iou=0.4):
+    def detect(self, image: Any, scale: Any = 1.0, threshold: Any = 0.5, nms_iou: Any = 0.4) -> Any:
         return FaceBoxes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
 
 
-def test_a_weak_blur_covers_every_face_and_still_leaks_them(tmp_path):
+def test_a_weak_blur_covers_every_face_and_still_leaks_them(tmp_path: Path) -> None:
     """The regions cover the astronaut in both runs; only the sharpness check tells the
     1 px blur (a leak) from the default one."""
     from stream.io.demo import demo_frames

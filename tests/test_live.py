@@ -26,7 +26,9 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import HAMILTON, ROOT, audio_packets, free_port, video_pts
@@ -105,7 +107,7 @@ def start_anonymizing(*args: str, report: Path) -> subprocess.Popen:
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def faces_in(path: Path, detector, every: int = 3) -> tuple[int, int]:
+def faces_in(path: Path, detector: Any, every: int = 3) -> tuple[int, int]:
     """(frames looked at, faces at least 12 px tall found at full resolution, score >= 0.5)."""
     import av
 
@@ -125,7 +127,7 @@ def frame_count(path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def rtsp_server():
+def rtsp_server() -> Iterator[Any]:
     """rtsp://host:port of a GStreamer server with /live and /clip: the CI's, or one of our own."""
     url = os.environ.get("ANONYMOUSNET_TEST_RTSP")
     if url:
@@ -137,12 +139,14 @@ def rtsp_server():
     stop(proc)
 
 
-def test_reference_clip_really_has_faces(media, detector):
+def test_reference_clip_really_has_faces(media: Any, detector: Any) -> None:
     frames, found = faces_in(HAMILTON, detector, every=5)
     assert found > frames  # so "no face found" in the outputs below means something
 
 
-def test_rtsp_in_rtsp_out_is_anonymized_with_audio(tmp_path, media, detector, rtsp_server):
+def test_rtsp_in_rtsp_out_is_anonymized_with_audio(
+    tmp_path: Path, media: Any, detector: Any, rtsp_server: Any
+) -> None:
     received = tmp_path / "received.mkv"
     recorder = start_recorder(f"rtsp://127.0.0.1:{(port := free_port())}/out", received)
     done, summary, _ = anonymize(
@@ -165,7 +169,7 @@ def test_rtsp_in_rtsp_out_is_anonymized_with_audio(tmp_path, media, detector, rt
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
 
 
-def test_live_pattern_over_udp_to_a_file(tmp_path, media, rtsp_server):
+def test_live_pattern_over_udp_to_a_file(tmp_path: Path, media: Any, rtsp_server: Any) -> None:
     out = tmp_path / "live.mkv"
     done, summary, _ = anonymize(
         f"{rtsp_server}/live", "-o", str(out), "--rtsp-transport", "udp", "--max-frames", "90"
@@ -178,7 +182,7 @@ def test_live_pattern_over_udp_to_a_file(tmp_path, media, rtsp_server):
     assert len(audio_packets(out)[0]) > 50  # 3 s of the tone
 
 
-def test_source_server_killed_and_restarted_mid_stream(tmp_path, media, detector):
+def test_source_server_killed_and_restarted_mid_stream(tmp_path: Path, media: Any, detector: Any) -> None:
     port = free_port()
     server = start_server(port)
     out = tmp_path / "resumed.mkv"
@@ -205,7 +209,9 @@ def test_source_server_killed_and_restarted_mid_stream(tmp_path, media, detector
     assert frames >= 20 and found == 0
 
 
-def test_sink_server_killed_run_goes_on_and_publishes_again(tmp_path, media, detector):
+def test_sink_server_killed_run_goes_on_and_publishes_again(
+    tmp_path: Path, media: Any, detector: Any
+) -> None:
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/out"
     first, second = tmp_path / "first.mkv", tmp_path / "second.mkv"
@@ -257,7 +263,7 @@ class SilentServer:
             conn.close()
 
 
-def test_publishing_to_a_frozen_server_does_not_stall_capture(tmp_path):
+def test_publishing_to_a_frozen_server_does_not_stall_capture(tmp_path: Path) -> None:
     server = SilentServer()
     try:
         done, summary, elapsed = anonymize(
@@ -275,7 +281,7 @@ def test_publishing_to_a_frozen_server_does_not_stall_capture(tmp_path):
     assert publish["last_error"]
 
 
-def test_reading_from_a_frozen_server_fails_in_time_with_a_clear_error():
+def test_reading_from_a_frozen_server_fails_in_time_with_a_clear_error() -> None:
     server = SilentServer()
     try:
         done, _summary, elapsed = anonymize(
@@ -287,7 +293,7 @@ def test_reading_from_a_frozen_server_fails_in_time_with_a_clear_error():
     assert "no answer within 1 s" in done.stderr
 
 
-def test_hls_over_http(tmp_path, media):
+def test_hls_over_http(tmp_path: Path, media: Any) -> None:
     import functools
     import http.server
 
@@ -321,7 +327,9 @@ def test_hls_over_http(tmp_path, media):
 PASSWORD = "p@ss/w:rd"
 
 
-def test_passwords_reach_no_message_report_log_or_metric(tmp_path, media, rtsp_server):
+def test_passwords_reach_no_message_report_log_or_metric(
+    tmp_path: Path, media: Any, rtsp_server: Any
+) -> None:
     """Camera and server passwords (holding '@', '/' and ':') never leave the process."""
     host = rtsp_server.split("//", 1)[1]
     source = f"rtsp://admin:{urllib.parse.quote(PASSWORD, safe='')}@{host}/clip"
@@ -363,7 +371,7 @@ def test_passwords_reach_no_message_report_log_or_metric(tmp_path, media, rtsp_s
     assert "***@" in seen["report"] and "***@" in failed.stderr
 
 
-def test_a_file_published_to_rtsp_is_paced_at_its_own_rate(tmp_path, media):
+def test_a_file_published_to_rtsp_is_paced_at_its_own_rate(tmp_path: Path, media: Any) -> None:
     """Read as fast as possible, a file outruns the server and loses frames on the way; an
     rtsp:// output paces it at its own rate unless --no-realtime says otherwise."""
     received = tmp_path / "received.mkv"

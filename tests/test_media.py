@@ -7,6 +7,9 @@ leaks when the run leaves it uncovered or covered but still sharp. The
 reference of each clip is kept in the model cache after its first run.
 """
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from conftest import FACENET, HAMILTON, MEDIA, audio_packets, digest, video_pts
 
@@ -19,7 +22,9 @@ CLIPS = {"hamilton": HAMILTON, "facenet": FACENET}
 
 
 @pytest.mark.parametrize("name", CLIPS)
-def test_output_keeps_every_frame_the_duration_and_the_audio_bytes(tmp_path, media, detector, name):
+def test_output_keeps_every_frame_the_duration_and_the_audio_bytes(
+    tmp_path: Path, media: Any, detector: Any, name: Any
+) -> None:
     from stream.run.job import run_job
 
     clip = CLIPS[name]
@@ -44,7 +49,7 @@ MIN_FACES = {"mot20-08": 400, "hamilton": 600, "facenet": 700}
 
 
 @pytest.mark.parametrize("name", LEAK_CLIPS)
-def test_leak_rate_is_below_one_percent_in_every_mode(media, detector, name):
+def test_leak_rate_is_below_one_percent_in_every_mode(media: Any, detector: Any, name: Any) -> None:
     results = measure_leak(
         str(LEAK_CLIPS[name]),
         ["blur", "pixelate", "mask", "synth"],
@@ -57,7 +62,9 @@ def test_leak_rate_is_below_one_percent_in_every_mode(media, detector, name):
         assert r["leak_rate"] < 0.01, (r["mode"], r["leak_rate"], r["leaks"], r["sharp_leaks"])
 
 
-def test_a_scene_cut_on_a_frame_with_only_the_cheap_pass_is_detected_in_full(tmp_path, media, detector):
+def test_a_scene_cut_on_a_frame_with_only_the_cheap_pass_is_detected_in_full(
+    tmp_path: Path, media: Any, detector: Any
+) -> None:
     """Looping the clip puts a hard cut (crowd -> pianist and conductor) on frame 275, a
     frame of the reduced-resolution pass (detect.every = 2); the pianist's small face
     there must still be found and hidden, not carried in one frame late."""
@@ -84,7 +91,7 @@ def test_a_scene_cut_on_a_frame_with_only_the_cheap_pass_is_detected_in_full(tmp
     assert len(after_cut.boxes) == 0
 
 
-def test_the_first_frame_a_live_run_keeps_gets_a_full_detection_pass(media, detector):
+def test_the_first_frame_a_live_run_keeps_gets_a_full_detection_pass(media: Any, detector: Any) -> None:
     """A live input can drop frame 0: frame 1, a reduced-resolution frame, is then
     the first the tracker sees, with nothing to carry; it must be detected in full."""
     from fractions import Fraction

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from stream.config import ConfigError, SourceConfig, build_config
 from stream.frames import FramePacket
 
 
-def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(detector):
+def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(detector: Any) -> None:
     from stream.run.multi import BatchedDetector
 
     rng = np.random.default_rng(0)
@@ -46,13 +48,13 @@ def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(dete
         assert np.allclose(got[i].boxes, faces.boxes, atol=1e-2)  # type: ignore[attr-defined]
 
 
-def test_a_failing_batch_raises_in_every_caller():
+def test_a_failing_batch_raises_in_every_caller() -> None:
     from stream.run.multi import BatchedDetector
 
     class Broken:
         backend = None
 
-        def detect(self, *args):
+        def detect(self, *args: Any) -> None:
             raise RuntimeError("engine lost")
 
     batched = BatchedDetector(Broken())  # type: ignore[arg-type]
@@ -61,7 +63,7 @@ def test_a_failing_batch_raises_in_every_caller():
     batched.close()
 
 
-def test_two_files_in_one_process_keep_every_frame_and_their_audio(tmp_path, media):
+def test_two_files_in_one_process_keep_every_frame_and_their_audio(tmp_path: Path, media: Any) -> None:
     outs = [tmp_path / "a.mp4", tmp_path / "b.mkv"]
     report = tmp_path / "r.json"
     done = subprocess.run(
@@ -79,7 +81,7 @@ def test_two_files_in_one_process_keep_every_frame_and_their_audio(tmp_path, med
         assert entry["summary"]["faces_detected"] > 500, name
 
 
-def test_streams_file_and_one_broken_stream_does_not_stop_the_others(tmp_path, media):
+def test_streams_file_and_one_broken_stream_does_not_stop_the_others(tmp_path: Path, media: Any) -> None:
     good = tmp_path / "good.mp4"
     streams = tmp_path / "streams.toml"
     streams.write_text(
@@ -98,7 +100,7 @@ def test_streams_file_and_one_broken_stream_does_not_stop_the_others(tmp_path, m
     assert "--- lobby" in done.stderr and "no such file" in done.stderr
 
 
-def test_streams_file_errors_are_clear(tmp_path):
+def test_streams_file_errors_are_clear(tmp_path: Path) -> None:
     from stream.run.multi import read_streams
 
     bad = tmp_path / "s.toml"
@@ -112,7 +114,7 @@ def test_streams_file_errors_are_clear(tmp_path):
         read_streams(bad)
 
 
-def test_simulated_camera_is_paced_to_its_frame_rate():
+def test_simulated_camera_is_paced_to_its_frame_rate() -> None:
     from stream.io.sources import open_source
 
     source = open_source("lavfi:testsrc2=size=320x180:rate=30", SourceConfig(realtime=True))
@@ -127,7 +129,7 @@ def test_simulated_camera_is_paced_to_its_frame_rate():
     assert 1.3 < time.monotonic() - started < 2.5  # 44 frame intervals of 1/30 s
 
 
-def test_loop_keeps_time_stamps_and_audio_going_up(media):
+def test_loop_keeps_time_stamps_and_audio_going_up(media: Any) -> None:
     from stream.io.sources import open_source
 
     source = open_source(str(HAMILTON), SourceConfig(loop=True))
@@ -145,7 +147,7 @@ def test_loop_keeps_time_stamps_and_audio_going_up(media):
     assert all(b > a for a, b in itertools.pairwise(audio))
 
 
-def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path, media):
+def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path: Path, media: Any) -> None:
     """Four paced copies of a 30 fps clip on this machine's cores: it cannot keep
     up, so frames are dropped; the output is still complete in its own right."""
     from stream.run.job import run_job
@@ -160,7 +162,7 @@ def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path, m
     assert sorted(s.latencies)[len(s.latencies) // 2] < 1.0
 
 
-def test_prometheus_endpoint_counts_frames_and_latency(tmp_path, media):
+def test_prometheus_endpoint_counts_frames_and_latency(tmp_path: Path, media: Any) -> None:
     port = free_port()
     run = subprocess.Popen(
         [sys.executable, "run_stream.py", str(HAMILTON), "--realtime", "-o", "null", "--max-frames", "150",
@@ -195,14 +197,16 @@ def test_prometheus_endpoint_counts_frames_and_latency(tmp_path, media):
     assert values['anonymousnet_latency_seconds_bucket{le="+Inf",stream="main"}'] == count
 
 
-def test_a_stream_failing_with_a_bug_makes_the_run_fail(tmp_path, monkeypatch, demo_clip):
+def test_a_stream_failing_with_a_bug_makes_the_run_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_clip: Path
+) -> None:
     """An exception that is not the project's ends its stream alone, and the run's exit code says so."""
     import run_stream
     import stream.run.job
 
     real = stream.run.job.run_job
 
-    def run_job(input_spec, output, *args, **kwargs):
+    def run_job(input_spec: Any, output: Any, *args: Any, **kwargs: Any) -> Any:
         if output.endswith("bad.mp4"):
             raise ZeroDivisionError("a bug")
         return real(input_spec, output, *args, **kwargs)
@@ -216,7 +220,9 @@ def test_a_stream_failing_with_a_bug_makes_the_run_fail(tmp_path, monkeypatch, d
 
 
 @pytest.mark.parametrize("sig, code", [(2, 130), (15, 143)])
-def test_stopping_many_streams_finalizes_each_and_exits_with_the_signal(tmp_path, sig, code):
+def test_stopping_many_streams_finalizes_each_and_exits_with_the_signal(
+    tmp_path: Path, sig: Any, code: Any
+) -> None:
     from conftest import noise_frames, write_clip
 
     clip = write_clip(tmp_path / "cam.mp4", noise_frames(300, 160, 96))
@@ -236,7 +242,7 @@ def test_stopping_many_streams_finalizes_each_and_exits_with_the_signal(tmp_path
     assert all(0 < len(video_pts(o)) < 300 for o in outs)
 
 
-def test_the_metrics_endpoint_listens_on_loopback_unless_told():
+def test_the_metrics_endpoint_listens_on_loopback_unless_told() -> None:
     from stream.run.metrics import StreamsCollector, serve
 
     server = serve(free_port(), StreamsCollector())

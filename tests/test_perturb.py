@@ -1,6 +1,8 @@
 """Stage IV in the stream: the perturbation stage on replaced faces, and its config rules."""
 
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from stream.errors import ConfigError
 
 
-def test_perturbation_needs_replaced_faces():
+def test_perturbation_needs_replaced_faces() -> None:
     from stream.config import build_config
 
     with pytest.raises(ConfigError, match=r"needs obscure.mode = synth"):
@@ -17,12 +19,15 @@ def test_perturbation_needs_replaced_faces():
         build_config(None, {"obscure": {"mode": "synth"}, "perturb": {"mode": "uap"}})
 
 
-def test_noise_is_added_only_to_replaced_faces_and_is_the_same_for_a_track(demo_clip, detector):
+def test_noise_is_added_only_to_replaced_faces_and_is_the_same_for_a_track(
+    demo_clip: Path, detector: Any
+) -> None:
+    from conftest import decode_frames
+
     from stream.config import build_config
     from stream.frames import FramePacket
     from stream.run.job import build_stages
     from stream.stages import PerturbStage, SynthStage
-    from tests.conftest import decode_frames
 
     frames = decode_frames(demo_clip)[:40]
     config = build_config(None, {"obscure": {"mode": "synth"}, "perturb": {"mode": "noise", "sigma": 6.0}})
@@ -55,7 +60,7 @@ def test_noise_is_added_only_to_replaced_faces_and_is_the_same_for_a_track(demo_
     assert perturb.perturbed > 20
 
 
-def test_array_files_asking_for_too_much_memory_are_refused_before_loading(tmp_path):
+def test_array_files_asking_for_too_much_memory_are_refused_before_loading(tmp_path: Path) -> None:
     """An .npz header names its arrays' shapes; one asking for terabytes is refused unread."""
     import io
     import zipfile

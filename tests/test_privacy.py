@@ -1,6 +1,7 @@
 """Stage II: privacy metrics on tables whose k, l, t are known, PPAS properties, counterfactuals."""
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from stream.errors import ConfigError
 S = GlobalDistribution.celeba()
 
 
-def table(rows):
+def table(rows: Any) -> Any:
     """Rows as dicts of attribute -> bool (others False)."""
     out = np.zeros((len(rows), len(ATTRIBUTES)), bool)
     for i, row in enumerate(rows):
@@ -36,13 +37,13 @@ def table(rows):
     return out
 
 
-def test_celeba_distribution_is_carried_in_the_project():
+def test_celeba_distribution_is_carried_in_the_project() -> None:
     assert len(S.positive) == 40 and ATTRIBUTES[0] == "5_o_Clock_Shadow" and ATTRIBUTES[-1] == "Young"
     assert S.positive[INDEX["Male"]] == pytest.approx(84434 / 202599, abs=1e-4)
     assert S.positive[INDEX["Black_Hair"]] == pytest.approx(0.239, abs=1e-3)
 
 
-def test_paper_toy_example_two_identities_sharing_male():
+def test_paper_toy_example_two_identities_sharing_male() -> None:
     # Two people who share Male and differ elsewhere: on the quasi-identifier
     # Male they are one class of two (2-anonymous); on Male + Eyeglasses they split.
     t = table([{"Male": True, "Eyeglasses": True, "Smiling": True}, {"Male": True, "Smiling": False}])
@@ -51,7 +52,7 @@ def test_paper_toy_example_two_identities_sharing_male():
     assert measure(t, attribute_indices(["Male", "Eyeglasses"]), [], S).k == 1
 
 
-def test_paper_toy_example_black_hair_homogeneity():
+def test_paper_toy_example_black_hair_homogeneity() -> None:
     # A 3-anonymous class where everyone has black hair: k does not protect the
     # sensitive value (l = 1), and t-closeness shows how far it is from the
     # population's 23.9%.
@@ -64,7 +65,7 @@ def test_paper_toy_example_black_hair_homogeneity():
     assert f.worst_t[0] == "Black_Hair" and f.worst_t[1] == 1.0
 
 
-def test_metrics_on_a_known_table():
+def test_metrics_on_a_known_table() -> None:
     # Classes on Male: 4 men (2 smile), 2 women (both smile).
     rows = [{"Male": True, "Smiling": s} for s in (True, True, False, False)]
     rows += [{"Male": False, "Smiling": True}] * 2
@@ -73,7 +74,7 @@ def test_metrics_on_a_known_table():
     assert f.k == 2 and f.l == pytest.approx(1.0) and f.t == pytest.approx(max(abs(0.5 - p), abs(1 - p)))
 
 
-def test_randomized_response_probability():
+def test_randomized_response_probability() -> None:
     assert keep_probability(math.log(3)) == pytest.approx(0.75)
     assert keep_probability(float("inf")) == 1.0
 
@@ -85,7 +86,7 @@ def test_randomized_response_probability():
     st.floats(min_value=0.02, max_value=0.5),
     st.integers(min_value=0, max_value=2**31),
 )
-def test_ppas_meets_t_in_every_class_before_randomization(n, p_global, t, seed):
+def test_ppas_meets_t_in_every_class_before_randomization(n: Any, p_global: Any, t: Any, seed: Any) -> None:
     rng = np.random.default_rng(seed)
     probs = rng.random((n, len(ATTRIBUTES))).astype(np.float32)
     probs[:, : len(ATTRIBUTES) // 2] = (rng.random((n, 20)) < 0.5).astype(np.float32)  # confident ones too
@@ -115,7 +116,7 @@ def test_ppas_meets_t_in_every_class_before_randomization(n, p_global, t, seed):
 
 @settings(max_examples=20, deadline=None)
 @given(st.floats(min_value=0.1, max_value=4.0), st.integers(min_value=0, max_value=2**31))
-def test_randomized_response_flip_rate_matches_epsilon(epsilon, seed):
+def test_randomized_response_flip_rate_matches_epsilon(epsilon: Any, seed: Any) -> None:
     rng = np.random.default_rng(seed)
     values = rng.random(200_000) < 0.5
     released = randomized_response(values, epsilon, rng)
@@ -124,21 +125,21 @@ def test_randomized_response_flip_rate_matches_epsilon(epsilon, seed):
     assert abs(flip_rate - expected) < 4 * math.sqrt(expected * (1 - expected) / len(values)) + 1e-4
 
 
-def test_preserved_attributes_are_never_changed():
+def test_preserved_attributes_are_never_changed() -> None:
     probs = np.full((5, 40), 0.9, np.float32)
     policy = Policy(preserved=("Male",), t=0.05, epsilon=0.1)
     selection = ppas(probs, S, policy, [np.random.default_rng(i) for i in range(5)])
     assert selection.released[:, INDEX["Male"]].all() and selection.chosen[:, INDEX["Male"]].all()
 
 
-def test_seeded_generators_make_ppas_reproducible():
+def test_seeded_generators_make_ppas_reproducible() -> None:
     probs = np.random.default_rng(0).random((6, 40)).astype(np.float32)
     a = ppas(probs, S, Policy(), [np.random.default_rng(100 + i) for i in range(6)])
     b = ppas(probs, S, Policy(), [np.random.default_rng(100 + i) for i in range(6)])
     assert (a.released == b.released).all()
 
 
-def test_assessment_answers_the_three_questions():
+def test_assessment_answers_the_three_questions() -> None:
     rows = [{"Male": True, "Young": True, "Smiling": True}] * 3 + [{"Male": False, "Young": True}]
     policy = Policy(quasi_identifiers=("Male", "Young"), sensitive=("Smiling",), k=2, l=1.0, t=1.0)
     verdict = assess(table(rows), policy, S)
@@ -151,7 +152,7 @@ def test_assessment_answers_the_three_questions():
     assert assess(fixed, policy, S).private
 
 
-def test_counterfactual_for_a_stricter_t():
+def test_counterfactual_for_a_stricter_t() -> None:
     # Everyone smiles: 3 men and 2 women; Smiling's global rate is about 48%.
     rows = [{"Male": True, "Smiling": True}] * 3 + [{"Male": False, "Smiling": True}] * 2
     policy = Policy(quasi_identifiers=("Male",), sensitive=("Smiling",), k=2, l=1.0, t=1.0)
@@ -165,11 +166,11 @@ def test_counterfactual_for_a_stricter_t():
     assert measure(after, attribute_indices(("Male",)), attribute_indices(("Smiling",)), S).t <= 0.3
 
 
-def test_k_cannot_exceed_the_number_of_records():
+def test_k_cannot_exceed_the_number_of_records() -> None:
     assert changes_for_k(table([{"Male": True}]), attribute_indices(["Male"]), 2) is None
 
 
-def test_policy_validation_names_the_field():
+def test_policy_validation_names_the_field() -> None:
     with pytest.raises(ConfigError, match=r"privacy.quasi_identifiers: unknown attribute 'Beard'"):
         Policy(quasi_identifiers=("Beard",)).validate()
     with pytest.raises(ConfigError, match=r"privacy.t"):

@@ -3,7 +3,10 @@
 import random
 import threading
 import time
+from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +28,14 @@ GREEN = (0, 255, 0)
 class FakeSource:
     """Noise frames at 25 fps (optionally live, with passthrough packets, or failing)."""
 
-    def __init__(self, count=30, live=False, fail_at=None, pace_s=0.0, passthrough_every=0):
+    def __init__(
+        self,
+        count: Any = 30,
+        live: Any = False,
+        fail_at: Any = None,
+        pace_s: Any = 0.0,
+        passthrough_every: Any = 0,
+    ) -> None:
         self.description = "fake"
         self.live = live
         self.audio_templates = []
@@ -39,7 +49,7 @@ class FakeSource:
         )
         self.passthrough_sent = 0
 
-    def packets(self):
+    def packets(self) -> Iterator[Any]:
         rng = np.random.default_rng(0)
         for i in range(self.count):
             if i == self.fail_at:
@@ -53,10 +63,10 @@ class FakeSource:
                               capture_time=time.monotonic())  # fmt: skip
             self.stats.frames += 1
 
-    def damage(self):
+    def damage(self) -> Any:
         return None
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
@@ -65,7 +75,7 @@ class ScriptedDetector:
 
     backend = type("B", (), {"name": "fake"})()
 
-    def detect(self, images, scale=1.0, threshold=0.5, nms_iou=0.3):
+    def detect(self, images: Any, scale: Any = 1.0, threshold: Any = 0.5, nms_iou: Any = 0.3) -> Any:
         from engines.centerface import FaceArrays
 
         return [FaceArrays(np.array([[30, 10, 60, 50]], np.float32), np.array([0.9], np.float32),
@@ -75,16 +85,16 @@ class ScriptedDetector:
 class Faulty:
     """Wraps a stage and raises on chosen frames."""
 
-    def __init__(self, stage, fail_on):
+    def __init__(self, stage: Any, fail_on: Any) -> None:
         self.stage, self.fail_on = stage, set(fail_on)
         self.name, self.parallel = stage.name, getattr(stage, "parallel", False)
 
-    def process(self, packet):
+    def process(self, packet: Any) -> Any:
         if packet.index in self.fail_on:
             raise RuntimeError(f"injected fault in {self.name}")
         return self.stage.process(packet)
 
-    def reset(self):
+    def reset(self) -> None:
         self.stage.reset()
 
 
@@ -93,12 +103,12 @@ class PaintAll:
 
     name, parallel = "paint", False
 
-    def process(self, packet):
+    def process(self, packet: Any) -> Any:
         packet.image[:] = GREEN
         packet.anonymized = True
         return packet
 
-    def reset(self):
+    def reset(self) -> None:
         pass
 
 
@@ -107,24 +117,26 @@ class Forgetful:
 
     name, parallel = "forgetful", False
 
-    def __init__(self, on):
+    def __init__(self, on: Any) -> None:
         self.on = set(on)
 
-    def process(self, packet):
+    def process(self, packet: Any) -> Any:
         if packet.index in self.on:
             packet.anonymized = False
         return packet
 
-    def reset(self):
+    def reset(self) -> None:
         pass
 
 
-def real_stages(obscure=ObscureConfig(mode="mask", shape="box")):
+def real_stages(obscure: Any = ObscureConfig(mode="mask", shape="box")) -> Any:
     config = build_config()
     return [DetectStage(ScriptedDetector(), config.detect), TrackStage(config.track), ObscureStage(obscure)]
 
 
-def run(stages, tmp_path, source=None, runner_config=RunnerConfig(), progress=None):
+def run(
+    stages: Any, tmp_path: Path, source: Any = None, runner_config: Any = RunnerConfig(), progress: Any = None
+) -> Any:
     source = source or FakeSource()
     out = tmp_path / "out.mp4"
     sink = open_sink(str(out), SinkConfig(crf=10), Fraction(25), [])
@@ -132,16 +144,16 @@ def run(stages, tmp_path, source=None, runner_config=RunnerConfig(), progress=No
     return runner, out, runner.run(progress) if progress is None else None
 
 
-def is_black(frame):
+def is_black(frame: Any) -> Any:
     return frame.astype(int).max() < 24
 
 
-def is_green(frame):
+def is_green(frame: Any) -> Any:
     return frame[..., 1].min() > 200 and frame[..., 0].max() < 60 and frame[..., 2].max() < 60
 
 
 @pytest.mark.parametrize("where", [0, 1, 2])
-def test_a_fault_in_any_stage_masks_that_frame_whole(tmp_path, where):
+def test_a_fault_in_any_stage_masks_that_frame_whole(tmp_path: Path, where: Any) -> None:
     stages = real_stages()
     stages[where] = Faulty(stages[where], fail_on={3, 7})
     _runner, out, stats = run(stages, tmp_path)
@@ -153,7 +165,7 @@ def test_a_fault_in_any_stage_masks_that_frame_whole(tmp_path, where):
     assert all(f"stage {stages[where].name} failed" in m for m in stats.failures)
 
 
-def test_no_raw_frame_is_ever_written_whatever_fails(tmp_path):
+def test_no_raw_frame_is_ever_written_whatever_fails(tmp_path: Path) -> None:
     rng = random.Random(1)
     config = build_config()
     stages = [
@@ -169,7 +181,7 @@ def test_no_raw_frame_is_ever_written_whatever_fails(tmp_path):
     assert stats.frames_masked_whole == sum(is_black(f) for f in frames) > 0
 
 
-def test_stop_policy_ends_the_run_and_keeps_a_playable_clean_output(tmp_path):
+def test_stop_policy_ends_the_run_and_keeps_a_playable_clean_output(tmp_path: Path) -> None:
     stages = [Faulty(PaintAll(), fail_on={12})]
     with pytest.raises(StageError, match="frame 12: stage paint failed"):
         run(stages, tmp_path, runner_config=RunnerConfig(on_failure="stop"))
@@ -177,12 +189,12 @@ def test_stop_policy_ends_the_run_and_keeps_a_playable_clean_output(tmp_path):
     assert 0 < len(frames) <= 12 and all(is_green(f) for f in frames)
 
 
-def test_sink_fault_stops_the_run_and_finalizes_the_file(tmp_path):
+def test_sink_fault_stops_the_run_and_finalizes_the_file(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     sink = open_sink(str(out), SinkConfig(), Fraction(25), [])
     write = sink.write_frame
 
-    def failing(packet):
+    def failing(packet: Any) -> None:
         if packet.index == 5:
             raise SinkError("disk full (injected)")
         write(packet)
@@ -194,7 +206,7 @@ def test_sink_fault_stops_the_run_and_finalizes_the_file(tmp_path):
     assert len(decode_frames(out)) == 5
 
 
-def test_source_fault_mid_stream_keeps_what_was_written(tmp_path):
+def test_source_fault_mid_stream_keeps_what_was_written(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"input fake: reading failed after \d+ frames .*connection reset"):
         run([PaintAll()], tmp_path, FakeSource(30, fail_at=10))
     frames = decode_frames(tmp_path / "out.mp4")
@@ -204,14 +216,14 @@ def test_source_fault_mid_stream_keeps_what_was_written(tmp_path):
 class BuggySource(FakeSource):
     """A source whose own code breaks (a bug, not a damaged input) after 10 frames."""
 
-    def packets(self):
+    def packets(self) -> Iterator[Any]:
         for i, item in enumerate(super().packets()):
             if i == 10:
                 raise KeyError("a bug in the source")
             yield item
 
 
-def test_an_input_that_breaks_before_its_first_frame_is_unreadable_not_damaged(tmp_path):
+def test_an_input_that_breaks_before_its_first_frame_is_unreadable_not_damaged(tmp_path: Path) -> None:
     from stream.errors import InputDamagedError
 
     with pytest.raises(SourceError, match=r"input fake: no frame could be read .*connection reset") as info:
@@ -219,7 +231,7 @@ def test_an_input_that_breaks_before_its_first_frame_is_unreadable_not_damaged(t
     assert not isinstance(info.value, InputDamagedError) and info.value.exit_code == 3
 
 
-def test_a_bug_in_reading_is_a_bug_not_a_damaged_input(tmp_path):
+def test_a_bug_in_reading_is_a_bug_not_a_damaged_input(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="a bug in the source"):
         run([PaintAll()], tmp_path, BuggySource(30))
     out = tmp_path / "out.mp4"  # none if the run stopped before the writer got a frame
@@ -227,7 +239,7 @@ def test_a_bug_in_reading_is_a_bug_not_a_damaged_input(tmp_path):
     assert len(frames) <= 10 and all(is_green(f) for f in frames)  # what was written is kept
 
 
-def test_ctrl_c_finalizes_the_output(tmp_path):
+def test_ctrl_c_finalizes_the_output(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     sink = open_sink(str(out), SinkConfig(), Fraction(25), [])
     runner = Runner(
@@ -235,7 +247,7 @@ def test_ctrl_c_finalizes_the_output(tmp_path):
     )
     fired = threading.Event()
 
-    def progress(stats):
+    def progress(stats: Any) -> None:
         if stats.frames_out >= 5 and not fired.is_set():
             fired.set()
             raise KeyboardInterrupt
@@ -250,14 +262,14 @@ def test_ctrl_c_finalizes_the_output(tmp_path):
 class Slow:
     name, parallel = "slow", False
 
-    def __init__(self, seconds):
+    def __init__(self, seconds: Any) -> None:
         self.seconds = seconds
 
-    def process(self, packet):
+    def process(self, packet: Any) -> Any:
         time.sleep(self.seconds)
         return packet
 
-    def reset(self):
+    def reset(self) -> None:
         pass
 
 
@@ -266,22 +278,22 @@ class Recorder:
 
     description = "recorder"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.frames_written, self.indexes, self.passthrough = 0, [], 0
 
-    def write_frame(self, packet):
+    def write_frame(self, packet: Any) -> None:
         assert packet.anonymized
         self.indexes.append(packet.index)
         self.frames_written += 1
 
-    def write_passthrough(self, packet):
+    def write_passthrough(self, packet: Any) -> None:
         self.passthrough += 1
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
-def test_live_sources_drop_the_oldest_frames_but_never_passthrough_packets():
+def test_live_sources_drop_the_oldest_frames_but_never_passthrough_packets() -> None:
     source = FakeSource(150, live=True, pace_s=0.001, passthrough_every=5)
     sink = Recorder()
     runner = Runner(
@@ -294,7 +306,7 @@ def test_live_sources_drop_the_oldest_frames_but_never_passthrough_packets():
     assert sink.passthrough == source.passthrough_sent == 30
 
 
-def test_live_queue_counts_frames_only_so_audio_never_pushes_a_frame_out():
+def test_live_queue_counts_frames_only_so_audio_never_pushes_a_frame_out() -> None:
     from fractions import Fraction
 
     from stream.frames import FramePacket, PassthroughPacket
@@ -302,7 +314,7 @@ def test_live_queue_counts_frames_only_so_audio_never_pushes_a_frame_out():
 
     queue = FrameQueue(2, threading.Event())
 
-    def frame(i):
+    def frame(i: Any) -> Any:
         return FramePacket(index=i, image=np.zeros((2, 2, 3), np.uint8), pts=i, time_base=Fraction(1, 30))
 
     assert queue.put_latest(frame(0)) == 0
@@ -320,22 +332,22 @@ class Jittery:
 
     name, parallel = "jitter", True
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rng = random.Random(3)
         self.lock = threading.Lock()
 
-    def process(self, packet):
+    def process(self, packet: Any) -> Any:
         with self.lock:
             delay = self.rng.random() * 0.004
         time.sleep(delay)
         packet.detections = Detections.empty()
         return packet
 
-    def reset(self):
+    def reset(self) -> None:
         pass
 
 
-def test_parallel_workers_hand_frames_on_in_input_order():
+def test_parallel_workers_hand_frames_on_in_input_order() -> None:
     source = FakeSource(120, passthrough_every=7)
     sink = Recorder()
     runner = Runner(source, [Jittery(), PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig(workers=4))
@@ -347,14 +359,14 @@ def test_parallel_workers_hand_frames_on_in_input_order():
 class LowScoreDetector(ScriptedDetector):
     """One face scored between the detection threshold (0.08) and the track-start one (0.12)."""
 
-    def detect(self, images, scale=1.0, threshold=0.5, nms_iou=0.3):
+    def detect(self, images: Any, scale: Any = 1.0, threshold: Any = 0.5, nms_iou: Any = 0.3) -> Any:
         from engines.centerface import FaceArrays
 
         return [FaceArrays(np.array([[30, 10, 60, 50]], np.float32), np.array([0.1], np.float32),
                            np.zeros((1, 5, 2), np.float32)) for _ in images]  # fmt: skip
 
 
-def test_a_detection_too_unsure_to_start_a_track_is_still_obscured(tmp_path):
+def test_a_detection_too_unsure_to_start_a_track_is_still_obscured(tmp_path: Path) -> None:
     config = build_config()
     assert config.detect.threshold < 0.1 < config.track.new_track_threshold
     stages = [DetectStage(LowScoreDetector(), config.detect), TrackStage(config.track),
@@ -367,27 +379,27 @@ def test_a_detection_too_unsure_to_start_a_track_is_still_obscured(tmp_path):
 class OddFramesOnly:
     """A live camera whose link drops every even frame: only odd indexes arrive."""
 
-    def __init__(self, frames):
+    def __init__(self, frames: Any) -> None:
         self.description, self.live, self.audio_templates = "odd", True, []
         self.stats = SourceStats()
         self.info = VideoInfo(frames[0].shape[1], frames[0].shape[0], Fraction(25), Fraction(1, 25),
                               len(frames), len(frames) / 25, "fake")  # fmt: skip
         self.frames = frames
 
-    def packets(self):
+    def packets(self) -> Iterator[Any]:
         for i in range(1, len(self.frames), 2):
             time.sleep(0.05)
             yield FramePacket(i, self.frames[i].copy(), i, Fraction(1, 25), capture_time=time.monotonic())
 
-    def damage(self):
+    def damage(self) -> Any:
         return None
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
 @pytest.mark.media
-def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detector, media):
+def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detector: Any, media: Any) -> None:
     """Full-resolution detection follows the frames processed, not the source's index parity
     (before, a live input delivering only odd frames never had a full pass and a 20 px face
     was never found)."""
@@ -424,7 +436,7 @@ def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detec
     assert not unmasked, f"frames {unmasked} of {sorted(images)}: the face is not masked"
 
 
-def test_a_stalled_live_pipeline_caps_the_audio_it_holds():
+def test_a_stalled_live_pipeline_caps_the_audio_it_holds() -> None:
     from stream.run.runner import FrameQueue
 
     queue = FrameQueue(4, threading.Event())
@@ -433,7 +445,7 @@ def test_a_stalled_live_pipeline_caps_the_audio_it_holds():
     assert len(queue._items) == FrameQueue.MAX_AUDIO and queue.audio_dropped == 500
 
 
-def test_ended_tracks_leave_only_what_the_report_needs():
+def test_ended_tracks_leave_only_what_the_report_needs() -> None:
     """Per-track state of ended tracks is dropped (or slimmed), so a stream running for days
     holds its live tracks, not everyone it ever saw."""
     from stream.config import PerturbConfig
@@ -460,7 +472,7 @@ def test_ended_tracks_leave_only_what_the_report_needs():
     assert slim == 398 - AttributeStage.KEEP_DESCRIPTORS
 
 
-def test_past_keep_ended_the_oldest_tracks_are_counted_not_listed(monkeypatch):
+def test_past_keep_ended_the_oldest_tracks_are_counted_not_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream running for days: the report lists the last ``KEEP_ENDED`` ended tracks and
     counts the others; PPAS's classes still count everyone."""
     from stream.algorithms.attributes import TrackAttributes

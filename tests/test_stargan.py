@@ -3,6 +3,8 @@
 import io
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from engines.stargan import STARGAN_ATTRIBUTES, build_generator, export_onnx, lo
 from stream.errors import ModelError  # noqa: E402
 
 
-def official_like_state(generator):
+def official_like_state(generator: Any) -> Any:
     """The official 200000-G.ckpt's keys: ours plus old instance-norm running statistics."""
     state = dict(generator.state_dict())
     for key in list(state):
@@ -27,7 +29,7 @@ def official_like_state(generator):
     return state
 
 
-def test_generator_architecture_matches_the_paper():
+def test_generator_architecture_matches_the_paper() -> None:
     g = build_generator()
     convs = [m for m in g.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
     assert all(m.bias is None for m in convs)
@@ -45,7 +47,7 @@ def test_generator_architecture_matches_the_paper():
     assert out.shape == (2, 3, 128, 128) and out.abs().max() <= 1
 
 
-def test_loads_a_checkpoint_with_the_official_keys_and_shapes(tmp_path):
+def test_loads_a_checkpoint_with_the_official_keys_and_shapes(tmp_path: Path) -> None:
     reference = build_generator()
     state = official_like_state(reference)
     assert "main.1.running_mean" in state and "main.9.main.1.weight" in state  # main.N keys, as published
@@ -61,12 +63,12 @@ def test_loads_a_checkpoint_with_the_official_keys_and_shapes(tmp_path):
         load_generator(tmp_path / "bad.ckpt")
 
 
-def test_official_download_fails_clearly_offline(tmp_path, monkeypatch):
+def test_official_download_fails_clearly_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib.request
 
     from engines import stargan
 
-    def offline(*args, **kwargs):
+    def offline(*args: Any, **kwargs: Any) -> None:
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
@@ -83,14 +85,16 @@ class _Response:
     def read(self, n: int = -1) -> bytes:
         return self.body.read(n)
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         return None
 
 
-def test_the_official_download_is_bounded_in_size_and_checked_against_its_pin(tmp_path, monkeypatch):
+def test_the_official_download_is_bounded_in_size_and_checked_against_its_pin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import urllib.request
     import zipfile
 
@@ -110,7 +114,7 @@ def test_the_official_download_is_bounded_in_size_and_checked_against_its_pin(tm
     assert not (tmp_path / "stargan" / "200000-G.ckpt").exists()  # nothing unverified kept
 
 
-def test_onnx_export_runs_like_torch(tmp_path):
+def test_onnx_export_runs_like_torch(tmp_path: Path) -> None:
     import onnxruntime as ort
 
     g = build_generator(conv_dim=16).eval()
@@ -127,7 +131,7 @@ def test_onnx_export_runs_like_torch(tmp_path):
     assert "InstanceNormalization" in ops
 
 
-def test_a_few_training_steps_move_the_losses_as_they_should(tmp_path):
+def test_a_few_training_steps_move_the_losses_as_they_should(tmp_path: Path) -> None:
     from calibration.stargan_train import TrainConfig, Trainer
 
     rng = np.random.default_rng(0)
@@ -156,7 +160,7 @@ def test_a_few_training_steps_move_the_losses_as_they_should(tmp_path):
     assert loaded(x[:1], y[:1]).shape == (1, 3, 64, 64)
 
 
-def test_stargan_directs_the_surrogate_in_the_stream(tmp_path, demo_clip, detector):
+def test_stargan_directs_the_surrogate_in_the_stream(tmp_path: Path, demo_clip: Path, detector: Any) -> None:
     """A checkpoint the test makes (official keys, random weights) runs once per track on
     the k-Same surrogate: the drawn surrogate changes inside the face only."""
     from stream.algorithms.synthesis import Gallery, GalleryEntry
@@ -191,7 +195,7 @@ def test_stargan_directs_the_surrogate_in_the_stream(tmp_path, demo_clip, detect
     assert all(origin.endswith("StarGAN") for origin in result.synthesis["surrogates"].values())
 
 
-def test_tensorrt_keeps_instance_norm_in_fp32(tmp_path):
+def test_tensorrt_keeps_instance_norm_in_fp32(tmp_path: Path) -> None:
     from engines.tensorrt import provider_options
 
     options = provider_options(tmp_path, "fp16", {}, fp32_ops=("InstanceNormalization",))

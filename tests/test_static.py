@@ -6,20 +6,20 @@ import sys
 from conftest import ROOT
 
 
-def test_ruff():
+def test_ruff() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy():
+def test_mypy() -> None:
     result = subprocess.run([sys.executable, "-m", "mypy", "stream", "engines", "calibration", "run_stream.py"],
                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_layers():
+def test_layers() -> None:
     """The import contracts of pyproject.toml ([tool.importlinter]): engines know no pipeline,
     the pipeline runs no calibration job and never reaches the CLI, stages do no I/O and
     know no threads."""

@@ -1,5 +1,7 @@
 """The synth stage's parts on their own: candidate ranking, the identity check, mesh following."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -35,7 +37,7 @@ def _gallery(members: np.ndarray) -> Gallery:
     return Gallery(entries, 3, "test")
 
 
-def test_candidates_are_ranked_by_attribute_match_and_never_hold_the_person():
+def test_candidates_are_ranked_by_attribute_match_and_never_hold_the_person() -> None:
     members = _people(9)
     gallery = _gallery(members)
     young_man = np.zeros(40, bool)
@@ -59,8 +61,8 @@ def _face(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def test_the_identity_check_keeps_the_least_alike_passing_candidate_and_never_draws_on_the_frame(
-    astronaut_mesh,
-):
+    astronaut_mesh: Any,
+) -> None:
     from stream.algorithms.synthesis import sample_lab
 
     image, points = astronaut_mesh
@@ -71,7 +73,7 @@ def test_the_identity_check_keeps_the_least_alike_passing_candidate_and_never_dr
     # person, the second is not.
     answers = iter([own, people[1], own, people[1]])
 
-    def read(canvas, box, landmarks):
+    def read(canvas: Any, box: Any, landmarks: Any) -> Any:
         seen.append(canvas)
         return next(answers)
 
@@ -97,7 +99,7 @@ def test_the_identity_check_keeps_the_least_alike_passing_candidate_and_never_dr
     assert not IdentityCheck(None, read, 1.0, 2.0, False).active
 
 
-def test_a_followed_mesh_is_kept_at_lower_confidence_and_found_anew_when_lost(astronaut_mesh):
+def test_a_followed_mesh_is_kept_at_lower_confidence_and_found_anew_when_lost(astronaut_mesh: Any) -> None:
     image, points = astronaut_mesh
     box = np.concatenate([points[:, :2].min(axis=0), points[:, :2].max(axis=0)]).astype(np.float32)
     found = (box, _face(points)[1])
@@ -121,7 +123,7 @@ def test_a_followed_mesh_is_kept_at_lower_confidence_and_found_anew_when_lost(as
     assert followed.update(5, points, 0.1, box) is None and followed.seen is None
 
 
-def test_data_computed_once_and_shared_cannot_be_changed_by_a_caller():
+def test_data_computed_once_and_shared_cannot_be_changed_by_a_caller() -> None:
     from stream.algorithms import synthesis
 
     shared = [facewarp.canonical().points, facewarp.canonical().tri_map, facewarp.canonical().bary]

@@ -1,6 +1,8 @@
 """Stage III, k-Same-Select: dense warps, gallery building, surrogate choice, the synth mode."""
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from stream.algorithms.synthesis import Gallery, GalleryEntry, average_textures,
 from stream.config import SynthConfig
 
 
-def test_warp_to_the_canonical_frame_and_back_is_faithful(astronaut_mesh):
+def test_warp_to_the_canonical_frame_and_back_is_faithful(astronaut_mesh: Any) -> None:
     image, points = astronaut_mesh
     texture, mask = facewarp.to_canonical(image, points)
     assert texture.shape == (facewarp.SIZE, facewarp.SIZE, 3) and mask.mean() > 0.4
@@ -25,7 +27,7 @@ def test_warp_to_the_canonical_frame_and_back_is_faithful(astronaut_mesh):
     assert drawn.coverage.sum() > 0.5 * (np.ptp(points[:, 0]) * np.ptp(points[:, 1]))
 
 
-def test_average_textures_and_surrogate_choice_exclude_the_own_identity():
+def test_average_textures_and_surrogate_choice_exclude_the_own_identity() -> None:
     size = facewarp.SIZE
     textures = [np.full((size, size, 3), v, np.uint8) for v in (0, 90, 180)]
     masks = [np.ones((size, size), bool)] * 3
@@ -52,7 +54,7 @@ def test_average_textures_and_surrogate_choice_exclude_the_own_identity():
 
 
 @pytest.fixture(scope="module")
-def gallery_file(tmp_path_factory):
+def gallery_file(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A gallery built by the job from six face-api.js people (k = 3)."""
     from calibration.gallery import build
 
@@ -66,7 +68,7 @@ def gallery_file(tmp_path_factory):
 
 
 @pytest.mark.media
-def test_gallery_holds_only_averages_of_k_identities(gallery_file):
+def test_gallery_holds_only_averages_of_k_identities(gallery_file: Any) -> None:
     from calibration.gallery import describe_identity
     from stream.config import build_config
     from stream.run.job import load_detector, load_estimator
@@ -86,7 +88,7 @@ def test_gallery_holds_only_averages_of_k_identities(gallery_file):
 
 
 @pytest.mark.media
-def test_synth_mode_replaces_a_talking_head_and_keeps_every_frame(tmp_path, gallery_file):
+def test_synth_mode_replaces_a_talking_head_and_keeps_every_frame(tmp_path: Path, gallery_file: Any) -> None:
     from run_stream import main
 
     clip = MEDIA / "LivePortrait" / "assets" / "examples" / "driving" / "d0.mp4"
@@ -106,7 +108,9 @@ def test_synth_mode_replaces_a_talking_head_and_keeps_every_frame(tmp_path, gall
     assert np.abs(original[-1][:60].astype(int) - replaced[-1][:60].astype(int)).mean() < 4  # the rest is not
 
 
-def test_synth_without_any_surrogate_falls_back_for_every_face(tmp_path, demo_clip, detector):
+def test_synth_without_any_surrogate_falls_back_for_every_face(
+    tmp_path: Path, demo_clip: Path, detector: Any
+) -> None:
     from stream.config import build_config
     from stream.run.job import run_job
 
@@ -117,7 +121,7 @@ def test_synth_without_any_surrogate_falls_back_for_every_face(tmp_path, demo_cl
     assert result.stats.frames_out == result.stats.frames_in
 
 
-def test_the_builtin_gallery_replaces_the_demo_face(demo_clip, detector):
+def test_the_builtin_gallery_replaces_the_demo_face(demo_clip: Path, detector: Any) -> None:
     from stream.config import build_config
     from stream.run.job import run_job
 
@@ -131,7 +135,7 @@ def test_the_builtin_gallery_replaces_the_demo_face(demo_clip, detector):
     assert likeness and all(v is not None and v <= SynthConfig.max_likeness for v in likeness.values())
 
 
-def test_a_surrogate_that_still_looks_like_the_person_is_not_drawn(demo_clip, detector):
+def test_a_surrogate_that_still_looks_like_the_person_is_not_drawn(demo_clip: Path, detector: Any) -> None:
     from stream.config import build_config
     from stream.run.job import run_job
 
@@ -142,7 +146,7 @@ def test_a_surrogate_that_still_looks_like_the_person_is_not_drawn(demo_clip, de
     assert result.stats.frames_out == result.stats.frames_in
 
 
-def test_stream_surrogates_average_k_other_people_never_the_track_itself():
+def test_stream_surrogates_average_k_other_people_never_the_track_itself() -> None:
     from stream.algorithms.synthesis import TexturePool
 
     size = facewarp.SIZE
@@ -178,7 +182,7 @@ def test_stream_surrogates_average_k_other_people_never_the_track_itself():
 
 
 @pytest.mark.media
-def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k():
+def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k() -> None:
     """Faceres and dlib as attackers on one in three of the media's probe photos (built-in
     gallery): a synthesized face is still a face to the detector, and matches its owner at
     most 1/k."""
@@ -193,7 +197,7 @@ def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k():
     assert original["dlib_top1"] > 0.8 and synth["dlib_top1"] < original["dlib_top1"] / 4
 
 
-def _still_through_synth(detector, synth_options):
+def _still_through_synth(detector: Any, synth_options: Any) -> Any:
     """A media photo through fresh synth stages: the packet, the synth stage, the estimator."""
     from engines.evaluation import frame_sized, main_face, read_rgb
     from stream.algorithms.obscure import Obscurer
@@ -213,7 +217,7 @@ def _still_through_synth(detector, synth_options):
     return photo[0], anonymize_still(photo[0], stages, Obscurer(config.obscure)), synth, estimator
 
 
-def test_the_identity_check_scores_the_face_as_it_is_drawn(detector):
+def test_the_identity_check_scores_the_face_as_it_is_drawn(detector: Any) -> None:
     from stream.algorithms.attributes import FaceInput
     from stream.algorithms.synthesis import unit
 
@@ -237,13 +241,13 @@ def test_the_identity_check_scores_the_face_as_it_is_drawn(detector):
     assert likeness - float((others @ drawn).max()) <= SynthConfig.max_lead + 0.01
 
 
-def test_a_face_that_still_leads_every_other_person_is_not_drawn(detector):
+def test_a_face_that_still_leads_every_other_person_is_not_drawn(detector: Any) -> None:
     original, packet, synth, _ = _still_through_synth(detector, {"max_lead": -2.0})
     assert not packet.replaced and synth.counts.fallback["recognisable"] == 1
     assert packet.anonymized and not np.array_equal(packet.image, original)  # obscured, not left
 
 
-def test_the_drawn_mesh_is_steadied_when_still_and_follows_when_moving(astronaut_mesh):
+def test_the_drawn_mesh_is_steadied_when_still_and_follows_when_moving(astronaut_mesh: Any) -> None:
     from stream.algorithms.meshfollow import MeshSmoother
 
     _, points = astronaut_mesh

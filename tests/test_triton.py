@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ pytest.importorskip("tritonclient.grpc")
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory):
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     sys.path.insert(0, str(ROOT / "tests" / "servers"))
     from fake_triton import serve
 
@@ -33,7 +36,7 @@ def triton(tmp_path_factory):
     server.stop(0)
 
 
-def test_repository_layout_and_configs(triton):
+def test_repository_layout_and_configs(triton: Any) -> None:
     repository, _, _ = triton
     config = (repository / "centerface" / "config.pbtxt").read_text()
     assert (repository / "centerface" / "1" / "model.onnx").read_bytes() == zoo.ensure(
@@ -47,7 +50,7 @@ def test_repository_layout_and_configs(triton):
 
 
 @pytest.mark.parametrize("name", ["centerface", "faceres"])
-def test_triton_backend_agrees_with_the_local_one(triton, name):
+def test_triton_backend_agrees_with_the_local_one(triton: Any, name: Any) -> None:
     _, url, servicer = triton
     local, x = sample_input(name, batch=2)
     remote = create_backend(url, zoo.ensure(name))
@@ -60,7 +63,7 @@ def test_triton_backend_agrees_with_the_local_one(triton, name):
     remote.close()
 
 
-def test_the_pipeline_runs_on_triton(tmp_path, triton, demo_clip):
+def test_the_pipeline_runs_on_triton(tmp_path: Path, triton: Any, demo_clip: Path) -> None:
     _, url, servicer = triton
     out = tmp_path / "out.mp4"
     before = servicer.requests
@@ -72,7 +75,7 @@ def test_the_pipeline_runs_on_triton(tmp_path, triton, demo_clip):
     assert servicer.requests - before >= 10  # every frame's detection went to the server
 
 
-def test_a_server_without_the_model_or_no_server_is_a_clear_error(triton, tmp_path):
+def test_a_server_without_the_model_or_no_server_is_a_clear_error(triton: Any, tmp_path: Path) -> None:
     from stream.errors import BackendUnavailableError
 
     _, url, _ = triton
@@ -84,7 +87,9 @@ def test_a_server_without_the_model_or_no_server_is_a_clear_error(triton, tmp_pa
     assert done.returncode != 0 and "Triton server 127.0.0.1:1" in done.stderr
 
 
-def test_plaintext_off_the_machine_is_told_and_tls_files_are_checked(tmp_path, caplog):
+def test_plaintext_off_the_machine_is_told_and_tls_files_are_checked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from engines.triton import TritonBackend, TritonTLS, _loopback
     from stream.errors import BackendUnavailableError
 

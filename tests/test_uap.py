@@ -1,6 +1,8 @@
 """Stage IV: the universal perturbation's algorithm, its file, and its drawing onto faces."""
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,7 +41,7 @@ def synthetic_mesh(dx: float = 40.0, dy: float = 30.0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("norm", ["inf", "2"])
-def test_projection_onto_the_ball_is_exact(norm):
+def test_projection_onto_the_ball_is_exact(norm: Any) -> None:
     v = torch.randn(8, 8, 3, generator=torch.Generator().manual_seed(0)) * 20
     p = uap.project(v, norm, 10.0)
     if norm == "inf":
@@ -51,7 +53,7 @@ def test_projection_onto_the_ball_is_exact(norm):
     assert torch.equal(uap.project(inside, norm, 10.0), inside)
 
 
-def test_deepfool_crosses_the_nearest_linear_boundary_with_the_minimal_step():
+def test_deepfool_crosses_the_nearest_linear_boundary_with_the_minimal_step() -> None:
     g = torch.Generator().manual_seed(1)
     w, b, x = torch.randn(5, 48, generator=g), torch.randn(5, generator=g), torch.randn(48, generator=g)
     label = int((w @ x + b).argmax())
@@ -67,7 +69,7 @@ def test_deepfool_crosses_the_nearest_linear_boundary_with_the_minimal_step():
     assert int((w @ (x + step / 1.02 * 0.999) + b).argmax()) == label  # any shorter step falls short
 
 
-def test_deepfool_flips_a_small_conv_net():
+def test_deepfool_flips_a_small_conv_net() -> None:
     torch.manual_seed(2)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 4)
@@ -94,13 +96,15 @@ class SharedMargin:
     def __len__(self) -> int:
         return len(self.x)
 
-    def logits(self, indices, v):
+    def logits(self, indices: Any, v: Any) -> Any:
         return (self.x[list(indices)] + v) @ self.w.T
 
 
 @pytest.mark.parametrize("method", uap.METHODS)
 @pytest.mark.parametrize(("norm", "xi"), [("inf", 0.5), ("2", 3.0)])
-def test_the_uap_loop_reaches_the_requested_fooling_rate_within_the_ball(norm, xi, method):
+def test_the_uap_loop_reaches_the_requested_fooling_rate_within_the_ball(
+    norm: Any, xi: Any, method: Any
+) -> None:
     problem = SharedMargin()
     clean = problem.logits(range(40), torch.zeros(48)).argmax(1)
     assert (clean == 0).float().mean() > 0.9
@@ -130,12 +134,12 @@ class SpreadMargins:
     def __len__(self) -> int:
         return len(self.x)
 
-    def logits(self, indices, v):
+    def logits(self, indices: Any, v: Any) -> Any:
         score = (self.x[list(indices)] + v) @ self.u
         return torch.stack([score, torch.zeros_like(score)], dim=1)
 
 
-def test_sgd_reaches_the_best_corner_of_the_l_inf_ball():
+def test_sgd_reaches_the_best_corner_of_the_l_inf_ball() -> None:
     """The signed gradient walks to ``-xi * sign(u)``: exactly the inputs the best pattern can
     fool are fooled, none more, and the pattern stays within the ball."""
     problem = SpreadMargins()
@@ -159,14 +163,16 @@ class OnePixel:
     def __len__(self) -> int:
         return len(self.x)
 
-    def logits(self, indices, v):
+    def logits(self, indices: Any, v: Any) -> Any:
         score = (self.x[list(indices)] + v)[:, 0]
         return torch.stack([score, torch.zeros_like(score)], dim=1)
 
 
 @pytest.mark.parametrize("method", uap.METHODS)
 @pytest.mark.parametrize(("margin", "fooled"), [(100.0, 1.0), (200.0, 0.0)])
-def test_an_l2_pattern_never_holds_more_than_the_stream_can_draw(method, margin, fooled):
+def test_an_l2_pattern_never_holds_more_than_the_stream_can_draw(
+    method: Any, margin: Any, fooled: Any
+) -> None:
     """The l_2 ball of radius 1000 would let one value reach 1000; the stream draws at most 127."""
     settings = uap.Settings(norm="2", xi=1000.0, delta=0.0, max_passes=3, candidates=2, method=method)
     fit = uap.fit_universal(OnePixel(margin), (16,), settings, np.random.default_rng(0), progress=False)
@@ -174,7 +180,7 @@ def test_an_l2_pattern_never_holds_more_than_the_stream_can_draw(method, margin,
     assert fit.fooling_rate == fooled
 
 
-def test_the_clipped_margin_stops_at_clip():
+def test_the_clipped_margin_stops_at_clip() -> None:
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.2, 0.1]], requires_grad=True)
     margin = uap.clipped_margin(logits, torch.tensor([0, 0, 0]), clip=0.5)
     assert margin.tolist() == pytest.approx([2.0, -0.5, -0.2])
@@ -182,19 +188,19 @@ def test_the_clipped_margin_stops_at_clip():
     assert not grad[1].any() and grad[2].tolist() == [1.0, -1.0, 0.0]  # past -clip: no pull
 
 
-def test_settings_name_the_field_and_its_range():
+def test_settings_name_the_field_and_its_range() -> None:
     with pytest.raises(ConfigError, match=r"uap delta: expected in \[0, 1\), got 1.5"):
         uap.Settings(delta=1.5)
     with pytest.raises(ConfigError, match="uap method: expected one of \\('deepfool', 'sgd'\\), got 'adam'"):
         uap.Settings(method="adam")
 
 
-def write_raw(path, pattern, manifest):
+def write_raw(path: Any, pattern: Any, manifest: Any) -> None:
     with open(path, "wb") as fh:
         np.savez(fh, perturbation=pattern, manifest=np.array(json.dumps(manifest)))
 
 
-def test_the_file_round_trips_and_a_tampered_or_oversized_one_is_refused(tmp_path):
+def test_the_file_round_trips_and_a_tampered_or_oversized_one_is_refused(tmp_path: Path) -> None:
     pattern = masked_pattern(0)
     manifest = build_manifest(pattern, "faceres", uap.DESCRIPTOR, "inf", 10.0, seed=0, fooling_rate=0.8)
     path = tmp_path / "uap.npz"
@@ -225,7 +231,7 @@ def test_the_file_round_trips_and_a_tampered_or_oversized_one_is_refused(tmp_pat
         Perturbation.load(tmp_path / "junk.npz")
 
 
-def test_apply_changes_only_covered_pixels_and_never_more_than_epsilon_xi():
+def test_apply_changes_only_covered_pixels_and_never_more_than_epsilon_xi() -> None:
     pattern = masked_pattern(1)
     perturbation = Perturbation(pattern, build_manifest(pattern, "faceres", uap.DESCRIPTOR, "inf", 10.0))
     points = synthetic_mesh()
@@ -249,7 +255,7 @@ def test_apply_changes_only_covered_pixels_and_never_more_than_epsilon_xi():
         perturbation.apply(out, points, 20.0)
 
 
-def test_noise_is_one_pattern_per_track_that_moves_with_the_face():
+def test_noise_is_one_pattern_per_track_that_moves_with_the_face() -> None:
     frame = np.full((300, 320, 3), 128, np.uint8)
     points = synthetic_mesh()
 
@@ -267,14 +273,14 @@ def test_noise_is_one_pattern_per_track_that_moves_with_the_face():
 
 
 @pytest.fixture(scope="module")
-def astronaut_face(detector):
+def astronaut_face(detector: Any) -> Any:
     mesh = FaceMesh(create_backend("cpu", zoo.ensure("facemesh")))
     face = uap.find_face(data.astronaut(), "astronaut", detector, mesh)
     assert face is not None
     return face
 
 
-def test_the_fitting_path_sees_what_the_stream_draws(astronaut_face):
+def test_the_fitting_path_sees_what_the_stream_draws(astronaut_face: Any) -> None:
     face = astronaut_face
     path = uap.face_path(face)
     for pattern in (masked_pattern(3), masked_pattern(4, peak=40.0)):
@@ -288,7 +294,7 @@ def test_the_fitting_path_sees_what_the_stream_draws(astronaut_face):
         assert difference.mean() < 0.2 and difference.max() <= 2.0  # rounding only
 
 
-def test_the_torch_targets_agree_with_the_runtime_faceres(astronaut_face):
+def test_the_torch_targets_agree_with_the_runtime_faceres(astronaut_face: Any) -> None:
     face = astronaut_face
     crop = crop_from_box(face.image, face.box, face.landmarks, 224)
     runtime = FaceRes(create_backend("cpu", zoo.ensure("faceres"))).predict([crop])
@@ -302,7 +308,9 @@ def test_the_torch_targets_agree_with_the_runtime_faceres(astronaut_face):
     assert male_logit == pytest.approx(float(np.log(runtime.male[0] / (1 - runtime.male[0]))), abs=1e-2)
 
 
-def test_every_calibration_command_turns_project_errors_into_one_line_and_the_exit_code(capsys, tmp_path):
+def test_every_calibration_command_turns_project_errors_into_one_line_and_the_exit_code(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     import importlib
     import pkgutil
 

@@ -1,5 +1,7 @@
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -9,7 +11,7 @@ from stream.errors import BackendUnavailableError, ModelError
 
 
 @pytest.fixture
-def private_cache(tmp_path, monkeypatch):
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A cache of our own holding only the downloaded wheel, so nothing touches the network."""
     archive = zoo.REGISTRY["centerface"].source.archive
     real = zoo.cache_dir() / "downloads" / archive
@@ -19,12 +21,12 @@ def private_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_the_cached_model_verifies():
+def test_the_cached_model_verifies() -> None:
     assert zoo.verify("centerface") is None
     assert zoo.sha256_file(zoo.model_path("centerface")) == zoo.REGISTRY["centerface"].onnx_sha256
 
 
-def test_conversion_is_reproduced_and_pinned(private_cache):
+def test_conversion_is_reproduced_and_pinned(private_cache: Any) -> None:
     assert zoo.verify("centerface") == "not fetched"
     path = zoo.ensure("centerface")
     assert path.parent.parent == private_cache
@@ -33,7 +35,7 @@ def test_conversion_is_reproduced_and_pinned(private_cache):
     assert zoo.REGISTRY["centerface"].source.members[0][1] in manifest
 
 
-def test_a_damaged_model_is_detected_and_rebuilt(private_cache):
+def test_a_damaged_model_is_detected_and_rebuilt(private_cache: Any) -> None:
     path = zoo.ensure("centerface")
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     assert "differs from the pinned" in zoo.verify("centerface")
@@ -41,11 +43,11 @@ def test_a_damaged_model_is_detected_and_rebuilt(private_cache):
     assert zoo.verify("centerface") is None
 
 
-def test_a_tampered_archive_is_refused(private_cache, monkeypatch):
+def test_a_tampered_archive_is_refused(private_cache: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = private_cache / "downloads" / zoo.REGISTRY["centerface"].source.archive
     archive.write_bytes(b"not a wheel")
 
-    def fake_pip(cmd, **kwargs):  # pip "downloads" the same bad bytes again
+    def fake_pip(cmd: Any, **kwargs: Any) -> Any:  # pip "downloads" the same bad bytes again
         target = cmd[cmd.index("-d") + 1]
         shutil.copy(archive, f"{target}/{archive.name}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
@@ -55,10 +57,10 @@ def test_a_tampered_archive_is_refused(private_cache, monkeypatch):
         zoo.ensure("centerface")
 
 
-def test_offline_fetch_gives_a_clear_error(private_cache, monkeypatch):
+def test_offline_fetch_gives_a_clear_error(private_cache: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     (private_cache / "downloads" / zoo.REGISTRY["centerface"].source.archive).unlink()
 
-    def offline(cmd, **kwargs):
+    def offline(cmd: Any, **kwargs: Any) -> Any:
         return subprocess.CompletedProcess(
             cmd, 1, "", "ERROR: Could not find a version (network unreachable)"
         )
@@ -68,12 +70,12 @@ def test_offline_fetch_gives_a_clear_error(private_cache, monkeypatch):
         zoo.ensure("centerface")
 
 
-def test_unknown_model():
+def test_unknown_model() -> None:
     with pytest.raises(ModelError, match="unknown model 'nope'"):
         zoo.ensure("nope")
 
 
-def test_backend_choice_is_loud():
+def test_backend_choice_is_loud() -> None:
     assert "cpu" in available_backends()
     assert resolve_backend_name("auto") == available_backends()[0]
     with pytest.raises(
@@ -82,7 +84,7 @@ def test_backend_choice_is_loud():
         create_backend("tensorrt", zoo.model_path("centerface"))
 
 
-def test_backend_specs():
+def test_backend_specs() -> None:
     backend = create_backend("cpu", zoo.model_path("centerface"), threads=1)
     (spec,) = backend.input_spec()
     assert spec.name == "input.1" and spec.shape == (None, 3, None, None)
@@ -90,8 +92,10 @@ def test_backend_specs():
     backend.close()
 
 
-def test_npm_models_offline_or_without_npm_give_clear_errors(private_cache, monkeypatch):
-    def offline(cmd, **kwargs):
+def test_npm_models_offline_or_without_npm_give_clear_errors(
+    private_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(cmd: Any, **kwargs: Any) -> Any:
         return subprocess.CompletedProcess(cmd, 1, "", "npm error code ENOTFOUND")
 
     monkeypatch.setattr(zoo.subprocess, "run", offline)
@@ -100,7 +104,7 @@ def test_npm_models_offline_or_without_npm_give_clear_errors(private_cache, monk
     ):
         zoo.ensure("faceres")
 
-    def missing(cmd, **kwargs):
+    def missing(cmd: Any, **kwargs: Any) -> None:
         raise FileNotFoundError(cmd[0])
 
     monkeypatch.setattr(zoo.subprocess, "run", missing)
@@ -108,7 +112,7 @@ def test_npm_models_offline_or_without_npm_give_clear_errors(private_cache, monk
         zoo.ensure("faceres")
 
 
-def test_every_model_is_pinned_and_verified():
+def test_every_model_is_pinned_and_verified() -> None:
     for name, spec in zoo.REGISTRY.items():
         assert len(spec.onnx_sha256) == 64 and all(len(h) == 64 for _, h in spec.source.members)
         assert spec.inputs and spec.outputs and spec.license

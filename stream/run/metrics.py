@@ -89,6 +89,6 @@ def serve(port: int, collector: StreamsCollector, address: str = "127.0.0.1") ->
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     server, _ = start_http_server(port, addr=address, registry=registry)
     return server
