@@ -225,7 +225,7 @@ def evaluate(  # noqa: C901 - one pass over the media, tallying every mode
         results["modes"][mode]["photos"] = photos
         if synth is not None:
             results["modes"][mode]["likeness"] = likeness
-            results["modes"][mode]["fallback"] = {r: fallbacks.count(r) for r in sorted(set(fallbacks))}
+            results["modes"][mode]["fallback"] = {str(r): fallbacks.count(r) for r in sorted(set(fallbacks))}
     if sheet is not None:
         write_sheet(
             sheet, [sheet_rows[p] for n, p in probes[:: max(1, len(probes) // 8)]][:8], padded, detector

@@ -612,35 +612,3 @@ def soften_surround(
     weight = (ring * (1.0 - soft_face))[..., None]
     blurred = _blurred(roi, strength * width).astype(np.float32)
     roi[:] = np.clip(weight * blurred + (1 - weight) * roi, 0, 255).astype(np.uint8)
-
-
-class MeshSmoother:
-    """A one-euro filter (Casiez et al. 2012) over each track's mesh points: still faces are
-    smoothed hard (the mesh model's jitter would make the surrogate's texture swim), moving
-    ones follow at once (speed raises the cut-off). Speeds are in face heights per frame,
-    so any face size is treated alike; a track unseen for a frame or more starts afresh."""
-
-    def __init__(self, min_cutoff: float = 0.05, beta: float = 20.0, d_cutoff: float = 1.0) -> None:
-        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
-        self.state: dict[int, tuple[int, NDArray[np.float32], NDArray[np.float32]]] = {}
-
-    @staticmethod
-    def _alpha(cutoff: NDArray[np.float32] | float) -> NDArray[np.float32]:
-        tau = 1.0 / (2 * np.pi * np.asarray(cutoff, np.float32))
-        return np.asarray(1.0 / (1.0 + tau), np.float32)  # one frame per step
-
-    def __call__(self, track_id: int, index: int, points: NDArray[np.float32]) -> NDArray[np.float32]:
-        held = self.state.get(track_id)
-        if held is None or index - held[0] != 1:
-            self.state[track_id] = (index, points, np.zeros_like(points))
-            return points
-        _, last, last_speed = held
-        height = max(float(np.ptp(points[:, 1])), 1.0)
-        a_d = self._alpha(self.d_cutoff)
-        speed = a_d * (points - last) + (1 - a_d) * last_speed
-        # One cut-off per point, from its own speed (a blink moves the eyelids only).
-        cutoff = self.min_cutoff + self.beta * np.linalg.norm(speed[:, :2], axis=1, keepdims=True) / height
-        a = self._alpha(cutoff)
-        smoothed = (a * points + (1 - a) * last).astype(np.float32)
-        self.state[track_id] = (index, smoothed, speed.astype(np.float32))
-        return smoothed
