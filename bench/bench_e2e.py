@@ -88,7 +88,7 @@ def deface_leak(clip: Path, output: Path, regions: list[dict], reference: list) 
         for index, frame in enumerate(container.decode(video=0)):
             if index >= len(reference) or index >= len(regions):
                 break
-            image = frame.to_ndarray(format="rgb24")
+            image = np.asarray(frame.to_ndarray(format="rgb24"), np.uint8)
             height, width = image.shape[:2]
             boxes = np.asarray(regions[index]["boxes"], np.float32).reshape(-1, 4)
             ref = reference[index]

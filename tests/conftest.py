@@ -6,7 +6,7 @@ import hashlib
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -34,7 +34,7 @@ def write_clip(
     import av  # here, not at the top: the GPU machine runs the tests without PyAV
 
     with av.open(str(path), "w", format=fmt) as container:
-        video = container.add_stream(codec, rate=rate)
+        video = cast(av.VideoStream, container.add_stream(codec, rate=rate))
         height, width = frames[0].shape[:2]
         video.width, video.height = width, height
         video.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
@@ -78,14 +78,18 @@ def decode_frames(path: Path) -> list[np.ndarray]:
     import av
 
     with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        return [np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in container.decode(video=0)]
 
 
 def video_pts(path: Path) -> list[float]:
     import av
 
     with av.open(str(path)) as container:
-        return [float(f.pts * f.time_base) for f in container.decode(video=0)]
+        times = []
+        for f in container.decode(video=0):
+            assert f.pts is not None and f.time_base is not None
+            times.append(float(f.pts * f.time_base))
+        return times
 
 
 def audio_packets(path: Path) -> list[list[bytes]]:
@@ -93,7 +97,7 @@ def audio_packets(path: Path) -> list[list[bytes]]:
     import av
 
     with av.open(str(path)) as container:
-        streams = list(container.streams.audio)
+        streams: list[av.stream.Stream] = list(container.streams.audio)
         out: list[list[bytes]] = [[] for _ in streams]
         if not streams:
             return out

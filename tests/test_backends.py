@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -188,11 +188,16 @@ def test_models_whose_batch_varies_run_without_the_memory_arena() -> None:
     """faceres, the mesh and emotion take one batch item a face: ONNX Runtime's arena would
     keep a high-water mark for every mix of batch sizes (docs/soak.md); the detector's
     input size is fixed per stream, so it keeps its arena."""
+    from engines.onnxrt import OnnxRuntimeBackend
+    from stream.algorithms.attributes import BuiltinEstimator
     from stream.config import build_config
     from stream.run.job import load_detector, load_estimator
 
     config = build_config()
     estimator = load_estimator(config)
-    sessions = [m.backend._session for m in (estimator.mesh, estimator.faceres, estimator.emotion)]
+    assert isinstance(estimator, BuiltinEstimator)  # no forest configured
+    models = (estimator.mesh, estimator.faceres, estimator.emotion)
+    sessions = [cast(OnnxRuntimeBackend, m.backend)._session for m in models]
     assert not any(s.get_session_options().enable_cpu_mem_arena for s in sessions)
-    assert load_detector(config).backend._session.get_session_options().enable_cpu_mem_arena
+    detector = cast(OnnxRuntimeBackend, load_detector(config).backend)
+    assert detector._session.get_session_options().enable_cpu_mem_arena

@@ -179,6 +179,7 @@ def test_fragmented_output_holds_the_same_frames_and_audio(tmp_path: Path, demo_
     a, b = decode_frames(fragmented), decode_frames(plain)
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     with av.open(str(fragmented)) as f, av.open(str(plain)) as p:
+        assert f.duration is not None and p.duration is not None
         assert abs(f.duration - p.duration) < 50_000  # microseconds
 
 
@@ -253,8 +254,8 @@ def test_set_up_installs_the_anonymousnet_command() -> None:
 
     from conftest import ROOT
 
-    command = ROOT / ".venv" / "bin" / "anonymousnet"
-    command = command if command.exists() else shutil.which("anonymousnet")
+    local = ROOT / ".venv" / "bin" / "anonymousnet"
+    command = local if local.exists() else shutil.which("anonymousnet")
     assert command, "no anonymousnet command: run ./setup.sh"
     result = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--mode" in result.stdout, result.stderr

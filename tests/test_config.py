@@ -1,5 +1,5 @@
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -73,7 +73,7 @@ def test_every_flag_names_a_declared_field_and_its_declared_range_holds() -> Non
         if isinstance(hi, str):
             continue
         with pytest.raises(ConfigError, match=rf"^{section}\.{name}: expected .*\.\.{hi}, got"):
-            build_config(None, {section: {name: type(declared.default)(hi * 2 + 1)}})
+            build_config(None, {section: {name: type(cast(Any, declared.default))(hi * 2 + 1)}})
 
 
 def test_the_command_line_is_made_from_the_config_declaration() -> None:
@@ -92,6 +92,7 @@ def test_the_command_line_is_made_from_the_config_declaration() -> None:
         flag = option.flag
         assert flag.names[0] in text, flag.names
         hint = option.hint
+        expected: Any
         if hint is bool or bool in typing.get_args(hint):
             argv, expected = [flag.names[0]], True
         elif typing.get_origin(hint) is typing.Literal:

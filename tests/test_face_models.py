@@ -13,7 +13,7 @@ from engines.evaluation import GENDER_LABELS, evaluate_faceres, labelled_photos,
 from engines.facemodels import BlazeFaceFull, Emotion, FaceMesh, FaceRes, Gear
 
 
-def model(cls, name: Any, **kwargs: Any) -> Any:
+def model(cls: type[Any], name: Any, **kwargs: Any) -> Any:
     return cls(create_backend("cpu", zoo.ensure(name), threads=2), **kwargs)
 
 

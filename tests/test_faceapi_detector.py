@@ -24,7 +24,9 @@ def photo(relative: Any) -> Any:
     path = MEDIA / relative
     if not path.exists():
         pytest.fail(f"shared media not found: {path}")
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(path))
+    assert bgr is not None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def iou(a: Any, b: Any) -> Any:

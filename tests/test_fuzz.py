@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import cv2
@@ -79,7 +79,7 @@ def encode(
 ) -> Path:
     """Encode RGB frames at 25 fps, with ``audio`` tone streams (AAC, Opus in WebM)."""
     with av.open(str(path), "w", format=fmt, options=options or {}) as container:
-        video = container.add_stream(codec, rate=25)
+        video = cast(av.VideoStream, container.add_stream(codec, rate=25))
         video.height, video.width = frames[0].shape[:2]
         video.pix_fmt = pix_fmt
         if time_base is not None:
@@ -89,7 +89,10 @@ def encode(
         webm = path.suffix == ".webm"
         tones = []
         for k in range(audio):
-            stream = container.add_stream("libopus" if webm else "aac", rate=48000 if webm else 22050)
+            stream = cast(
+                av.AudioStream,
+                container.add_stream("libopus" if webm else "aac", rate=48000 if webm else 22050),
+            )
             stream.layout = "mono"
             tones.append((stream, 220.0 * (k + 1)))
         for i, image in enumerate(frames if mux_video else []):
@@ -128,7 +131,9 @@ def resized(frames: list[Image], width: int, height: int) -> list[Image]:
 
 def read_frames(path: Path, count: int, start: int = 0) -> list[Image]:
     with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][start : start + count]
+        frames = [cast(Image, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)][
+            start : start + count
+        ]
     assert len(frames) == count, f"{path}: fewer than {start + count} frames"
     return frames
 
@@ -583,7 +588,7 @@ def decode(path: Path, tolerant: bool = True) -> Decoded:
                     break
                 continue
             for frame in frames:
-                image = frame.to_ndarray(format="rgb24")
+                image = cast(Image, frame.to_ndarray(format="rgb24"))
                 # The display matrix angle, counter-clockwise, as test_io checks it.
                 turns = round((frame.rotation or 0) / 90) % 4
                 out.frames.append(np.ascontiguousarray(np.rot90(image, turns)) if turns else image)
@@ -630,7 +635,7 @@ def reference_from(output: list[Image]) -> Reference:
     (y1, y2), (x1, x2) = ((round(a + 0.2 * (b - a)), round(b - 0.2 * (b - a))) for a, b in
                           ((ys.min(), ys.max()), (xs.min(), xs.max())))  # fmt: skip
     middle[y1 : y2 + 1, x1 : x2 + 1] = True
-    outside = cv2.dilate(marks.any(0).astype(np.uint8), kernel, iterations=6) == 0
+    outside = cv2.dilate(cast(NDArray[np.bool_], marks.any(0)).astype(np.uint8), kernel, iterations=6) == 0
     return Reference(always & middle, outside)
 
 
@@ -810,8 +815,8 @@ def fuzz(
     assert code == 0, stderr
     reference = reference_from(decode(folder / "clean.mp4").frames)
     assert reference.core.mean() > 0.05 and reference.outside.mean() > 0.2, "the clean run masked no face"
-    selected = [item.callspec.params["case"] for item in request.session.items
-                if getattr(item, "originalname", None) == "test_fuzzed_input_ends_cleanly"]  # fmt: skip
+    selected = [cast(Case, item.callspec.params["case"]) for item in request.session.items
+                if isinstance(item, pytest.Function) and item.originalname == "test_fuzzed_input_ends_cleanly"]  # fmt: skip
     run = Fuzz(folder, bases, reference, selected)
     yield run
     run.close()

@@ -3,7 +3,7 @@ union of detectors, and a short end-to-end run where only the sharpness check se
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -155,7 +155,9 @@ def test_a_face_only_the_ssd_finds_counts_where_centerface_sees_it_weakly() -> N
     ssd = ScriptedSsd(
         [[11, 11, 41, 51], [101, 12, 131, 52], [201, 10, 231, 50], [300, 10, 330, 50], [400, 10, 405, 16]]
     )
-    reference = ReferenceDetector(centerface, ssd, threshold=0.5, confirm=0.3, min_height=12)
+    reference = ReferenceDetector(
+        cast(Any, centerface), cast(Any, ssd), threshold=0.5, confirm=0.3, min_height=12
+    )
     boxes = reference.detect(np.zeros((360, 640, 3), np.uint8))  # upscaled pass too: same boxes
     np.testing.assert_array_equal(boxes, np.array([[10, 10, 40, 50], [101, 12, 131, 52]], np.float32))
     assert reference.found == {
@@ -165,7 +167,7 @@ def test_a_face_only_the_ssd_finds_counts_where_centerface_sees_it_weakly() -> N
         "second_unconfirmed": 2,
     }
     with pytest.raises(ConfigError, match="confirm"):
-        ReferenceDetector(centerface, ssd, threshold=0.5, confirm=0.6)
+        ReferenceDetector(cast(Any, centerface), cast(Any, ssd), threshold=0.5, confirm=0.6)
 
 
 # A 13 px face of MOT20-08 (frame 40) whose sunglasses and mouth a blur of an eighth of the
@@ -279,7 +281,7 @@ def test_a_weak_blur_covers_every_face_and_still_leaks_them(tmp_path: Path) -> N
         str(clip),
         list(settings),
         lambda name: build_config(None, {"obscure": {"mode": "blur", **settings[name]}}),
-        second=NoSsd(),
+        second=cast(Any, NoSsd()),
     )
     weak, blur = results
     assert weak["reference_faces"] == blur["reference_faces"] >= 6

@@ -10,6 +10,7 @@ reference of each clip is kept in the model cache after its first run.
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import FACENET, HAMILTON, MEDIA, audio_packets, digest, video_pts
 
@@ -103,7 +104,7 @@ def test_the_first_frame_a_live_run_keeps_gets_a_full_detection_pass(media: Any,
 
     config = build_config(None, {"detect": {"every": 2}})
     with av.open(str(HAMILTON)) as container:
-        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        image = np.asarray(next(container.decode(video=0)).to_ndarray(format="rgb24"), np.uint8)
     detect = DetectStage(detector, config.detect)
     track = TrackStage(config.track, detect)
     first = FramePacket(index=1, image=image.copy(), pts=1, time_base=Fraction(1, 30))

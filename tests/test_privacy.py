@@ -62,6 +62,7 @@ def test_paper_toy_example_black_hair_homogeneity() -> None:
     f = measure(t, attribute_indices(["Male"]), attribute_indices(["Black_Hair"]), S)
     assert f.k == 3 and f.l == pytest.approx(1.0)
     assert f.t == pytest.approx(1 - S.positive[INDEX["Black_Hair"]], abs=1e-6)
+    assert f.worst_t is not None
     assert f.worst_t[0] == "Black_Hair" and f.worst_t[1] == 1.0
 
 
@@ -144,6 +145,7 @@ def test_assessment_answers_the_three_questions() -> None:
     policy = Policy(quasi_identifiers=("Male", "Young"), sensitive=("Smiling",), k=2, l=1.0, t=1.0)
     verdict = assess(table(rows), policy, S)
     assert not verdict.private and verdict.figures.k == 1  # the one woman is unique
+    assert verdict.to_reach_k is not None
     assert len(verdict.to_reach_k) == 1  # one change merges her into the other class
     fixed = table(rows)
     for change in verdict.to_reach_k:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from stream.frames import Detections, FramePacket, PassthroughPacket
 from stream.io.sinks import open_sink
 from stream.io.sources import SourceStats, VideoInfo
 from stream.run.runner import Runner
-from stream.stages import DetectStage, ObscureStage, TrackStage
+from stream.stages import DetectStage, ObscureStage, Stage, TrackStage
 
 W, H = 96, 64
 GREEN = (0, 255, 0)
@@ -38,7 +38,7 @@ class FakeSource:
     ) -> None:
         self.description = "fake"
         self.live = live
-        self.audio_templates = []
+        self.audio_templates: list[Any] = []
         self.stats = SourceStats()
         self.info = VideoInfo(W, H, Fraction(25), Fraction(1, 25), count, count / 25, "fake")
         self.count, self.fail_at, self.pace_s, self.passthrough_every = (
@@ -131,7 +131,11 @@ class Forgetful:
 
 def real_stages(obscure: Any = ObscureConfig(mode="mask", shape="box")) -> Any:
     config = build_config()
-    return [DetectStage(ScriptedDetector(), config.detect), TrackStage(config.track), ObscureStage(obscure)]
+    return [
+        DetectStage(cast(Any, ScriptedDetector()), config.detect),
+        TrackStage(config.track),
+        ObscureStage(obscure),
+    ]
 
 
 def run(
@@ -169,7 +173,7 @@ def test_no_raw_frame_is_ever_written_whatever_fails(tmp_path: Path) -> None:
     rng = random.Random(1)
     config = build_config()
     stages = [
-        Faulty(DetectStage(ScriptedDetector(), config.detect), rng.sample(range(60), 8)),
+        Faulty(DetectStage(cast(Any, ScriptedDetector()), config.detect), rng.sample(range(60), 8)),
         Faulty(TrackStage(config.track), rng.sample(range(60), 8)),
         Faulty(PaintAll(), rng.sample(range(60), 8)),
         Forgetful(rng.sample(range(60), 8)),
@@ -199,7 +203,7 @@ def test_sink_fault_stops_the_run_and_finalizes_the_file(tmp_path: Path) -> None
             raise SinkError("disk full (injected)")
         write(packet)
 
-    sink.write_frame = failing
+    sink.write_frame = failing  # type: ignore[method-assign]
     runner = Runner(FakeSource(), [PaintAll()], sink, Obscurer(ObscureConfig()), RunnerConfig())
     with pytest.raises(SinkError, match="disk full"):
         runner.run()
@@ -279,7 +283,8 @@ class Recorder:
     description = "recorder"
 
     def __init__(self) -> None:
-        self.frames_written, self.indexes, self.passthrough = 0, [], 0
+        self.frames_written, self.passthrough = 0, 0
+        self.indexes: list[int] = []
 
     def write_frame(self, packet: Any) -> None:
         assert packet.anonymized
@@ -369,7 +374,7 @@ class LowScoreDetector(ScriptedDetector):
 def test_a_detection_too_unsure_to_start_a_track_is_still_obscured(tmp_path: Path) -> None:
     config = build_config()
     assert config.detect.threshold < 0.1 < config.track.new_track_threshold
-    stages = [DetectStage(LowScoreDetector(), config.detect), TrackStage(config.track),
+    stages = [DetectStage(cast(Any, LowScoreDetector()), config.detect), TrackStage(config.track),
               ObscureStage(ObscureConfig(mode="mask", shape="box"))]  # fmt: skip
     _, out, stats = run(stages, tmp_path)
     assert stats.max_track_id == 0  # no track was started
@@ -380,7 +385,8 @@ class OddFramesOnly:
     """A live camera whose link drops every even frame: only odd indexes arrive."""
 
     def __init__(self, frames: Any) -> None:
-        self.description, self.live, self.audio_templates = "odd", True, []
+        self.description, self.live = "odd", True
+        self.audio_templates: list[Any] = []
         self.stats = SourceStats()
         self.info = VideoInfo(frames[0].shape[1], frames[0].shape[0], Fraction(25), Fraction(1, 25),
                               len(frames), len(frames) / 25, "fake")  # fmt: skip
@@ -405,7 +411,9 @@ def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detec
     was never found)."""
     import cv2
 
-    photo = cv2.cvtColor(cv2.imread(str(media / "deepface/tests/unit/dataset/img1.jpg")), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(media / "deepface/tests/unit/dataset/img1.jpg"))
+    assert bgr is not None
+    photo = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     (faces,) = detector.detect([photo], 0.25, 0.5)
     x1, y1, x2, y2 = faces.boxes[0].astype(int)
     pad = (y2 - y1) // 3
@@ -425,9 +433,10 @@ def test_a_small_face_is_masked_in_every_frame_when_only_odd_frames_arrive(detec
     assert len(found.boxes) == 1, "the 20 px face is found at full resolution"
     config = build_config(None, {"obscure": {"mode": "mask"}})
     detect = DetectStage(detector, config.detect)
-    stages = [detect, TrackStage(config.track, detect), ObscureStage(config.obscure)]  # as build_stages
+    # As build_stages makes them.
+    stages: list[Stage] = [detect, TrackStage(config.track, detect), ObscureStage(config.obscure)]
     sink = Recorder()
-    images = {}
+    images: dict[int, np.ndarray] = {}
     sink.write_frame = lambda packet: images.__setitem__(packet.index, packet.image)  # type: ignore[method-assign]
     Runner(OddFramesOnly(frames), stages, sink, Obscurer(config.obscure), RunnerConfig(workers=1)).run()
     assert len(images) >= 20

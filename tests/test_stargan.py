@@ -191,6 +191,7 @@ def test_stargan_directs_the_surrogate_in_the_stream(tmp_path: Path, demo_clip: 
 
     config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"stargan": str(checkpoint)}})
     result = run_job(str(demo_clip), "null", config, detector=detector)
+    assert result.synthesis is not None
     assert result.synthesis["replaced"] > 0
     assert all(origin.endswith("StarGAN") for origin in result.synthesis["surrogates"].values())
 

@@ -14,8 +14,12 @@ def test_ruff() -> None:
 
 
 def test_mypy() -> None:
-    result = subprocess.run([sys.executable, "-m", "mypy", "stream", "engines", "calibration", "run_stream.py"],
-                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    """The settings of pyproject.toml ([tool.mypy]: disallow_untyped_defs, warn_unused_ignores)
+    over the library, the command line, the tests and the benchmarks."""
+    targets = ["stream", "engines", "calibration", "run_stream.py", "tests", "bench"]
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", *targets], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -126,7 +126,11 @@ def test_a_followed_mesh_is_kept_at_lower_confidence_and_found_anew_when_lost(as
 def test_data_computed_once_and_shared_cannot_be_changed_by_a_caller() -> None:
     from stream.algorithms import synthesis
 
-    shared = [facewarp.canonical().points, facewarp.canonical().tri_map, facewarp.canonical().bary]
+    shared: list[np.ndarray] = [
+        facewarp.canonical().points,
+        facewarp.canonical().tri_map,
+        facewarp.canonical().bary,
+    ]
     shared += [synthesis._rim(), synthesis._full_basis(), synthesis._reshape_weights()]
     for array in shared:
         with pytest.raises(ValueError, match="read-only"):

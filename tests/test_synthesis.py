@@ -21,6 +21,7 @@ def test_warp_to_the_canonical_frame_and_back_is_faithful(astronaut_mesh: Any) -
     texture, mask = facewarp.to_canonical(image, points)
     assert texture.shape == (facewarp.SIZE, facewarp.SIZE, 3) and mask.mean() > 0.4
     drawn = facewarp.from_canonical(texture, points, image.shape[:2])
+    assert drawn is not None
     window = image[drawn.y1 : drawn.y1 + drawn.pixels.shape[0], drawn.x1 : drawn.x1 + drawn.pixels.shape[1]]
     error = np.abs(drawn.pixels.astype(int) - window.astype(int))[drawn.coverage].mean()
     assert error < 6  # interpolation only
@@ -82,6 +83,7 @@ def test_gallery_holds_only_averages_of_k_identities(gallery_file: Any) -> None:
     mesh = FaceMesh(create_backend("cpu", zoo.ensure("facemesh")))
     person = describe_identity("amy", sorted((folder / "amy").iterdir()), load_detector(config),
                                load_estimator(config), mesh)  # fmt: skip
+    assert person is not None
     for entry in gallery.entries:  # no entry is any one person's texture
         both = entry.mask & person.mask
         assert np.abs(entry.texture[both].astype(int) - person.texture[both].astype(int)).mean() > 3
@@ -117,6 +119,7 @@ def test_synth_without_any_surrogate_falls_back_for_every_face(
     # No gallery and one person in the stream: fewer than k identities to average.
     config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"gallery": ""}})
     result = run_job(str(demo_clip), "null", config, detector=detector)
+    assert result.synthesis is not None
     assert result.synthesis["replaced"] == 0 and result.synthesis["fallback"]["no surrogate"] >= 50
     assert result.stats.frames_out == result.stats.frames_in
 
@@ -128,6 +131,7 @@ def test_the_builtin_gallery_replaces_the_demo_face(demo_clip: Path, detector: A
     result = run_job(
         str(demo_clip), "null", build_config(None, {"obscure": {"mode": "synth"}}), detector=detector
     )
+    assert result.synthesis is not None
     assert result.synthesis["replaced"] >= 0.8 * result.stats.frames_out
     assert set(result.synthesis["surrogates"].values()) <= {f"gallery entry {i}" for i in range(10)}
     # Each surrogate passed the identity check: its face no longer matches the person.
@@ -142,6 +146,7 @@ def test_a_surrogate_that_still_looks_like_the_person_is_not_drawn(demo_clip: Pa
     # No surrogate can pass a check this strict: every face falls back, none is left as it was.
     config = build_config(None, {"obscure": {"mode": "synth"}, "synth": {"max_likeness": -1.0}})
     result = run_job(str(demo_clip), "null", config, detector=detector)
+    assert result.synthesis is not None
     assert result.synthesis["replaced"] == 0 and result.synthesis["fallback"]["recognisable"] >= 1
     assert result.stats.frames_out == result.stats.frames_in
 

@@ -237,6 +237,7 @@ def test_apply_changes_only_covered_pixels_and_never_more_than_epsilon_xi() -> N
     points = synthetic_mesh()
     frame = np.random.default_rng(2).integers(0, 256, (260, 300, 3), dtype=np.uint8)
     drawn = facewarp.from_canonical(np.zeros((SIZE, SIZE, 3), np.uint8), points, frame.shape[:2])
+    assert drawn is not None
     covered = np.zeros(frame.shape[:2], bool)
     h, w = drawn.coverage.shape
     covered[drawn.y1 : drawn.y1 + h, drawn.x1 : drawn.x1 + w] = drawn.coverage

@@ -38,7 +38,8 @@ def test_conversion_is_reproduced_and_pinned(private_cache: Any) -> None:
 def test_a_damaged_model_is_detected_and_rebuilt(private_cache: Any) -> None:
     path = zoo.ensure("centerface")
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
-    assert "differs from the pinned" in zoo.verify("centerface")
+    problem = zoo.verify("centerface")
+    assert problem is not None and "differs from the pinned" in problem
     zoo.ensure("centerface")
     assert zoo.verify("centerface") is None
 

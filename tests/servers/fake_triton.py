@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -33,23 +34,32 @@ class FakeTriton(rpc.GRPCInferenceServiceServicer):
         }
         self.requests = 0
 
-    def ServerLive(self, request, context):  # the gRPC method's name
+    def ServerLive(  # the gRPC method's name
+        self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):
+    def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=True)
 
-    def ModelReady(self, request, context):
+    def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=request.name in self.sessions)
 
-    def ModelMetadata(self, request, context):
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         session = self.sessions.get(request.name)
         if session is None:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{request.name}' is not found"
             )
+        assert session is not None  # abort() raised
 
-        def meta(values):
+        def meta(values: list[Any]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
             return [
                 pb.ModelMetadataResponse.TensorMetadata(
                     name=v.name,
@@ -64,10 +74,13 @@ class FakeTriton(rpc.GRPCInferenceServiceServicer):
             inputs=meta(session.get_inputs()), outputs=meta(session.get_outputs()),
         )  # fmt: skip
 
-    def ModelInfer(self, request, context):
+    def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInferResponse:
         session = self.sessions.get(request.model_name)
         if session is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model_name}")
+        assert session is not None  # abort() raised
         self.requests += 1
         feeds = {
             t.name: np.frombuffer(raw, _NUMPY[t.datatype]).reshape(list(t.shape))

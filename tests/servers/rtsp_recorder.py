@@ -57,11 +57,12 @@ def main() -> None:
     print("done", flush=True)
 
 
-def _step(stream) -> int:
+def _step(stream: av.stream.Stream) -> int:
     """One frame's duration in the stream's time base."""
-    if stream.type == "audio":
-        rate = stream.codec_context.sample_rate or 48000
-        return max(1, round(1024 / rate / stream.time_base))  # an AAC frame
+    assert stream.time_base is not None
+    if isinstance(stream, av.AudioStream):  # stream.type == "audio"
+        sample_rate = stream.codec_context.sample_rate or 48000
+        return max(1, round(1024 / sample_rate / stream.time_base))  # an AAC frame
     rate = stream.average_rate or stream.guessed_rate or 30
     return max(1, round(1 / (rate * stream.time_base)))
 
