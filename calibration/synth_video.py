@@ -104,23 +104,18 @@ class Models:
     mesh: Any
     faceres: Any
     emotion: Any
-    landmarks: Any | None  # face-api's 68-point net, where the zoo has it
+    landmarks: Any  # face-api's 68-point net
 
 
 def load_models() -> Models:
     from engines import zoo
     from engines.base import create_backend
+    from engines.faceapi import FaceLandmarks68
     from engines.facemodels import Emotion, FaceMesh, FaceRes
     from stream.measure.leak import load_second
     from stream.run.job import load_detector
 
-    landmarks = None
-    try:
-        from engines.faceapi import FaceLandmarks68  # type: ignore[attr-defined]
-
-        landmarks = FaceLandmarks68(create_backend("cpu", zoo.ensure("faceapi-landmarks68")))
-    except (ImportError, KeyError):
-        landmarks = None
+    landmarks = FaceLandmarks68(create_backend("cpu", zoo.ensure("faceapi-landmarks68")))
     return Models(
         ssd=load_second(),
         centerface=load_detector(build_config()),
@@ -161,8 +156,6 @@ def _best(
 
 
 def _mouth(models: Models, image: NDArray[np.uint8], box: NDArray[np.float32]) -> float | None:
-    if models.landmarks is None:
-        return None
     points = models.landmarks.locate(image, box[None])[0]
     height = float(np.linalg.norm(points[8] - (points[19] + points[24]) / 2)) + 1e-6
     return float(np.linalg.norm(points[66] - points[62]) / height)

@@ -320,8 +320,9 @@ class SynthConfig:
     pixels that is replaced. min_cover: the share of the face (ellipse of its
     detected box) the face's mesh must cover, else the face falls back too.
     surround_blur: blur of the head around the surrogate (hair, ears, jaw line
-    inside the track's box), as a fraction of the box width (0: none); it
-    takes away cues the surrogate does not replace. reshape: how far the face's
+    inside the track's box), as a fraction of the box width (0: none, the
+    default: a blurred oval head is what a viewer sees first, and on video it
+    bought no privacy against an attacker the stream does not use). reshape: how far the face's
     mesh is moved toward the mean face layout (0: not at all, 1: onto it, above 1:
     past it, away from the person's own; geometry identifies a person most).
     own_eyes: the person's own eyes show through the surrogate (gaze and blinks;
@@ -353,12 +354,12 @@ class SynthConfig:
     )
     k: int = bounded(4, 2, 100)
     fallback: FallbackMode = "blur"
-    min_face: int = bounded(40, 8, 4096)
+    min_face: int = bounded(20, 8, 4096)
     min_cover: float = bounded(0.75, 0.0, 1.0)
-    surround_blur: float = bounded(0.06, 0.0, 1.0)
+    surround_blur: float = bounded(0.0, 0.0, 1.0)
     reshape: float = bounded(1.6, 0.0, 2.0)
     own_eyes: bool = False
-    keep_tone: float = bounded(0.0, 0.0, 1.0)
+    keep_tone: float = bounded(1.0, 0.0, 1.0)
     stargan: str = flagged(
         "",
         flag(
@@ -481,6 +482,10 @@ class AttributesConfig:
     min_face: detected faces shorter than this (px) are not described: the
     estimators read nothing from them, and on crowd footage most of the
     detector's low-score finds are there.
+    release: when PPAS releases a track's attributes: ``first``, on its first
+    frame (from the first estimate; a face too small to describe is released
+    as unestimated), so its surrogate is drawn from that frame on and later
+    estimates refine only the report; ``frozen``, once the track freezes.
     """
 
     enabled: bool = flagged(
@@ -499,6 +504,7 @@ class AttributesConfig:
     min_estimates: int = bounded(3, 1, 1000)
     max_estimates: int = bounded(5, "min_estimates", 10000)
     forest: str = ""
+    release: Literal["first", "frozen"] = "first"
 
     def validate(self) -> None:
         check_ranges(self, "attributes")

@@ -131,7 +131,7 @@ def test_data_computed_once_and_shared_cannot_be_changed_by_a_caller() -> None:
         facewarp.canonical().tri_map,
         facewarp.canonical().bary,
     ]
-    shared += [synthesis._rim(), synthesis._full_basis(), synthesis._reshape_weights()]
+    shared += [synthesis._rim(), synthesis._full_basis(), synthesis._smoothing()]
     for array in shared:
         with pytest.raises(ValueError, match="read-only"):
             array.flat[0] = 0

@@ -196,7 +196,9 @@ def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k() 
     results = evaluate(MEDIA, ["original", "synth"], "builtin", every=3)
     original, synth = results["modes"]["original"], results["modes"]["synth"]
     assert results["probes"] >= 40 and original["top1"] > 0.8
-    assert synth["face_found"] >= 0.95
+    # Faces the identity check refuses fall back to blur (no longer replaced with their head
+    # blurred, issue 17), so a few of the 45 probes are no face to CenterFace.
+    assert synth["face_found"] >= 0.9
     assert synth["top1"] <= 1 / 4 and synth["top1"] < original["top1"] / 4
     # dlib's network, which the stream never uses, does no better.
     assert original["dlib_top1"] > 0.8 and synth["dlib_top1"] < original["dlib_top1"] / 4
@@ -226,7 +228,9 @@ def test_the_identity_check_scores_the_face_as_it_is_drawn(detector: Any) -> Non
     from stream.algorithms.attributes import FaceInput
     from stream.algorithms.synthesis import unit
 
-    _, packet, synth, estimator = _still_through_synth(detector, {})
+    # At the defaults this photo's person stays at the edge of max_likeness (0.60-0.61 by
+    # the run's random release): a little more room, so the face is drawn and checked.
+    _, packet, synth, estimator = _still_through_synth(detector, {"max_likeness": 0.65})
     ((track_id, likeness),) = synth.likeness.items()
     assert likeness is not None and track_id in packet.replaced
     # The cosine the check kept is the one of the face the frame carries, read where the

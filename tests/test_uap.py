@@ -325,7 +325,7 @@ def test_every_calibration_command_turns_project_errors_into_one_line_and_the_ex
         module = importlib.import_module(info.name)
         if callable(getattr(module, "main", None)) and module.__name__ == module.main.__module__:
             commands.append(module)
-    assert len(commands) == 9
+    assert len(commands) == 10
     unwrapped = [m.__name__ for m in commands if not hasattr(m.main, "__wrapped__")]
     assert unwrapped == [], "calibration commands without calibration.command.command"
     code = cli.main(["fit", "-o", str(tmp_path / "u.npz"), "--delta", "5", "--media", str(tmp_path)])

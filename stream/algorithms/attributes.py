@@ -328,7 +328,8 @@ def tracks_to_describe(
     packet: Any, every: int, states: dict[int, TrackAttributes], min_face: float = 0.0
 ) -> list[tuple[int, int]]:
     """(track id, detection index) of the live tracks due an estimate on this frame, whose
-    detected face is at least ``min_face`` px tall."""
+    detected face is at least ``min_face`` px tall: a track not described yet on its first
+    such frame, the others every ``every`` frames."""
     due = []
     heights = packet.detections.xyxy[:, 3] - packet.detections.xyxy[:, 1] if packet.detections else None
     for tid, det, coasting in zip(packet.tracks.track_id, packet.tracks.detection, packet.tracks.coasting,
@@ -338,6 +339,7 @@ def tracks_to_describe(
             continue
         if heights is not None and heights[det] < min_face:
             continue
-        if packet.index % every == int(tid) % every:  # spread the work of many tracks over frames
+        # A new track at once (its surrogate is chosen from it); later ones spread over frames.
+        if state is None or packet.index % every == int(tid) % every:
             due.append((int(tid), int(det)))
     return due

@@ -28,9 +28,12 @@ class Candidate:
 
 
 def rank_candidates(gallery: Gallery | None, pool: TexturePool, track_id: int, released: NDArray[np.bool_],
-                    described: Described, count: int) -> list[Candidate]:  # fmt: skip
+                    described: Described, count: int,
+                    taken: frozenset[int] = frozenset()) -> list[Candidate]:  # fmt: skip
     """Up to ``count`` candidates for the track, best match to ``released`` first (on a tie
-    the gallery's entries first); empty when neither the gallery nor the stream offers one."""
+    the gallery's entries first), gallery entries ``taken`` by people on screen now after
+    every other (two people are given one face only when nothing else fits); empty when
+    neither the gallery nor the stream offers one."""
     own = described[track_id][1] if track_id in described else None
     scored: list[tuple[float, Candidate]] = []
     if gallery is not None:
@@ -42,5 +45,5 @@ def rank_candidates(gallery: Gallery | None, pool: TexturePool, track_id: int, r
     pooled = pool.entry(track_id, released, described)
     if pooled is not None and pooled[1] > -np.inf:
         scored.append((pooled[1], Candidate(pooled[0], f"{pooled[0].k} people of this stream")))
-    scored.sort(key=lambda s: -s[0])  # stable
+    scored.sort(key=lambda s: (s[1].index in taken, -s[0]))  # stable
     return [candidate for _, candidate in scored[:count]]

@@ -10,15 +10,55 @@ one-euro filter while the raw one is followed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from engines.crops import Crop, crop_from_box, eye_angle, face_crop
 from engines.facemodels import FaceMesh
+from stream.algorithms.facewarp import canonical, read_only
 
 FOLLOW_FRAMES = 2  # a mesh older than this is not followed
-FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.5, 0.2  # the mesh model's face flag
+FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.25, 0.2  # the mesh model's face flag; the coverage check decides
+
+
+# Mesh points behind CenterFace's five landmarks: eye centres (mean of each eyelid contour),
+# nose tip, mouth corners.
+_EYES = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
+         (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466))  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _canonical_five() -> NDArray[np.float32]:
+    points = canonical().points
+    eyes = sorted((points[list(e)].mean(axis=0) for e in _EYES), key=lambda p: float(p[0]))
+    mouth = sorted((points[61], points[291]), key=lambda p: float(p[0]))
+    return read_only(np.array([*eyes, points[1], *mouth], np.float32))
+
+
+def mesh_from_landmarks(
+    landmarks: NDArray[np.float32], box: NDArray[np.float32]
+) -> NDArray[np.float32] | None:
+    """A mesh ``(468, 3)`` for a face the mesh model cannot fit (small, dark, strongly turned):
+    the mean face layout placed on its five landmarks (eyes, nose, mouth corners) by a
+    similarity, then stretched (up to 1.5 times) to the detected ``box`` (xyxy) so it covers
+    the face the detector found. It carries none of the person's shape or expression; None
+    when the landmarks do not fix a similarity."""
+    five = np.asarray(landmarks, np.float32).reshape(5, 2)
+    eyes = five[np.argsort(five[:2, 0])]
+    mouth = five[3:][np.argsort(five[3:, 0])]
+    target = np.array([*eyes, five[2], *mouth], np.float32)
+    transform, _ = cv2.estimateAffinePartial2D(_canonical_five(), target)
+    if transform is None:
+        return None
+    points = canonical().points @ transform[:, :2].T + transform[:, 2]
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    stretch = np.clip((box[2:] - box[:2]) / np.maximum(hi - lo, 1e-3), 1.0, 1.5)
+    middle = (lo + hi) / 2
+    points = (points - middle) * stretch + middle + ((box[:2] + box[2:]) / 2 - middle) * (stretch > 1.0)
+    return np.concatenate([points, np.zeros((len(points), 1), np.float32)], axis=1).astype(np.float32)
 
 
 def centre(box: NDArray[np.float32]) -> NDArray[np.float32]:

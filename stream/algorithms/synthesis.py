@@ -349,15 +349,32 @@ class Strength:
 
 def strengths(reshape: float, keep_tone: float, surround_blur: float) -> list[Strength]:
     """The configured strength, then stronger ones tried when a surrogate still looks like
-    the person: none of their tone, the geometry moved twice as far as to the mean face (as
-    far past it, away from theirs), the surroundings blurred harder, last far harder (hair
-    and head outline become a haze); never weaker than configured."""
+    the person: the geometry moved twice as far as to the mean face (as far past it, away
+    from theirs), then less and none of their skin tone (a seam towards the hairline is
+    better than a blurred face); never weaker than configured, and never a blurred head
+    (the surroundings stay as configured)."""
     ladder = [Strength(reshape, keep_tone, surround_blur)]
-    for blur in (0.08, 0.2):
-        stronger = Strength(max(reshape, 2.0), 0.0, max(surround_blur, blur))
-        if stronger != ladder[-1]:
+    for shape, tone in ((2.0, keep_tone), (2.0, min(keep_tone, 0.5)), (2.0, 0.0), (2.6, 0.0)):
+        stronger = Strength(max(reshape, shape), tone, surround_blur)
+        if stronger not in ladder:
             ladder.append(stronger)
     return ladder
+
+
+@lru_cache(maxsize=1)
+def _mouth_opening() -> NDArray[np.uint8]:
+    """The canonical layout's mouth opening (inside the inner lips, a little grown), 255 there."""
+    points = canonical().points
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.fillPoly(mask, [np.round(points[list(INNER_LIPS)] * 16).astype(np.int32)], 255, cv2.LINE_8, shift=4)
+    return read_only(np.asarray(cv2.dilate(mask, np.ones((5, 5), np.uint8)), np.uint8))
+
+
+def closed_mouth(texture: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """A canonical texture with its mouth opening filled from the lips around it: the members'
+    teeth and mouth interiors, squeezed onto a closed mouth or stretched over an open one,
+    would draw dark spikes along the lip line (an open mouth shows the person's own)."""
+    return np.asarray(cv2.inpaint(texture, _mouth_opening(), 4, cv2.INPAINT_TELEA), np.uint8)
 
 
 NEUTRAL_RATE = 0.05  # per frame: a person's usual face layout follows over about 20 frames
@@ -378,7 +395,7 @@ class Surrogate:
 
     @classmethod
     def of(cls, entry: GalleryEntry, strength: Strength) -> Surrogate:
-        lab = cv2.cvtColor(entry.texture, cv2.COLOR_RGB2LAB).astype(np.float32)
+        lab = cv2.cvtColor(closed_mouth(entry.texture), cv2.COLOR_RGB2LAB).astype(np.float32)
         own = lighting(lab, entry.mask)
         if own is None:
             own = np.zeros((6, 3), np.float32)
@@ -464,20 +481,29 @@ def _polygon(
     return mask.astype(np.float32) / 255.0
 
 
+def mouth_open(points: NDArray[np.float32]) -> float:
+    """How far open the mouth of mesh ``points`` is: 0 closed, 1 wide open (the inner lips'
+    gap from 5% to 15% of the mouth's width)."""
+    gap = float(np.linalg.norm(points[14, :2] - points[13, :2]))
+    width = float(np.linalg.norm(points[291, :2] - points[61, :2])) + 1e-6
+    return float(np.clip((gap / width - 0.05) / 0.10, 0.0, 1.0))
+
+
 def openings(
     roi: NDArray[np.uint8], local: NDArray[np.float32], face_width: float, own_eyes: bool = True
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Where the face's own eyes and mouth opening show through, ``(h, w)`` weights, and
     what fills them ``(h, w, 3)``: the person's own eyes (gaze and blinks follow them; an
-    averaged eye is dead) and, inside the lips, their mouth heavily blurred (teeth and
-    tongue as shapes, no identifying detail). ``local``: mesh points in ``roi`` pixels;
-    without ``own_eyes`` the surrogate's eyes stay."""
+    averaged eye is dead) and, inside the lips of an open mouth, their mouth lightly
+    blurred (teeth and tongue as they are, no fine detail). A closed mouth shows the
+    surrogate's lips: the person's lip line, blurred, would draw a dark smear there.
+    ``local``: mesh points in ``roi`` pixels; without ``own_eyes`` the surrogate's eyes stay."""
     shape = roi.shape[:2]
-    through = _polygon(shape, local, INNER_LIPS)
+    through = _polygon(shape, local, INNER_LIPS) * mouth_open(local)
     fill = roi.astype(np.float32)
     ys, xs = np.nonzero(through)
     if len(ys):  # blur only around the mouth: the rest of the window shows nothing of it
-        sigma = max(1.0, 0.04 * face_width)
+        sigma = max(1.0, 0.025 * face_width)
         pad = int(np.ceil(3 * sigma))
         y1, y2, x1, x2 = (
             max(0, ys.min() - pad),
@@ -500,24 +526,25 @@ _OPENINGS = [list(LEFT_EYE), list(RIGHT_EYE), list(INNER_LIPS + OUTER_LIPS)]
 
 
 @lru_cache(maxsize=1)
-def _reshape_weights() -> NDArray[np.float32]:
-    """Per mesh point, how much of its own place it gives up to the mean face layout: none
-    at the eyes and mouth (their openings stay where the person's are), all from there on out."""
+def _smoothing() -> NDArray[np.float32]:
+    """``(468, 468)`` row-normalised Gaussian weights (sigma 14 canonical px) between the mesh
+    points: a displacement field averaged with them changes slowly across the face."""
     points = canonical().points
-    fixed = points[list(LEFT_EYE + RIGHT_EYE + INNER_LIPS)]
-    distance = np.linalg.norm(points[:, None] - fixed[None], axis=2).min(axis=1)
-    return read_only(np.asarray(np.clip((distance - 8) / 24, 0, 1), np.float32))
+    distance2 = np.sum((points[:, None] - points[None]) ** 2, axis=2)
+    weights = np.exp(-distance2 / (2 * 14.0**2))
+    return read_only(np.asarray(weights / weights.sum(axis=1, keepdims=True), np.float32))
 
 
 def reshape(
-    points: NDArray[np.float32], amount: float, keep_openings: bool = True,
-    neutral: NDArray[np.float32] | None = None,
-) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:  # fmt: skip
+    points: NDArray[np.float32], amount: float, neutral: NDArray[np.float32] | None = None
+) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
     """The mesh ``(468, 3)`` with the person's face layout moved ``amount`` of the way to the
     mean face layout (after a similarity alignment; past it above 1): the face outline, nose
     and jaw carry identity the texture does not. What moves is ``neutral``, the person's
     usual layout (aligned, ``(468, 2)``), so the frame's expression still follows them;
-    without it, this frame's own layout. ``keep_openings``: eyes and mouth stay in place.
+    without it, this frame's own layout. The displacement is smoothed over the face and
+    each opening (eyes, lips) is moved as a whole, never reshaped: how far it is open stays
+    the person's, and no triangle folds over its neighbours (dark spikes at the lips).
 
     Returns the moved mesh and this frame's aligned layout (None when it could not be aligned).
     """
@@ -528,15 +555,50 @@ def reshape(
     if to_canon is None:
         return points, None
     aligned = points[:, :2] @ to_canon[:, :2].T + to_canon[:, 2]
-    weight = (amount * (_reshape_weights() if keep_openings else np.ones(len(canon), np.float32)))[:, None]
-    offset = canon - (aligned if neutral is None else neutral)
-    for group in _OPENINGS:  # an opening moves up or down as a whole: how far it is open stays theirs
-        offset[group, 1] = offset[group, 1].mean()
-    moved = aligned + weight * offset
+    offset = _smoothing() @ (canon - (aligned if neutral is None else neutral))
+    for group in _OPENINGS:
+        offset[group] = offset[group].mean(axis=0)
+    moved = aligned + amount * offset
     back = cv2.invertAffineTransform(to_canon)
     out = points.copy()
     out[:, :2] = moved @ back[:, :2].T + back[:, 2]
     return out, np.asarray(aligned, np.float32)
+
+
+@lru_cache(maxsize=1)
+def _edge_fade() -> NDArray[np.float32]:
+    """Per canonical pixel, how much of the surrogate shows: 1 inside the face, falling to 0
+    at its outline over 4% of the frame, and over up to 14% towards the hairline, so the
+    person's own forehead meets their hair (an average's hairline band never shows)."""
+    inside = canonical().mask.astype(np.uint8)
+    distance = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    eye_line = float(canonical().points[list(LEFT_EYE + RIGHT_EYE), 1].mean())
+    y = np.arange(SIZE, dtype=np.float32)[:, None]
+    reach = SIZE * (0.04 + 0.05 * np.clip((eye_line - y) / eye_line, 0, 1))
+    return read_only(np.asarray(np.clip(distance / reach, 0, 1) * inside, np.float32))
+
+
+def with_grain(
+    pixels: NDArray[np.uint8], roi: NDArray[np.uint8], valid: NDArray[np.bool_], seed: int | None = None
+) -> NDArray[np.float32]:
+    """The drawn surrogate with as much fine grain as the frame shows there: an average of k
+    faces is smoother than any camera's picture of a face (it reads as airbrushed, and as
+    blur to a sharpness measure). The frame's grain level is read robustly (median absolute
+    fine detail) from the face it replaces; none is added where the surrogate has as much."""
+    out = pixels.astype(np.float32)
+    if valid.sum() < 64:
+        return out
+
+    def level(image: NDArray[np.uint8]) -> float:
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        fine = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
+        return 1.4826 * float(np.median(np.abs(fine[valid])))
+
+    missing = level(roi) ** 2 - level(pixels) ** 2
+    if missing <= 0.25:
+        return out
+    noise = np.random.default_rng(seed).normal(0.0, np.sqrt(missing) * 1.15, pixels.shape[:2])
+    return out + np.asarray(noise, np.float32)[..., None]
 
 
 def replace_face(
@@ -549,8 +611,8 @@ def replace_face(
 
     Returns what was drawn (window and coverage), or None when nothing could be.
     """
-    # The texture's validity travels as a fourth channel through the same warp.
-    rgba = np.dstack([texture, mask.astype(np.uint8) * 255])
+    # The texture's validity, faded towards the hairline, travels as a fourth channel.
+    rgba = np.dstack([texture, (mask * _edge_fade() * 255).astype(np.uint8)])
     drawn_on = points if shape is None else shape
     rendered = from_canonical(rgba, drawn_on, frame.shape[:2])
     if rendered is None:
@@ -561,8 +623,9 @@ def replace_face(
     roi = frame[rendered.y1 : rendered.y1 + h, rendered.x1 : rendered.x1 + w]
     local = drawn_on - np.array([rendered.x1, rendered.y1, 0], np.float32)
     through, fill = openings(roi, local, width, own_eyes)
-    alpha = (feathered_alpha(valid, width) * (1 - through))[..., None]
-    face = alpha * rendered.pixels[..., :3] + (1 - alpha) * fill
+    fade = rendered.pixels[..., 3].astype(np.float32) / 255.0
+    alpha = (feathered_alpha(valid, width) * fade * (1 - through))[..., None]
+    face = alpha * with_grain(rendered.pixels[..., :3], roi, valid) + (1 - alpha) * fill
     roi[:] = np.clip(face, 0, 255).astype(np.uint8)
     return Rendered(rendered.pixels[..., :3], valid, rendered.x1, rendered.y1, rendered.coords)
 
@@ -576,7 +639,7 @@ def draw_surrogate(
     mesh, the head around it softened. Returns what was drawn, or None."""
     strength = surrogate.strength
     texture = surrogate.relit(lab, lab_mask)
-    shape, layout = reshape(points, strength.reshape, own_eyes, surrogate.neutral)
+    shape, layout = reshape(points, strength.reshape, surrogate.neutral)
     if layout is not None:  # the person's usual layout: a slow average over the frames drawn
         last = surrogate.neutral
         surrogate.neutral = layout if last is None else last + NEUTRAL_RATE * (layout - last)

@@ -181,6 +181,8 @@ def synthesis_report(stages: list[Stage]) -> dict[str, Any] | None:
         "fallback": dict(stage.counts.fallback),
         "surrogates": {str(t): origin for t, origin in stage.origins.items()},
         "tracks_not_listed": stage.counts.forgotten,  # ended long ago (stages.KEEP_ENDED)
+        "shared_surrogates": stage.counts.shared,  # two people on screen, one gallery entry
+        "from_landmarks": stage.counts.from_landmarks,  # faces drawn on five landmarks, no mesh
         # The identity check's cosine of each track's replaced face to the person (null: unchecked).
         "likeness": {str(t): None if v is None else round(v, 3) for t, v in stage.likeness.items()},
         "perturbed": next((s.perturbed for s in stages if isinstance(s, PerturbStage)), 0),

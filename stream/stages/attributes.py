@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from stream.algorithms.attributes import (
+    N_ATTR,
     AttributeFusion,
     Estimator,
     FaceInput,
@@ -54,12 +55,26 @@ class AttributeStage:
                 froze = self.fusion.update(
                     state, estimate.probability[i], float(estimate.quality[i]), estimate.descriptor[i]
                 )
-                if froze:
-                    self.privacy.select(track_id, state.probability)
+                if froze or (self.config.release == "first" and state.estimates):
+                    self.privacy.select(track_id, state.probability)  # once per track
+        if self.config.release == "first":
+            self._release_small(packet)
         packet.attributes = {
             int(t): self.states[int(t)] for t in packet.tracks.track_id if int(t) in self.states
         }
         return packet
+
+    def _release_small(self, packet: FramePacket) -> None:
+        """Tracks whose detected face is too small to describe are released as unestimated
+        (PPAS gives them the global distribution's majority, then randomized response), so
+        they get a surrogate too."""
+        detections = packet.detections
+        if detections is None:
+            return
+        heights = detections.xyxy[:, 3] - detections.xyxy[:, 1]
+        for tid, det in zip(packet.tracks.track_id.tolist(), packet.tracks.detection.tolist(), strict=True):
+            if det >= 0 and heights[det] < self.config.min_face and tid not in self.states:
+                self.privacy.select(tid, np.full(N_ATTR, np.nan, np.float32))
 
     KEEP_DESCRIPTORS = 128  # ended tracks whose identity descriptor is kept (synthesis reads them)
 

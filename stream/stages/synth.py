@@ -22,7 +22,7 @@ from engines.facemodels import FaceMesh
 from stream.algorithms.candidates import Candidate, rank_candidates
 from stream.algorithms.facewarp import MAX_TURN, to_canonical, turn
 from stream.algorithms.identity import FaceToCheck, IdentityCheck
-from stream.algorithms.meshfollow import FollowedMesh
+from stream.algorithms.meshfollow import FollowedMesh, mesh_from_landmarks
 from stream.algorithms.synthesis import (
     AttributeStyler,
     Gallery,
@@ -61,6 +61,8 @@ class SynthCounts:
     replaced: int = 0
     fallback: dict[str, int] = field(default_factory=dict)
     forgotten: int = 0  # ended tracks no longer listed in the report (``KEEP_ENDED``)
+    shared: int = 0  # tracks given a gallery entry another person on screen already wears
+    from_landmarks: int = 0  # faces drawn on their five landmarks (no mesh fitted or run)
 
     def fell_back(self, reason: Fallback) -> None:
         self.fallback[reason] = self.fallback.get(reason, 0) + 1
@@ -100,7 +102,9 @@ class SynthStage:
     parallel = False
     RETRY_FRAMES = 25  # a track with no surrogate yet asks again after this many frames
     CANDIDATES = 3  # surrogates checked per track, best attribute match first
-    SMALL = 0.75  # tracks whose face box is under this share of ``synth.min_face`` get no mesh
+    SMALL = 0.75  # tracks whose face box is under this share of ``synth.min_face`` are not drawn
+    MESH_FACE = 32  # px: smaller face boxes are drawn on their five landmarks, no mesh run
+    POOL_FACE = 40  # px: the stream's texture pool learns from faces at least this tall
 
     def __init__(self, gallery: Gallery | None, mesh: FaceMesh, config: SynthConfig,
                  attributes: AttributeStage, styler: AttributeStyler | None = None,
@@ -159,8 +163,10 @@ class SynthStage:
             return held.waiting
         if det < 0:
             return Fallback.NOT_CHECKED  # candidates are checked on a detected face
+        taken = frozenset(r.pick[0] for t, r in self.tracks.items() if t != track_id and r.pick is not None)
+        described = self.attributes.identities()
         ranked = rank_candidates(
-            self.gallery, self.pool, track_id, released, self.attributes.identities(), self.CANDIDATES
+            self.gallery, self.pool, track_id, released, described, self.CANDIDATES, taken
         )
         if not ranked:
             self._wait(track_id, index, Fallback.NO_SURROGATE)
@@ -206,6 +212,8 @@ class SynthStage:
         held = self._record(track_id)
         held.surrogate, held.origin, held.likeness, held.checked = surrogate, chosen.origin, likeness, True
         if chosen.index is not None:
+            if any(r.pick is not None and r.pick[0] == chosen.index for r in self.tracks.values()):
+                self.counts.shared += 1  # the gallery had no other face that fits
             held.pick = (chosen.index, surrogate.strength)
         return surrogate
 
@@ -251,32 +259,53 @@ class SynthStage:
         rows = zip(tracks.track_id.tolist(), tracks.detection.tolist(), strict=True)
         for row, (tid, det) in enumerate(rows):
             inner = face_of(tracks.xyxy[row], self.track.margin, self.track.min_margin_px)
-            if inner[3] - inner[1] < self.SMALL * self.config.min_face:
-                self.counts.fell_back(Fallback.TOO_SMALL)  # no mesh run for it (crowds hold hundreds)
+            height = inner[3] - inner[1]
+            if height < self.SMALL * self.config.min_face:
+                self.counts.fell_back(Fallback.TOO_SMALL)
                 continue
             chosen = self._surrogate(tid, packet.index, det)
             surrogate = None if isinstance(chosen, Fallback) else chosen
             if isinstance(chosen, Fallback):
                 self.counts.fell_back(chosen)
-                if not (det >= 0 and self.pool.wants(tid)):
+                if not (det >= 0 and self.pool.wants(tid) and height >= self.MESH_FACE):
                     continue  # nothing to draw, nothing to learn
-            crop = self._crop(packet, row, tid, det)
-            if crop is None:
+            # Small faces are drawn on their five landmarks: no mesh run (crowds hold hundreds).
+            crop = self._crop(packet, row, tid, det) if height >= self.MESH_FACE else None
+            if crop is None and det < 0:
                 if surrogate is not None:
                     self.counts.fell_back(Fallback.COASTING)
                 continue
             jobs.append(_Job(row, tid, det, surrogate, crop))
         return jobs
 
+    def _from_landmarks(self, packet: FramePacket, job: _Job) -> NDArray[np.float32] | None:
+        """The mean face placed on the detection's five landmarks, for a face the mesh model
+        did not fit or was not run on (counted); None without a detection."""
+        detections = packet.detections
+        if job.detection < 0 or detections is None or job.surrogate is None:
+            return None
+        points = mesh_from_landmarks(detections.landmarks[job.detection], detections.xyxy[job.detection])
+        if points is not None:
+            self.counts.from_landmarks += 1
+        return points
+
     def _ready(self, packet: FramePacket, job: _Job, points: NDArray[np.float32],
-               steady: NDArray[np.float32]) -> _Draw | None:  # fmt: skip
+               steady: NDArray[np.float32], learn: bool) -> _Draw | None:  # fmt: skip
         """What to draw for one face whose mesh was found (``points`` as found, ``steady`` as
-        drawn), or None (the fallback, counted)."""
+        drawn), or None (the fallback, counted); ``learn``: a mesh the model found, whose
+        texture the stream's pool may take."""
         tracks, detections, cfg = packet.tracks, packet.detections, self.config
         tid, det, surrogate = job.track_id, job.detection, job.surrogate
-        big = float(np.ptp(points[:, 1])) >= cfg.min_face
-        # A turned face would ghost the average.
-        if det >= 0 and big and self.pool.wants(tid) and abs(turn(points)) <= MAX_TURN:
+        height = float(np.ptp(points[:, 1]))
+        big = height >= cfg.min_face
+        # A turned face would ghost the average; a small one would blur it.
+        if (
+            learn
+            and det >= 0
+            and height >= self.POOL_FACE
+            and self.pool.wants(tid)
+            and abs(turn(points)) <= MAX_TURN
+        ):
             self.pool.add(tid, *to_canonical(packet.image, points))
         if surrogate is None:
             return None
@@ -311,18 +340,29 @@ class SynthStage:
         jobs = self._jobs(packet)
         if not jobs:
             return packet
-        mesh = self.mesh.predict([job.crop for job in jobs])
+        meshed = [(job, job.crop) for job in jobs if job.crop is not None]
+        mesh = self.mesh.predict([crop for _, crop in meshed]) if meshed else None
+        found = {id(job): i for i, (job, _) in enumerate(meshed)}
         # Everything is read from the frame before any face is drawn on it (faces may overlap).
         draws: list[_Draw] = []
-        for i, job in enumerate(jobs):
+        for job in jobs:
             followed = self._record(job.track_id).mesh
-            points, box = mesh.points[i], tracks.xyxy[job.row]
-            steady = followed.update(packet.index, points, float(mesh.confidence[i]), box)
-            if steady is None:
-                if job.surrogate is not None:
-                    self.counts.fell_back(Fallback.MESH_NOT_FOUND)
-                continue
-            ready = self._ready(packet, job, points, steady)
+            box = tracks.xyxy[job.row]
+            steady = None
+            if mesh is not None and id(job) in found:
+                i = found[id(job)]
+                points = mesh.points[i]
+                steady = followed.update(packet.index, points, float(mesh.confidence[i]), box)
+            if steady is None:  # no mesh: the five landmarks, where this frame detected the face
+                points = self._from_landmarks(packet, job)
+                if points is None:
+                    if job.surrogate is not None:
+                        self.counts.fell_back(Fallback.MESH_NOT_FOUND)
+                    continue
+                steady = followed.smoother(packet.index, points)
+            ready = self._ready(
+                packet, job, points, steady, learn=job.crop is not None and followed.seen is not None
+            )
             if ready is not None:
                 draws.append(ready)
         for d in draws:
@@ -360,7 +400,7 @@ class _Job:
     track_id: int
     detection: int
     surrogate: Surrogate | list[Candidate] | None
-    crop: Crop
+    crop: Crop | None  # None: no mesh run (a small face, drawn on its landmarks)
 
 
 @dataclass(frozen=True)
