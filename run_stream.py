@@ -56,13 +56,16 @@ def _colour(text: str) -> list[int]:
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """``--config``, ``--set`` and one flag per config field that declares one (``Flag`` in
     stream/config.py, beside the field's type, default and range)."""
-    from stream.config import GROUPS, flag_fields
+    from stream.config import GROUPS, PROFILES, flag_fields
 
     p.add_argument(
         "--config", type=Path, help="TOML file with any of the options (sections as in stream/config.py)"
     )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="any config option, e.g. source.reconnect_backoff_s=1 (repeatable)")  # fmt: skip
+    p.add_argument("--profile", choices=sorted(PROFILES),
+                   help="start from settings for a kind of use (webcam: one large face from a "
+                        "local camera, live); a config file and flags override it")  # fmt: skip
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     for option in flag_fields():
         _add_flag(groups[option.flag.group], option)
@@ -103,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         value = getattr(args, option.dest, None)
         if value is not None:
             overrides.setdefault(option.section, {})[option.name] = value
-    return build_config(args.config, overrides)
+    return build_config(args.config, overrides, getattr(args, "profile", None))
 
 
 def _progress_printer(quiet: bool, every_s: float = 10.0) -> Any:

@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from calibration.command import command
 from engines.crops import crop_from_box
+from stream.algorithms.tracker import iou_matrix as iou
 from stream.config import build_config, parse_option
 
 MEDIA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -62,20 +63,6 @@ def decode(path: Path) -> list[NDArray[np.uint8]]:
 
     with av.open(str(path)) as container:
         return [np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in container.decode(video=0)]
-
-
-def iou(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
-    """``(N, 4)`` x ``(M, 4)`` xyxy -> ``(N, M)``."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9), np.float32)
 
 
 def ring_sharpness(image: NDArray[np.uint8], box: NDArray[np.float32], scale: float = 1.5) -> float | None:
@@ -209,6 +196,7 @@ class ClipResult:
     released_male: dict[int, bool] = field(default_factory=dict)
     seconds: float = 0.0
     frames: int = 0
+    output: Path | None = None
 
     def figures(self) -> dict[str, Any]:
         r = self.readings
@@ -252,13 +240,13 @@ class ClipResult:
 Run = tuple[Path, dict[str, Any], list[dict[str, Any]], float]  # output, report, regions, seconds
 
 
-def run_clip(clip: Path, overrides: dict[str, dict[str, Any]], workdir: Path) -> Run:
+def run_clip(clip: Path, overrides: dict[str, dict[str, Any]], workdir: Path, tag: str = "synth") -> Run:
     import time
 
     from stream.run.job import RegionLog, run_job
 
     config = build_config(None, overrides)
-    out, report = workdir / f"{clip.stem}.mp4", workdir / f"{clip.stem}.json"
+    out, report = workdir / f"{clip.stem}-{tag}.mp4", workdir / f"{clip.stem}-{tag}.json"
     regions = RegionLog()
     start = time.perf_counter()
     run_job(str(clip), str(out), config, regions=regions, report=report)
@@ -272,7 +260,7 @@ def measure(clip: Path, overrides: dict[str, dict[str, Any]], models: Models, ev
     before, after = decode(clip), decode(out)
     if len(before) != len(after):
         raise RuntimeError(f"{clip}: {len(before)} frames in, {len(after)} out")
-    result = ClipResult(clip.stem, seconds=seconds, frames=len(before))
+    result = ClipResult(clip.stem, seconds=seconds, frames=len(before), output=out)
     result.synthesis = report["summary"].get("synthesis") or {}
     for track in (report.get("privacy") or {}).get("tracks", []):
         if "selected" in track:
@@ -339,6 +327,59 @@ def print_table(figures: dict[str, Any]) -> None:
         print(f"| {f['clip']} | " + " | ".join(cells) + f" | {fallback} |")
 
 
+def _main_face(
+    detector: Any, image: NDArray[np.uint8]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
+    (found,) = detector.detect([image], 1.0, 0.3)
+    if len(found.boxes) == 0:
+        return None
+    i = int(np.argmax((found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])))
+    return found.boxes[i], found.landmarks[i]
+
+
+def reidentification(clips: list[Path], outputs: dict[str, dict[str, Path]], models: Models,
+                     every: int = 5) -> dict[str, Any]:  # fmt: skip
+    """Top-1 re-identification over single-person clips: one original frame per clip enrolled
+    (its first), every ``every``-th output frame matched against all clips' enrolled faces,
+    by faceres and by dlib's network (``calibration.synth_report.attackers``); chance is one
+    in the number of clips. The attacker crops the face where CenterFace finds it in the
+    output, or where it was in the input when it finds none (a blurred face)."""
+    from calibration.synth_report import attackers
+
+    attack = attackers()
+    enrolled: dict[str, dict[str, NDArray[np.float32]]] = {}
+    originals: dict[str, list[NDArray[np.uint8]]] = {}
+    for clip in clips:
+        frames = decode(clip)
+        originals[clip.stem] = frames
+        face = _main_face(models.centerface, frames[0])
+        if face is None:
+            raise RuntimeError(f"{clip}: no face in its first frame to enrol")
+        enrolled[clip.stem] = {name: a(frames[0], face) for name, a in attack.items()}
+    names = sorted(enrolled)
+    results: dict[str, Any] = {"clips": len(names), "chance": 1 / len(names)}
+    for mode in sorted({m for o in outputs.values() for m in o}):
+        hits: dict[str, list[bool]] = {name: [] for name in attack}
+        for stem in names:
+            frames = decode(outputs[stem][mode])
+            for i in range(0, len(frames), every):
+                face = _main_face(models.centerface, frames[i]) or _main_face(
+                    models.centerface, originals[stem][i]
+                )
+                if face is None:
+                    continue
+                for name, a in attack.items():
+                    probe = a(frames[i], face)
+                    gallery = np.array([enrolled[c][name] for c in names])
+                    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+                    probe = probe / np.linalg.norm(probe)
+                    hits[name].append(names[int(np.argmax(gallery @ probe))] == stem)
+        results[mode] = {name: float(np.mean(h)) for name, h in hits.items()} | {
+            "probes": len(hits["faceres"])
+        }
+    return results
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.synth_video", description=__doc__,
@@ -349,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--json", type=Path)
     p.add_argument("--sheet", type=Path, help="folder for one contact sheet per clip")
+    p.add_argument("--privacy", action="store_true",
+                   help="also re-identification over the single-person clips, synth and blur")  # fmt: skip
     args = p.parse_args(argv)
     overrides: dict[str, dict[str, Any]] = {"obscure": {"mode": "synth"}, "attributes": {"enabled": True}}
     for section, name, value in map(parse_option, args.set):
@@ -360,7 +403,16 @@ def main(argv: list[str] | None = None) -> int:
         for clip in clips:
             results.append(measure(clip, overrides, models, args.every, Path(folder), args.sheet))
             print(json.dumps(results[-1].figures(), default=str))
-    figures = summary(results)
+        figures = summary(results)
+        if args.privacy:
+            single = [c for c in clips if "LivePortrait" in str(c)]
+            outputs: dict[str, dict[str, Path]] = {}
+            for clip, result in zip(clips, results, strict=True):
+                if clip in single and result.output is not None:
+                    blur = run_clip(clip, overrides | {"obscure": {"mode": "blur"}}, Path(folder), "blur")[0]
+                    outputs[clip.stem] = {"synth": result.output, "blur": blur}
+            figures["reidentification"] = reidentification(single, outputs, models)
+            print(json.dumps(figures["reidentification"]))
     print_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

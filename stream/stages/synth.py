@@ -83,6 +83,9 @@ class TrackSynthesis:
     retry_at: int = -1  # the frame from which a track without a surrogate asks again
     waiting: Fallback = Fallback.NOT_DESCRIBED  # why it has none yet
     mesh: FollowedMesh = field(default_factory=FollowedMesh)  # followed and steadied
+    # Its last detection's five landmarks, detected box and track box (frame index first),
+    # carried with the track box over frames without a detection.
+    five: tuple[int, NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]] | None = None
 
 
 class SynthStage:
@@ -239,7 +242,7 @@ class SynthStage:
         for track_id in sorted(t for t in self.tracks if t not in alive):
             held = self.tracks.pop(track_id)
             if held.origin is not None or held.checked:
-                held.surrogate, held.mesh = None, FollowedMesh()  # what the report lists stays
+                held.surrogate, held.mesh, held.five = None, FollowedMesh(), None  # the report's stays
                 self.ended[track_id] = held
         self.pool.forget(alive)
         for track_id in list(itertools.islice(self.ended, max(0, len(self.ended) - base.KEEP_ENDED))):
@@ -271,20 +274,41 @@ class SynthStage:
                     continue  # nothing to draw, nothing to learn
             # Small faces are drawn on their five landmarks: no mesh run (crowds hold hundreds).
             crop = self._crop(packet, row, tid, det) if height >= self.MESH_FACE else None
-            if crop is None and det < 0:
+            if crop is None and det < 0 and not self._carries_five(tid, packet.index):
                 if surrogate is not None:
                     self.counts.fell_back(Fallback.COASTING)
                 continue
             jobs.append(_Job(row, tid, det, surrogate, crop))
         return jobs
 
+    COAST_FIVE = 15  # frames a face drawn on its landmarks is carried without a detection
+
+    def _carries_five(self, track_id: int, index: int) -> bool:
+        held = self.tracks.get(track_id)
+        return held is not None and held.five is not None and index - held.five[0] <= self.COAST_FIVE
+
     def _from_landmarks(self, packet: FramePacket, job: _Job) -> NDArray[np.float32] | None:
-        """The mean face placed on the detection's five landmarks, for a face the mesh model
-        did not fit or was not run on (counted); None without a detection."""
-        detections = packet.detections
-        if job.detection < 0 or detections is None or job.surrogate is None:
+        """The mean face placed on the five landmarks, for a face the mesh model did not fit
+        or was not run on (counted): this frame's detection's, or the last ones carried with
+        the track's box (moved and scaled with it); None without either."""
+        detections, held = packet.detections, self._record(job.track_id)
+        box = packet.tracks.xyxy[job.row]
+        if job.detection >= 0 and detections is not None:
+            landmarks, found = detections.landmarks[job.detection], detections.xyxy[job.detection]
+            held.five = (packet.index, landmarks, found, box.copy())
+        elif self._carries_five(job.track_id, packet.index) and held.five is not None:
+            _, last, last_found, last_box = held.five
+            scale = (box[2:] - box[:2]) / np.maximum(last_box[2:] - last_box[:2], 1.0)
+            shift = (box[:2] + box[2:]) / 2 - (last_box[:2] + last_box[2:]) / 2
+            middle = (last_box[:2] + last_box[2:]) / 2
+            landmarks = ((last - middle) * scale + middle + shift).astype(np.float32)
+            found = (np.concatenate([(last_found[:2] - middle) * scale, (last_found[2:] - middle) * scale])
+                     + np.tile(middle + shift, 2)).astype(np.float32)  # fmt: skip
+        else:
             return None
-        points = mesh_from_landmarks(detections.landmarks[job.detection], detections.xyxy[job.detection])
+        if job.surrogate is None:
+            return None
+        points = mesh_from_landmarks(landmarks, found)
         if points is not None:
             self.counts.from_landmarks += 1
         return points
