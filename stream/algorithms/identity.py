@@ -96,7 +96,9 @@ class IdentityCheck:
                     continue
                 descriptor = self.read(canvas, local_box, local_landmarks)
                 likeness = float(descriptor @ own)
-                rival = float((others @ descriptor).max()) if len(others) else -1.0
+                # The surrogate's own members resemble it by construction: no rivals.
+                rivals = others[_not_members(others, candidate.entry.members)]
+                rival = float((rivals @ descriptor).max()) if len(rivals) else -1.0
                 closest = likeness if closest is None else min(closest, likeness)
                 if likeness <= self.max_likeness and likeness - rival <= self.max_lead:
                     passing.append((likeness, len(drawn)))
@@ -107,3 +109,10 @@ class IdentityCheck:
                 surrogate.light = None  # lit afresh by the first frame it is drawn on
                 return Checked(surrogate, chosen, likeness)
         return Checked(None, None, closest)
+
+
+def _not_members(rows: NDArray[np.float32], members: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Which of the unit descriptors ``rows`` are none of ``members`` (the same vectors)."""
+    if len(rows) == 0 or len(members) == 0:
+        return np.ones(len(rows), bool)
+    return np.asarray((rows @ unit(members).T).max(axis=1) < 0.999)

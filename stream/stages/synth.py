@@ -313,6 +313,15 @@ class SynthStage:
             self.counts.from_landmarks += 1
         return points
 
+    def _face_box(self, packet: FramePacket, job: _Job) -> NDArray[np.float32]:
+        """The face a drawn mesh must cover: against a fresh detection the box it was found
+        for; a followed face (no detection) the tracked box without its margin, so a mesh
+        that drifted off the face leaves it to the fallback, never uncovered."""
+        detections = packet.detections
+        if job.detection >= 0 and detections is not None:
+            return np.asarray(detections.xyxy[job.detection], np.float32)
+        return face_of(packet.tracks.xyxy[job.row], self.track.margin, self.track.min_margin_px)
+
     def _ready(self, packet: FramePacket, job: _Job, points: NDArray[np.float32],
                steady: NDArray[np.float32], learn: bool) -> _Draw | None:  # fmt: skip
         """What to draw for one face whose mesh was found (``points`` as found, ``steady`` as
@@ -341,8 +350,7 @@ class SynthStage:
         # mesh that drifted off the face leaves it to the fallback, never uncovered.
         box = detections.xyxy[det] if det >= 0 and detections is not None else None
         row_box = tracks.xyxy[job.row]
-        face_box = face_of(row_box, self.track.margin, self.track.min_margin_px) if box is None else box
-        if covered_share(points, face_box) < cfg.min_cover:
+        if covered_share(points, self._face_box(packet, job)) < cfg.min_cover:
             self.counts.fell_back(Fallback.NOT_COVERED)
             return None
         lab, lab_mask = sample_lab(packet.image, points)
@@ -377,6 +385,9 @@ class SynthStage:
                 i = found[id(job)]
                 points = mesh.points[i]
                 steady = followed.update(packet.index, points, float(mesh.confidence[i]), box)
+                if steady is not None and job.surrogate is not None and job.detection >= 0:
+                    if covered_share(points, self._face_box(packet, job)) < self.config.min_cover:
+                        followed.seen, steady = None, None  # a turned or lowered face: its landmarks
             if steady is None:  # no mesh: the five landmarks, where this frame detected the face
                 points = self._from_landmarks(packet, job)
                 if points is None:
