@@ -25,6 +25,7 @@ class Candidate:
     entry: GalleryEntry
     origin: str
     index: int | None = None
+    last_resort: bool = False  # kept only when no other candidate passes the identity check
 
 
 def rank_candidates(gallery: Gallery | None, pool: TexturePool, track_id: int, released: NDArray[np.bool_],
@@ -50,7 +51,8 @@ def rank_candidates(gallery: Gallery | None, pool: TexturePool, track_id: int, r
     singles = [c for _, c in scored if c.index is not None][:2]
     if len(singles) == 2:  # last, the two best entries averaged: 2k people, further from each
         a, b = singles
-        ranked.append(Candidate(mix(a.entry, b.entry), f"gallery entries {a.index} and {b.index} averaged"))
+        origin = f"gallery entries {a.index} and {b.index} averaged"
+        ranked.append(Candidate(mix(a.entry, b.entry), origin, last_resort=True))  # ghosts a little
     else:
         ranked = [candidate for _, candidate in scored[:count]]
     return ranked[:count]
