@@ -137,3 +137,33 @@ def test_data_computed_once_and_shared_cannot_be_changed_by_a_caller() -> None:
     for array in shared:
         with pytest.raises(ValueError, match="read-only"):
             array.flat[0] = 0
+
+
+def test_a_least_squares_recovery_from_the_gallery_gives_back_group_averages_never_a_member() -> None:
+    """An attacker holding the gallery file and knowing who is in which entry (the members'
+    descriptors are stored) solves for each member's face by least squares: every member of
+    a group gets the same answer, the group's average, never their own face."""
+    from calibration.gallery import Identity, from_identities
+
+    rng = np.random.default_rng(5)
+    people = _people(10, seed=9)
+    identities = []
+    for i in range(10):
+        texture = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+        attributes = _attributes(male=i < 5, young=i % 2 == 0)
+        identities.append(Identity(f"p{i}", texture, np.ones((SIZE, SIZE), bool), attributes, people[i]))
+    gallery = from_identities(identities, 4, "test")
+    assert len(gallery.entries) == 2 and all(e.k >= 4 for e in gallery.entries)
+    membership = np.zeros((len(gallery.entries), len(identities)))
+    for j, entry in enumerate(gallery.entries):
+        for member in entry.members:
+            membership[j, int(np.argmax(people @ member))] = 1.0 / entry.k
+    faces = np.array([p.texture.reshape(-1) for p in identities], np.float64)
+    stored = np.array([e.texture.reshape(-1) for e in gallery.entries], np.float64)
+    recovered = np.linalg.pinv(membership) @ stored
+    spread = np.linalg.norm(faces - faces.mean(axis=0), axis=1)
+    error = np.linalg.norm(recovered - faces, axis=1) / spread
+    assert error.min() > 0.5  # nobody's face comes back
+    for j in range(len(gallery.entries)):
+        group = np.nonzero(membership[j])[0]
+        assert np.allclose(recovered[group], stored[j], atol=1.0)  # each member: the average
