@@ -22,7 +22,12 @@ on every ``--every``-th frame, input and output side by side:
   output against the Male the report says PPAS released for it.
 
 ``--sheet DIR`` writes one contact sheet per clip (input | output around each
-face, a fixed set of frames).
+face, a fixed set of frames); ``--privacy`` adds top-1 re-identification over the
+single-person clips (one original frame per clip enrolled, every 5th output frame
+matched, faceres and dlib), synth and blur.
+
+Over 400 lines: one measurement pass whose readings (coverage, halo, look, expression,
+attributes, re-identification) share the decoded frames and the models.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ shard of uint8-quantized tensors); the architectures are code. All three are
 measurement tools, independent of the stream's own models (other
 architectures, other training data), and not used by the stream itself.
 
+Over 400 lines: three architectures that share one graph builder and the TFJS weights
+reader; split, each would repeat it.
+
 Recognition (``src/faceRecognitionNet``): a strided 7x7 convolution, max
 pooling, residual blocks of two 3x3 convolutions with per-channel scale and
 bias, four down-sampling blocks, global mean and a 256 -> 128 linear layer;

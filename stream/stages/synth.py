@@ -5,6 +5,10 @@ track may get), ``stream.algorithms.identity`` (the check that the drawn face
 no longer singles the person out) and ``stream.algorithms.meshfollow``
 (following the face from frame to frame). It reads the attribute stage through
 ``AttributeStage.released`` / ``identity`` / ``identities`` / ``read_identity``.
+
+Over 400 lines: the per-track record and the fallback reasons live beside the stage's
+one frame loop (choosing jobs, the mesh or landmark path, the check, drawing), which
+reads as one sequence.
 """
 
 from __future__ import annotations
