@@ -371,7 +371,7 @@ class SynthConfig:
         ),
     )
     max_likeness: float = bounded(0.6, -1.0, 1.0)
-    max_lead: float = bounded(0.1, -2.0, 2.0)
+    max_lead: float = bounded(0.05, -2.0, 2.0)
 
     def validate(self) -> None:
         check_ranges(self, "synth")

@@ -197,8 +197,10 @@ def test_replaced_faces_stay_faces_and_are_recognised_no_better_than_one_in_k() 
     original, synth = results["modes"]["original"], results["modes"]["synth"]
     assert results["probes"] >= 40 and original["top1"] > 0.8
     # Faces the identity check refuses fall back to blur (no longer replaced with their head
-    # blurred, issue 17), so a few of the 45 probes are no face to CenterFace.
-    assert synth["face_found"] >= 0.9
+    # blurred, issue 17, and the surrogate's own members no longer count as rivals), so some
+    # of the 45 probes are no face to CenterFace: privacy first (max_lead 0.1 would find
+    # 96% but let faceres re-identify 6.7% of the full set).
+    assert synth["face_found"] >= 0.85
     assert synth["top1"] <= 1 / 4 and synth["top1"] < original["top1"] / 4
     # dlib's network, which the stream never uses, does no better.
     assert original["dlib_top1"] > 0.8 and synth["dlib_top1"] < original["dlib_top1"] / 4
