@@ -25,7 +25,6 @@ class Candidate:
     entry: GalleryEntry
     origin: str
     index: int | None = None
-    last_resort: bool = False  # kept only when no other candidate passes the identity check
 
 
 def rank_candidates(gallery: Gallery | None, pool: TexturePool, track_id: int, released: NDArray[np.bool_],
@@ -47,22 +46,4 @@ def rank_candidates(gallery: Gallery | None, pool: TexturePool, track_id: int, r
     if pooled is not None and pooled[1] > -np.inf:
         scored.append((pooled[1], Candidate(pooled[0], f"{pooled[0].k} people of this stream")))
     scored.sort(key=lambda s: (s[1].index in taken, -s[0]))  # stable
-    ranked = [candidate for _, candidate in scored[: max(1, count - 1)]]
-    singles = [c for _, c in scored if c.index is not None][:2]
-    if len(singles) == 2:  # last, the two best entries averaged: 2k people, further from each
-        a, b = singles
-        origin = f"gallery entries {a.index} and {b.index} averaged"
-        ranked.append(Candidate(mix(a.entry, b.entry), origin, last_resort=True))  # ghosts a little
-    else:
-        ranked = [candidate for _, candidate in scored[:count]]
-    return ranked[:count]
-
-
-def mix(a: GalleryEntry, b: GalleryEntry) -> GalleryEntry:
-    """The average of two entries, weighted by their members: an entry of ``a.k + b.k``
-    people (a candidate for a person still singled out by either alone)."""
-    wa, wb = a.k / (a.k + b.k), b.k / (a.k + b.k)
-    texture = np.clip(wa * a.texture.astype(np.float32) + wb * b.texture.astype(np.float32), 0, 255)
-    attributes = np.asarray(wa * a.attributes + wb * b.attributes, np.float32)
-    members = np.concatenate([a.members, b.members]).astype(np.float32)
-    return GalleryEntry(texture.astype(np.uint8), a.mask & b.mask, attributes, members)
+    return [candidate for _, candidate in scored[:count]]

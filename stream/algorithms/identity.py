@@ -68,8 +68,7 @@ class IdentityCheck:
                face: FaceToCheck, lab: NDArray[np.float32], lab_mask: NDArray[np.bool_],
                own: NDArray[np.float32], others: NDArray[np.float32]) -> Checked:  # fmt: skip
         """At the weakest strength of ``ladder`` where any does, the candidate whose drawn face
-        matches the person ``own`` least, provided it passes (a ``last_resort`` candidate
-        only when no other passes at that strength).
+        matches the person ``own`` least, provided it passes.
 
         face: the detection's box and five landmarks (where the descriptor is read, as a
         recognizer finding the face would), the mesh points, and the track's box the face
@@ -87,7 +86,7 @@ class IdentityCheck:
         local_points = points - np.array([x1, y1, 0], np.float32)
         closest: float | None = None
         for strength in ladder:
-            passing: list[tuple[bool, float, int]] = []
+            passing: list[tuple[float, int]] = []
             drawn: list[tuple[Surrogate, Candidate]] = []
             for candidate in candidates:
                 surrogate = Surrogate.of(candidate.entry, strength)
@@ -102,10 +101,10 @@ class IdentityCheck:
                 rival = float((rivals @ descriptor).max()) if len(rivals) else -1.0
                 closest = likeness if closest is None else min(closest, likeness)
                 if likeness <= self.max_likeness and likeness - rival <= self.max_lead:
-                    passing.append((candidate.last_resort, likeness, len(drawn)))
+                    passing.append((likeness, len(drawn)))
                 drawn.append((surrogate, candidate))
             if passing:
-                _, likeness, best = min(passing)
+                likeness, best = min(passing)
                 surrogate, chosen = drawn[best]
                 surrogate.light = None  # lit afresh by the first frame it is drawn on
                 return Checked(surrogate, chosen, likeness)
