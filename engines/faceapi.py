@@ -61,6 +61,22 @@ class _Graph:
         self.count += 1
         return f"{base}_{self.count}"
 
+    def serialize(self, name: str, inputs: list[Any], outputs: list[Any]) -> bytes:
+        """The graph built so far as a checked ONNX model (opset 17), its bytes."""
+        from onnx import checker, helper
+
+        graph = helper.make_graph(
+            self.nodes,  # type: ignore[arg-type]
+            name,
+            inputs,
+            outputs,
+            initializer=self.initializers,  # type: ignore[arg-type]
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        checker.check_model(model, full_check=True)
+        return bytes(model.SerializeToString(deterministic=True))
+
     def const(self, value: NDArray[np.generic]) -> str:
         from onnx import numpy_helper
 
@@ -111,7 +127,7 @@ class _Graph:
 def convert(manifest: bytes, shard: bytes) -> bytes:
     """The ONNX model: input ``input`` ``(B, 150, 150, 3)`` float32, RGB 0-255 minus
     ``MEAN_RGB`` over 255; output ``descriptor`` ``(B, 128)`` (not normalised)."""
-    from onnx import TensorProto, checker, helper
+    from onnx import TensorProto, helper
 
     g = _Graph(read_weights(json.loads(manifest), [shard]))
     x = g.op("Transpose", ["input"], perm=[0, 3, 1, 2])
@@ -126,17 +142,11 @@ def convert(manifest: bytes, shard: bytes) -> bytes:
     x, size, channels = g.residual_down(x, "conv256_down_out", size, channels)
     pooled = g.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
     g.nodes.append(helper.make_node("MatMul", [pooled, g.const(g.weights["fc"])], ["descriptor"], name="fc"))
-    graph = helper.make_graph(
-        g.nodes,  # type: ignore[arg-type]
+    return g.serialize(
         "faceapi_recognition",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", SIZE, SIZE, 3])],
         [helper.make_tensor_value_info("descriptor", TensorProto.FLOAT, ["batch", 128])],
-        initializer=g.initializers,  # type: ignore[arg-type]
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model, full_check=True)
-    return bytes(model.SerializeToString(deterministic=True))
 
 
 class FaceApiRecognition:
@@ -222,7 +232,7 @@ def convert_ssd(manifest: bytes, shard: bytes) -> bytes:
     themselves, ``anchors`` ``(5118, 4)`` (cx, cy, w, h) as fractions of the input side;
     ``decode_boxes`` turns the first and last into boxes. Box decoding stays outside the
     graph so that every backend (the torch one has no Exp) runs the same graph."""
-    from onnx import TensorProto, checker, helper
+    from onnx import TensorProto, helper
 
     g = _SsdGraph(read_weights(json.loads(manifest), [shard]))
     x = g.op("Transpose", ["input"], perm=[0, 3, 1, 2])
@@ -256,8 +266,7 @@ def convert_ssd(manifest: bytes, shard: bytes) -> bytes:
     wh = np.stack([raw[:, 3] - raw[:, 1], raw[:, 2] - raw[:, 0]], axis=1)
     anchors = np.concatenate([raw[:, [1, 0]] + wh / 2, wh], axis=1).astype(np.float32)
     g.nodes.append(helper.make_node("Identity", [g.const(anchors)], ["anchors"], name="anchors"))
-    graph = helper.make_graph(
-        g.nodes,  # type: ignore[arg-type]
+    return g.serialize(
         "faceapi_ssd_mobilenetv1",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", SSD_SIZE, SSD_SIZE, 3])],
         [
@@ -265,12 +274,7 @@ def convert_ssd(manifest: bytes, shard: bytes) -> bytes:
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", expected]),
             helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [expected, 4]),
         ],
-        initializer=g.initializers,  # type: ignore[arg-type]
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model, full_check=True)
-    return bytes(model.SerializeToString(deterministic=True))
 
 
 @dataclass(frozen=True)
@@ -436,7 +440,7 @@ def convert_landmarks68(manifest: bytes, shard: bytes) -> bytes:
     """face-api's FaceLandmark68Net as ONNX: input ``input`` ``(B, 112, 112, 3)`` float32,
     (RGB 0-255 - ``MEAN_RGB``) / 255; output ``landmarks`` ``(B, 136)``: the 68 points of
     the iBUG 300-W layout as x0 y0 x1 y1 ..., fractions of the input side."""
-    from onnx import TensorProto, checker, helper
+    from onnx import TensorProto, helper
 
     g = _LandmarkGraph(read_weights(json.loads(manifest), [shard]))
     x = g.op("Transpose", ["input"], perm=[0, 3, 1, 2])
@@ -446,8 +450,7 @@ def convert_landmarks68(manifest: bytes, shard: bytes) -> bytes:
     pooled = g.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
     fc = [g.const(g.weights["fc/weights"]), g.const(g.weights["fc/bias"])]
     g.nodes.append(helper.make_node("Gemm", [pooled, *fc], ["landmarks"], name="fc"))
-    graph = helper.make_graph(
-        g.nodes,  # type: ignore[arg-type]
+    return g.serialize(
         "faceapi_landmarks68",
         [
             helper.make_tensor_value_info(
@@ -455,12 +458,7 @@ def convert_landmarks68(manifest: bytes, shard: bytes) -> bytes:
             )
         ],
         [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["batch", 136])],
-        initializer=g.initializers,  # type: ignore[arg-type]
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model, full_check=True)
-    return bytes(model.SerializeToString(deterministic=True))
 
 
 def landmark_crop(image: NDArray[np.uint8], box: NDArray[np.floating], enlarge: float = 1.0) -> Crop:
