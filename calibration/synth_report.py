@@ -59,8 +59,11 @@ def identities(media: Path) -> dict[str, list[Path]]:
     return dict(out)
 
 
-def _face(detector: Any, image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
-    (faces,) = detector.detect([image], min(1.0, 1280 / max(image.shape[:2])), 0.5)
+def largest_face(detector: Any, image: NDArray[np.uint8], threshold: float = 0.5,
+                 max_side: int = 1280) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:  # fmt: skip
+    """The box and five landmarks of the largest face CenterFace finds, detected on the image
+    scaled to at most ``max_side``; None when it finds none."""
+    (faces,) = detector.detect([image], min(1.0, max_side / max(image.shape[:2])), threshold)
     if len(faces.boxes) == 0:
         return None
     i = int(np.argmax((faces.boxes[:, 2] - faces.boxes[:, 0]) * (faces.boxes[:, 3] - faces.boxes[:, 1])))
@@ -153,7 +156,7 @@ def evaluate(  # noqa: C901 - one pass over the media, tallying every mode
                 padded[path] = found[0]
         first = next((p for p in people[name] if p in padded), None)
         if first is not None:
-            face = _face(detector, padded[first])
+            face = largest_face(detector, padded[first])
             if face is not None:
                 originals[name] = {a: describe(padded[first], face) for a, describe in attack.items()}
     names = [n for n in names if n in originals]
@@ -195,14 +198,14 @@ def evaluate(  # noqa: C901 - one pass over the media, tallying every mode
                 fallbacks += list(synth.counts.fallback)
                 photo.update(likeness=checked, fallback=list(synth.counts.fallback))
             sheet_rows.setdefault(path, {})[mode] = image
-            where = _face(detector, padded[path])
+            where = largest_face(detector, padded[path])
             if where is not None:
                 scores.append(quality(padded[path], image, where))
-            face = _face(detector, image)
+            face = largest_face(detector, image)
             detected += face is not None
             photo["found"] = face is not None
             # The attacker knows where the face was even when no detector finds it any more.
-            face = face or _face(detector, padded[path])
+            face = face or largest_face(detector, padded[path])
             if face is None:
                 continue
             truth = names.index(name)
@@ -238,7 +241,7 @@ def write_sheet(path: Path, rows: list[dict[str, NDArray[np.uint8]]], padded: An
     tiles = []
     for row in rows:
         original = row.get("original", next(iter(row.values())))
-        where = _face(detector, original)
+        where = largest_face(detector, original)
         if where is None:
             continue
         tiles.append(
@@ -281,7 +284,7 @@ def stability(clips: list[Path], gallery: str, workdir: Path) -> dict[str, Any]:
             for tid in record["track_ids"]:
                 if tid not in record["replaced"]:
                     continue
-                face = _face(detector, original)
+                face = largest_face(detector, original)
                 if face is None:
                     continue
                 per_track[tid].append(_descriptor(faceres, frame, face))

@@ -45,10 +45,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from calibration.command import command
+from calibration.synth_report import attackers, largest_face
 from engines.crops import crop_from_box
 from stream.algorithms.tracker import iou_matrix as iou
 from stream.config import build_config, parse_option
 
+Face = tuple[NDArray[np.float32], NDArray[np.float32]]  # box, five landmarks
 MEDIA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "media"
 MIN_HEIGHT = 24  # px: the faces counted
 SAME_PLACE = 0.5  # IoU of a face found in the output to the input's
@@ -335,11 +337,7 @@ def print_table(figures: dict[str, Any]) -> None:
 def _main_face(
     detector: Any, image: NDArray[np.uint8]
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
-    (found,) = detector.detect([image], 1.0, 0.3)
-    if len(found.boxes) == 0:
-        return None
-    i = int(np.argmax((found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])))
-    return found.boxes[i], found.landmarks[i]
+    return largest_face(detector, image, threshold=0.3, max_side=1 << 16)
 
 
 def reidentification(clips: list[Path], outputs: dict[str, dict[str, Path]], models: Models,
@@ -349,7 +347,6 @@ def reidentification(clips: list[Path], outputs: dict[str, dict[str, Path]], mod
     by faceres and by dlib's network (``calibration.synth_report.attackers``); chance is one
     in the number of clips. The attacker crops the face where CenterFace finds it in the
     output, or where it was in the input when it finds none (a blurred face)."""
-    from calibration.synth_report import attackers
 
     attack = attackers()
     enrolled: dict[str, dict[str, NDArray[np.float32]]] = {}

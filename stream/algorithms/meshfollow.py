@@ -19,21 +19,18 @@ from numpy.typing import NDArray
 from engines.crops import Crop, crop_from_box, eye_angle, face_crop
 from engines.facemodels import FaceMesh
 from stream.algorithms.facewarp import canonical, read_only
+from stream.algorithms.synthesis import LEFT_EYE, RIGHT_EYE
 
 FOLLOW_FRAMES = 2  # a mesh older than this is not followed
 FIND_CONFIDENCE, KEEP_CONFIDENCE = 0.25, 0.2  # the mesh model's face flag; the coverage check decides
 
 
-# Mesh points behind CenterFace's five landmarks: eye centres (mean of each eyelid contour),
-# nose tip, mouth corners.
-_EYES = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
-         (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466))  # fmt: skip
-
-
 @lru_cache(maxsize=1)
 def _canonical_five() -> NDArray[np.float32]:
+    """The canonical layout's points behind CenterFace's five landmarks: eye centres (means
+    of the eyelid contours), nose tip, mouth corners, each pair left to right."""
     points = canonical().points
-    eyes = sorted((points[list(e)].mean(axis=0) for e in _EYES), key=lambda p: float(p[0]))
+    eyes = sorted((points[list(e)].mean(axis=0) for e in (LEFT_EYE, RIGHT_EYE)), key=lambda p: float(p[0]))
     mouth = sorted((points[61], points[291]), key=lambda p: float(p[0]))
     return read_only(np.array([*eyes, points[1], *mouth], np.float32))
 

@@ -73,7 +73,8 @@ class AttributeStage:
             return
         heights = detections.xyxy[:, 3] - detections.xyxy[:, 1]
         for tid, det in zip(packet.tracks.track_id.tolist(), packet.tracks.detection.tolist(), strict=True):
-            if det >= 0 and heights[det] < self.config.min_face and tid not in self.states:
+            small = det >= 0 and heights[det] < self.config.min_face
+            if small and tid not in self.states and tid not in self.privacy.tracks:
                 self.privacy.select(tid, np.full(N_ATTR, np.nan, np.float32))
 
     KEEP_DESCRIPTORS = 128  # ended tracks whose identity descriptor is kept (synthesis reads them)
