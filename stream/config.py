@@ -474,8 +474,10 @@ class AttributesConfig:
 
     enabled: estimate attributes and run PPAS for every track (needed by face
     replacement; otherwise for the privacy report). every: frames between two
-    estimates of a track. A track freezes after ``min_estimates`` once every
-    estimated attribute is at least ``freeze_confidence`` (2|p - 0.5|) sure,
+    estimates of a track; refine_per_frame: at most this many tracks already
+    described are estimated again on one frame (new tracks always are; a crowd's
+    refinements are spread over frames). A track freezes after ``min_estimates``
+    once every estimated attribute is at least ``freeze_confidence`` (2|p - 0.5|) sure,
     or after ``max_estimates``. hysteresis: how far past 0.5 a fused
     probability must move to change a decision. forest: a trained
     random-forest model (calibration/attribute_forest.py), or "".
@@ -498,6 +500,7 @@ class AttributesConfig:
         ),
     )
     every: int = bounded(2, 1, 1000)
+    refine_per_frame: int = bounded(2, 0, 1000)
     min_face: int = bounded(24, 0, 4096)
     hysteresis: float = bounded(0.1, 0.0, 0.5)
     freeze_confidence: float = bounded(0.5, 0.0, 1.0)

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
@@ -165,3 +166,45 @@ def test_a_least_squares_recovery_from_the_gallery_gives_back_group_averages_nev
     for j in range(len(gallery.entries)):
         group = np.nonzero(membership[j])[0]
         assert np.allclose(recovered[group], stored[j], atol=1.0)  # each member: the average
+
+
+def test_a_mesh_placed_whole_is_mapped_as_the_rasterized_triangles_would_be() -> None:
+    """The landmark path's mesh (the mean layout under one affine map) takes a fast map that
+    draws what painting its 897 triangles draws; a mesh with a shape of its own does not."""
+    layout = facewarp.canonical().points
+    affine = np.array([[0.31, 0.05, 402.3], [-0.04, 0.33, 151.6]])
+    placed = np.concatenate([layout @ affine[:, :2].T + affine[:, 2], np.zeros((468, 1))], axis=1)
+    points = placed.astype(np.float32)
+    assert facewarp.placed_whole(points)
+    fast = facewarp.canonical_map(points, (720, 1280))
+    local = points[:, :2] - np.array(fast[2:] if fast else (0, 0), np.float32)
+    triangles = facewarp.rasterize(local, facewarp.canonical().triangles, *fast[1].shape) if fast else None
+    assert fast is not None and triangles is not None
+    coords, covered = fast[0], fast[1]
+    painted = triangles >= 0
+    assert (covered == painted).mean() > 0.97
+    ys, xs = np.nonzero(painted & covered)
+    back = np.stack([xs, ys], axis=1) + np.array(fast[2:])
+    expected = cv2.invertAffineTransform(affine)
+    assert np.allclose(coords[ys, xs], back @ expected[:, :2].T + expected[:, 2], atol=0.01)
+    bent = points.copy()
+    bent[13, 1] += 3.0  # a lip moved: a face of its own
+    assert not facewarp.placed_whole(bent)
+
+
+def test_a_crowd_new_tracks_are_described_at_once_refinements_are_capped() -> None:
+    from fractions import Fraction
+
+    from stream.algorithms.attributes import TrackAttributes, tracks_to_describe
+    from stream.frames import Detections, FramePacket, Tracks
+
+    n = 8
+    boxes = np.array([[10 + 40 * i, 10, 40 + 40 * i, 50] for i in range(n)], np.float32)
+    detections = Detections(boxes, np.full(n, 0.9, np.float32), np.zeros((n, 5, 2), np.float32))
+    tracks = Tracks(boxes, np.arange(n, dtype=np.int64), np.zeros(n, bool), np.arange(n, dtype=np.int64))
+    packet = FramePacket(0, np.zeros((64, 400, 3), np.uint8), 0, Fraction(1, 25),
+                         detections=detections, tracks=tracks)  # fmt: skip
+    states = {t: TrackAttributes(t, estimates=5 - t) for t in range(2, n)}  # 0 and 1 are new
+    due = tracks_to_describe(packet, 1, states, 0.0, refine=2)
+    assert [t for t, _ in due] == [0, 1, 7, 6]  # the new ones, then the least described
+    assert len(tracks_to_describe(packet, 1, states, 0.0)) == n

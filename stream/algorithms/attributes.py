@@ -325,12 +325,14 @@ class AttributeFusion:
 
 
 def tracks_to_describe(
-    packet: Any, every: int, states: dict[int, TrackAttributes], min_face: float = 0.0
-) -> list[tuple[int, int]]:
+    packet: Any, every: int, states: dict[int, TrackAttributes], min_face: float = 0.0,
+    refine: int | None = None,
+) -> list[tuple[int, int]]:  # fmt: skip
     """(track id, detection index) of the live tracks due an estimate on this frame, whose
     detected face is at least ``min_face`` px tall: a track not described yet on its first
-    such frame, the others every ``every`` frames."""
-    due = []
+    such frame, the others every ``every`` frames, at most ``refine`` of those (the least
+    described first; None: all), so a crowd's refinements never stall a frame."""
+    new, again = [], []
     heights = packet.detections.xyxy[:, 3] - packet.detections.xyxy[:, 1] if packet.detections else None
     for tid, det, coasting in zip(packet.tracks.track_id, packet.tracks.detection, packet.tracks.coasting,
                                   strict=True):  # fmt: skip
@@ -340,6 +342,9 @@ def tracks_to_describe(
         if heights is not None and heights[det] < min_face:
             continue
         # A new track at once (its surrogate is chosen from it); later ones spread over frames.
-        if state is None or packet.index % every == int(tid) % every:
-            due.append((int(tid), int(det)))
-    return due
+        if state is None:
+            new.append((int(tid), int(det)))
+        elif packet.index % every == int(tid) % every:
+            again.append((state.estimates, int(tid), int(det)))
+    again.sort()
+    return new + [(tid, det) for _, tid, det in again[:refine]]

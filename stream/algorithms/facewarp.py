@@ -155,6 +155,9 @@ def canonical_map(
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
     local = points[:, :2] - np.array([x1, y1], np.float32)
+    affine = _as_affine(local)
+    if affine is not None:  # the mean layout placed whole (the landmark path): no triangles to paint
+        return (*_affine_map(affine, y2 - y1, x2 - x1), x1, y1)
     depth = points[c.triangles, 2].mean(axis=1)
     tri_map = rasterize(local, c.triangles, y2 - y1, x2 - x1, order=np.argsort(-depth))
     covered = tri_map >= 0
@@ -168,6 +171,52 @@ def canonical_map(
     coords = np.full((*tri_map.shape, 2), -1, np.float32)
     coords[ys, xs] = np.einsum("nk,nkd->nd", pix, affine[tri_map[ys, xs]])
     return coords, np.asarray(covered), x1, y1
+
+
+AFFINE_TOLERANCE = 0.5  # px: a mesh this close to an affine image of the canonical layout is drawn as one
+
+
+@lru_cache(maxsize=1)
+def _canonical_solver() -> NDArray[np.float64]:
+    """The least-squares solver ``(3, 468)`` of ``[canonical points, 1] @ A = points``."""
+    c = canonical().points.astype(np.float64)
+    return read_only(np.linalg.pinv(np.concatenate([c, np.ones((len(c), 1))], axis=1)))
+
+
+def _as_affine(points: NDArray[np.float32]) -> NDArray[np.float64] | None:
+    """The affine map ``(2, 3)`` from the canonical frame that places its layout on ``points``
+    ``(468, 2)`` within ``AFFINE_TOLERANCE``, or None (a mesh with a shape of its own)."""
+    fit = _canonical_solver() @ points.astype(np.float64)  # (3, 2)
+    c = canonical().points
+    placed = c @ fit[:2] + fit[2]
+    if float(np.abs(placed - points).max()) > AFFINE_TOLERANCE or abs(np.linalg.det(fit[:2])) < 1e-6:
+        return None
+    return np.asarray(fit.T, np.float64)
+
+
+def placed_whole(points: NDArray[np.float32]) -> bool:
+    """Whether a mesh ``(468, 2+)`` is the canonical layout placed whole (an affine image of it,
+    as the landmark path draws): it carries no face shape of its own."""
+    return _as_affine(np.ascontiguousarray(points[:, :2])) is not None
+
+
+def _affine_map(affine: NDArray[np.float64], height: int, width: int
+                ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:  # fmt: skip
+    """``canonical_map``'s coordinates and coverage for a window ``(height, width)`` onto which
+    ``affine`` places the canonical frame: one inverse map and one warp of its mask."""
+    inverse = cv2.invertAffineTransform(affine)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    coords = np.stack(
+        [inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2],
+         inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]], axis=-1,
+    ).astype(np.float32)  # fmt: skip
+    # A pixel within half a pixel of the layout counts, as ``rasterize`` paints triangle edges.
+    reach = max(1, round(0.5 / np.sqrt(abs(np.linalg.det(affine[:, :2])))))
+    mask = cv2.dilate(canonical().mask.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)))  # fmt: skip
+    covered = cv2.warpAffine(mask, affine, (width, height), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+    coords[~covered] = -1
+    return coords, np.asarray(covered)
 
 
 def from_canonical(

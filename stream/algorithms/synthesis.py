@@ -25,7 +25,15 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.algorithms.facewarp import SIZE, Rendered, canonical, from_canonical, read_only, to_canonical
+from stream.algorithms.facewarp import (
+    SIZE,
+    Rendered,
+    canonical,
+    from_canonical,
+    placed_whole,
+    read_only,
+    to_canonical,
+)
 from stream.algorithms.privacy import INDEX
 from stream.io.files import check_npz
 
@@ -639,7 +647,9 @@ def draw_surrogate(
     mesh, the head around it softened. Returns what was drawn, or None."""
     strength = surrogate.strength
     texture = surrogate.relit(lab, lab_mask)
-    shape, layout = reshape(points, strength.reshape, surrogate.neutral)
+    # A mesh placed whole on the landmarks holds the mean layout: nothing of the person to move.
+    whole = placed_whole(points)
+    shape, layout = (points, None) if whole else reshape(points, strength.reshape, surrogate.neutral)
     if layout is not None:  # the person's usual layout: a slow average over the frames drawn
         last = surrogate.neutral
         surrogate.neutral = layout if last is None else last + NEUTRAL_RATE * (layout - last)

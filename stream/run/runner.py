@@ -241,7 +241,11 @@ class Runner:
         self._error_lock = threading.Lock()
         self._q_in = FrameQueue(config.live_queue_size if source.live else config.queue_size, self._abort)
         self._q_out = FrameQueue(config.queue_size, self._abort)
-        self._reorder = Reorder(config.queue_size + 2 * self.workers, self._abort)
+        # A live input's frames wait only before detection, where they are dropped when the
+        # machine falls behind: detected frames queued behind a slower stage would each add
+        # that stage's time to the latency, never to be dropped.
+        waiting = self.workers if source.live else config.queue_size + 2 * self.workers
+        self._reorder = Reorder(waiting, self._abort)
         # Leading stages that declare themselves independent per frame run on
         # several workers; the rest (tracking onwards) run in input order.
         split = 0

@@ -43,7 +43,9 @@ class AttributeStage:
 
     def process(self, packet: FramePacket) -> FramePacket:
         self._retire(set(packet.tracks.track_id.tolist()))
-        due = tracks_to_describe(packet, self.config.every, self.states, self.config.min_face)
+        due = tracks_to_describe(
+            packet, self.config.every, self.states, self.config.min_face, self.config.refine_per_frame
+        )
         if due and packet.detections is not None:
             faces = [
                 FaceInput(packet.image, packet.detections.xyxy[d], packet.detections.landmarks[d])
