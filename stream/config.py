@@ -729,6 +729,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "detect": {"min_face": 80},
         "attributes": {"every": 6, "min_estimates": 2, "max_estimates": 3},
         "source": {"live": True},
+        # x264's fastest preset: at 720p "veryfast" takes 18 ms a frame of two cores' 66.
+        "sink": {"preset": "ultrafast"},
     },
 }
 

@@ -208,3 +208,19 @@ def test_a_crowd_new_tracks_are_described_at_once_refinements_are_capped() -> No
     due = tracks_to_describe(packet, 1, states, 0.0, refine=2)
     assert [t for t, _ in due] == [0, 1, 7, 6]  # the new ones, then the least described
     assert len(tracks_to_describe(packet, 1, states, 0.0)) == n
+
+
+def test_a_large_face_mapped_at_half_resolution_matches_the_full_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = facewarp.canonical().points
+    bent = layout * [1.8, 2.0] + [300, 90] + 6 * np.sin(layout[:, ::-1] / 40)  # a shape of its own
+    points = np.concatenate([bent, np.zeros((468, 1))], axis=1).astype(np.float32)
+    assert not facewarp.placed_whole(points)
+    coarse = facewarp.canonical_map(points, (720, 1280))
+    assert coarse is not None and coarse[1].shape[0] > facewarp.COARSE_FACE  # the coarse path ran
+    monkeypatch.setattr(facewarp, "COARSE_FACE", 10**6)
+    fine = facewarp.canonical_map(points, (720, 1280))
+    assert coarse is not None and fine is not None and coarse[2:] == fine[2:]
+    assert (coarse[1] == fine[1]).mean() > 0.99
+    both = coarse[1] & fine[1]
+    error = np.abs(coarse[0][both] - fine[0][both]).max(axis=1)
+    assert np.percentile(error, 99) < 0.25 and np.median(error) < 0.01

@@ -158,19 +158,35 @@ def canonical_map(
     affine = _as_affine(local)
     if affine is not None:  # the mean layout placed whole (the landmark path): no triangles to paint
         return (*_affine_map(affine, y2 - y1, x2 - x1), x1, y1)
+    height, width = y2 - y1, x2 - x1
+    # A large face is mapped on every second pixel and the map scaled up: the map is piecewise
+    # affine, so what is interpolated is (all but exactly) what would be computed.
+    step = 2 if height > COARSE_FACE else 1
     depth = points[c.triangles, 2].mean(axis=1)
-    tri_map = rasterize(local, c.triangles, y2 - y1, x2 - x1, order=np.argsort(-depth))
+    at = (local - (step - 1) / 2) / step  # sample (i, j) lies at pixel (step i + 0.5, ...) when coarse
+    tri_map = rasterize(at, c.triangles, -(-height // step), -(-width // step), order=np.argsort(-depth))
     covered = tri_map >= 0
+    if step > 1:  # the scaled-up map reads one sample past the edge: extend the edge triangles
+        grown = cv2.dilate(tri_map.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+        tri_map = np.where(covered, tri_map, grown)
     # Per-triangle affine from the face's pixels to canonical pixels.
     src_h = np.concatenate([local[c.triangles], np.ones((len(c.triangles), 3, 1), np.float32)], axis=2)
     det_ok = np.abs(np.linalg.det(src_h)) > 1e-6
     affine = np.zeros((len(c.triangles), 3, 2), np.float32)
     affine[det_ok] = np.linalg.solve(src_h[det_ok], c.points[c.triangles][det_ok])
-    ys, xs = np.nonzero(covered)
-    pix = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float32)
+    ys, xs = np.nonzero(tri_map >= 0)
+    pix = np.stack([step * xs + (step - 1) / 2, step * ys + (step - 1) / 2, np.ones_like(xs)], axis=1)
     coords = np.full((*tri_map.shape, 2), -1, np.float32)
-    coords[ys, xs] = np.einsum("nk,nkd->nd", pix, affine[tri_map[ys, xs]])
-    return coords, np.asarray(covered), x1, y1
+    coords[ys, xs] = np.einsum("nk,nkd->nd", pix.astype(np.float32), affine[tri_map[ys, xs]])
+    if step > 1:
+        coords = cv2.resize(coords, None, fx=step, fy=step, interpolation=cv2.INTER_LINEAR)[:height, :width]
+        covered = cv2.resize(covered.astype(np.uint8), None, fx=step, fy=step,
+                             interpolation=cv2.INTER_NEAREST)[:height, :width] > 0  # fmt: skip
+        coords[~covered] = -1
+    return np.ascontiguousarray(coords), np.asarray(covered), x1, y1
+
+
+COARSE_FACE = 160  # px: taller mesh windows are mapped at half resolution and scaled up
 
 
 AFFINE_TOLERANCE = 0.5  # px: a mesh this close to an affine image of the canonical layout is drawn as one
