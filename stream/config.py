@@ -731,6 +731,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "source": {"live": True},
         # x264's fastest preset: at 720p "veryfast" takes 18 ms a frame of two cores' 66.
         "sink": {"preset": "ultrafast"},
+        # One detection worker and one frame waiting: a backlog (the first frames, while the
+        # surrogate is chosen) is dropped rather than drained over seconds.
+        "runner": {"workers": 1, "live_queue_size": 1},
     },
 }
 
