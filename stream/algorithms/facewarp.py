@@ -163,7 +163,8 @@ def canonical_map(
     # affine, so what is interpolated is (all but exactly) what would be computed.
     step = 2 if height > COARSE_FACE else 1
     depth = points[c.triangles, 2].mean(axis=1)
-    at = (local - (step - 1) / 2) / step  # sample (i, j) lies at pixel (step i + 0.5, ...) when coarse
+    # Coarse sample (i, j) lies at pixel (2i + 0.5, 2j + 0.5), where the scaling up reads it.
+    at = ((local - (step - 1) / 2) / step).astype(np.float32)
     tri_map = rasterize(at, c.triangles, -(-height // step), -(-width // step), order=np.argsort(-depth))
     covered = tri_map >= 0
     if step > 1:  # the scaled-up map reads one sample past the edge: extend the edge triangles
