@@ -177,9 +177,9 @@ def test_a_mesh_placed_whole_is_mapped_as_the_rasterized_triangles_would_be() ->
     points = placed.astype(np.float32)
     assert facewarp.placed_whole(points)
     fast = facewarp.canonical_map(points, (720, 1280))
-    local = points[:, :2] - np.array(fast[2:] if fast else (0, 0), np.float32)
-    triangles = facewarp.rasterize(local, facewarp.canonical().triangles, *fast[1].shape) if fast else None
-    assert fast is not None and triangles is not None
+    assert fast is not None
+    local = points[:, :2] - np.array(fast[2:], np.float32)
+    triangles = facewarp.rasterize(local, facewarp.canonical().triangles, *fast[1].shape)
     coords, covered = fast[0], fast[1]
     painted = triangles >= 0
     assert (covered == painted).mean() > 0.97

@@ -217,6 +217,15 @@ def placed_whole(points: NDArray[np.float32]) -> bool:
     return _as_affine(np.ascontiguousarray(points[:, :2])) is not None
 
 
+@lru_cache(maxsize=16)
+def _grown_mask(reach: int) -> NDArray[np.uint8]:
+    """The canonical mask grown by ``reach`` canonical pixels: where a face drawn at a scale
+    of ``0.5 / reach`` has its pixels within half a pixel of the layout, as ``rasterize``
+    paints triangle edges."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+    return read_only(np.asarray(cv2.dilate(canonical().mask.astype(np.uint8), kernel), np.uint8))
+
+
 def _affine_map(affine: NDArray[np.float64], height: int, width: int
                 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:  # fmt: skip
     """``canonical_map``'s coordinates and coverage for a window ``(height, width)`` onto which
@@ -227,11 +236,8 @@ def _affine_map(affine: NDArray[np.float64], height: int, width: int
         [inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2],
          inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]], axis=-1,
     ).astype(np.float32)  # fmt: skip
-    # A pixel within half a pixel of the layout counts, as ``rasterize`` paints triangle edges.
     reach = max(1, round(0.5 / np.sqrt(abs(np.linalg.det(affine[:, :2])))))
-    mask = cv2.dilate(canonical().mask.astype(np.uint8), cv2.getStructuringElement(
-        cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)))  # fmt: skip
-    covered = cv2.warpAffine(mask, affine, (width, height), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+    covered = cv2.warpAffine(_grown_mask(reach), affine, (width, height), flags=cv2.INTER_NEAREST) > 0
     coords[~covered] = -1
     return coords, np.asarray(covered)
 
