@@ -203,6 +203,12 @@ def anonymize_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="anonymize the built-in demo clip")
     p.add_argument("--report", type=Path, help="write a JSON run report here")
     p.add_argument("--regions", type=Path, help="write per-frame obscured boxes here (JSON lines)")
+    p.add_argument(
+        "--review",
+        type=Path,
+        metavar="DIR",
+        help="write a review page here (index.html): timeline, checks, tracks, privacy",
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the metrics endpoint binds (127.0.0.1; 0.0.0.0: all)")  # fmt: skip
@@ -215,7 +221,7 @@ def cmd_anonymize(argv: list[str]) -> int:
     p = anonymize_parser()
     args = p.parse_args(argv)
 
-    from stream.run.job import RegionLog, run_job
+    from stream.run.job import RegionLog, Review, run_job
 
     if args.streams or len(args.input) > 1:
         return _anonymize_streams(p, args)
@@ -240,6 +246,9 @@ def cmd_anonymize(argv: list[str]) -> int:
         p.error("an output is required: -o OUTPUT")
     config = config_from_args(args)
     # Line-buffered: a run that is killed keeps its record of every frame it wrote.
+    for path in (args.regions, args.report):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     regions_file = open(args.regions, "w", buffering=1) if args.regions else None
     try:
         result = run_job(
@@ -248,12 +257,15 @@ def cmd_anonymize(argv: list[str]) -> int:
             regions=RegionLog(regions_file) if regions_file else None,
             report=args.report,
             on_start=(lambda runner: collector.add("main", runner)) if collector else None,
+            review=Review.for_config(args.review, config) if args.review else None,
         )  # fmt: skip
     finally:
         if regions_file:
             regions_file.close()
     if not args.quiet:
         _print_summary(result.summary())
+        if result.review:
+            _print_review(result.review, result.stats.elapsed_s)
     if result.damage:
         print(f"error: {result.damage}; the output holds every frame that could be read", file=sys.stderr)
         return 4
@@ -279,8 +291,8 @@ def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
     from stream.io.redact import scrub
     from stream.run.multi import StreamSpec, read_streams, run_streams
 
-    if args.demo or args.regions:
-        p.error("--demo and --regions take a single input")
+    if args.demo or args.regions or args.review:
+        p.error("--demo, --regions and --review take a single input")
     if args.streams:
         if args.input or args.output:
             p.error("give the streams either in --streams FILE or as INPUT... -o OUTPUT..., not both")
@@ -327,6 +339,34 @@ def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         args.report.write_text(scrub(json.dumps({"streams": summaries}, indent=2, default=str)) + "\n")
     failed = [o for o in outcomes if o.error is not None]
     return max((o.error.exit_code for o in failed), default=0)  # type: ignore[union-attr]
+
+
+def _print_review(review: dict[str, Any], run_s: float) -> None:
+    print(f"review page: {review['page']} (written in {review['seconds']:.1f} s, pictures gathered in "
+          f"{review['recorder_seconds']:.1f} s of the {run_s:.1f} s run)")  # fmt: skip
+
+
+def cmd_review(argv: list[str]) -> int:
+    """The review page of a finished run, from its report, its regions file and its output."""
+    p = _Parser(
+        prog="run_stream.py review",
+        description="Write the review page of a finished run (one run with --report and --regions).",
+    )
+    p.add_argument("report", type=Path, help="the run's JSON report (--report)")
+    p.add_argument("-o", "--outdir", type=Path, required=True, help="folder for the page (index.html)")
+    p.add_argument("--regions", type=Path, help="the run's regions file (default: the report's)")
+    p.add_argument(
+        "--review-originals",
+        action="store_true",
+        help="show the original faces too, cut from the input (say who may see it)",
+    )
+    args = p.parse_args(argv)
+
+    from stream.review.page import review_finished
+
+    page = review_finished(args.report, args.outdir, args.regions, args.review_originals)
+    print(f"review page: {page.path} (written in {page.seconds:.1f} s)")
+    return 0
 
 
 def cmd_export_triton(argv: list[str]) -> int:
@@ -550,7 +590,13 @@ def cmd_batch(argv: list[str]) -> int:
     return 0 if result.failed == 0 else 4
 
 
-COMMANDS = {"models": cmd_models, "leak": cmd_leak, "privacy": cmd_privacy, "batch": cmd_batch}
+COMMANDS = {
+    "models": cmd_models,
+    "leak": cmd_leak,
+    "privacy": cmd_privacy,
+    "batch": cmd_batch,
+    "review": cmd_review,
+}
 
 
 def _stop_on_signals() -> None:

@@ -585,6 +585,42 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """The review page (``--review DIR``).
+
+    originals: the page also shows the original face beside each thumbnail (for
+    reviewers allowed to see them; it says so in large type); the default page holds
+    no raw face. every_min: a live run's page is rewritten this often while it runs
+    (and once at the end). low_confidence: detections scored under it are frames to
+    check. near_min_face: faces under this multiple of ``detect.min_face`` tall are
+    frames to check. checks: frames to check kept with thumbnails (the highest ranked);
+    filmstrip: thumbnails of each track's anonymized face over its life.
+    """
+
+    originals: bool = flagged(
+        False,
+        flag(
+            "--review-originals",
+            group=IO,
+            help="the review page shows original faces too (say who may see it)",
+        ),
+    )
+    every_min: float = bounded(
+        5.0,
+        0.05,
+        1440.0,
+        flag("--review-every", group=IO, help="a live run's review page is rewritten every N min"),
+    )
+    low_confidence: float = bounded(0.3, 0.0, 1.0)
+    near_min_face: float = bounded(1.5, 1.0, 10.0)
+    checks: int = bounded(60, 1, 10_000)
+    filmstrip: int = bounded(8, 1, 64)
+
+    def validate(self) -> None:
+        check_ranges(self, "review")
+
+
+@dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
@@ -596,6 +632,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

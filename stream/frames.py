@@ -105,7 +105,9 @@ class FramePacket:
     ``attributes`` maps track id to its ``TrackAttributes`` (Stage I), when enabled;
     ``replaced`` holds the tracks whose face a surrogate replaced (Stage III),
     which the obscuring stage then leaves alone; ``drawn`` how each was drawn
-    (``facewarp.Rendered``: Stage IV draws its perturbation through the same map).
+    (``facewarp.Rendered``: Stage IV draws its perturbation through the same map);
+    ``fallback`` why a track's face was left to the obscuring stage instead (the
+    reason's name), for the review page. ``cut``: the frame opens a new scene.
     ``anonymized`` turns True only when the last stage has obscured every
     face, or the fail policy masked the whole frame; sinks refuse anything
     else, so a raw frame cannot be written.
@@ -126,6 +128,8 @@ class FramePacket:
     attributes: dict[int, Any] = field(default_factory=dict)
     replaced: set[int] = field(default_factory=set)
     drawn: dict[int, Any] = field(default_factory=dict)
+    fallback: dict[int, str] = field(default_factory=dict)
+    cut: bool = False
     anonymized: bool = False
     masked_whole: bool = False
     failure: str | None = None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,7 +36,9 @@ from stream.frames import FramePacket
 from stream.io.publisher import RtspSink
 from stream.io.redact import display_url, scrub
 from stream.io.sinks import open_sink
-from stream.io.sources import open_source
+from stream.io.sources import SourceStats, open_source
+from stream.review.page import write_page
+from stream.review.record import ReviewRecorder, frame_record
 from stream.run.runner import Runner, RunStats
 from stream.stages import (
     AttributeStage,
@@ -45,6 +49,8 @@ from stream.stages import (
     SynthStage,
     TrackStage,
 )
+
+log = logging.getLogger(__name__)
 
 
 def load_detector(config: Config) -> CenterFace:
@@ -282,6 +288,8 @@ class JobResult:
     synthesis: dict[str, Any] | None = None
     reconnects: int = 0
     publish: dict[str, Any] | None = None
+    regions: str | None = None  # the regions file, where one was written
+    review: dict[str, Any] | None = None  # the review page, where one was written
 
     def summary(self) -> dict[str, Any]:
         s = self.stats
@@ -316,27 +324,62 @@ class JobResult:
 
 
 class RegionLog:
-    """Per-frame record of what was obscured, for leak measurement (written by the runner's callback)."""
+    """Per-frame record of what was obscured, for leak measurement and the review page
+    (written by the runner's callback; ``record.frame_record`` says what a line holds)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.frames: list[dict[str, Any]] = []
         self._stream = stream
+        self.path = getattr(stream, "name", None) if stream is not None else None
+        self.stats: RunStats | None = None
+        self.source: SourceStats | None = None
+
+    def attach(self, stats: RunStats, source: SourceStats | None) -> None:
+        self.stats, self.source = stats, source
 
     def __call__(self, packet: FramePacket) -> None:
-        record = {
-            "index": packet.index,
-            "pts": packet.pts,
-            "masked_whole": packet.masked_whole,
-            "boxes": np.round(packet.tracks.xyxy, 1).tolist(),
-            "untracked": np.round(packet.untracked, 1).tolist(),  # obscured, but no track
-            "track_ids": packet.tracks.track_id.tolist(),
-            "coasting": packet.tracks.coasting.tolist(),
-            "replaced": sorted(packet.replaced),
-        }
+        record = frame_record(packet, self.stats, self.source)
         if self._stream is not None:
             self._stream.write(json.dumps(record) + "\n")
         else:
             self.frames.append(record)
+
+
+@dataclass
+class Review:
+    """``--review DIR``: the recorder on the runner's callback, and where its page goes."""
+
+    directory: Path
+    recorder: ReviewRecorder
+
+    @classmethod
+    def for_config(cls, directory: Path, config: Config) -> Review:
+        return cls(directory, ReviewRecorder(config.review, config.detect.min_face))
+
+    def write(self, document: dict[str, Any], final: bool = True) -> dict[str, Any]:
+        """The page for ``document`` (the run report); what the report says of it."""
+        page = write_page(self.directory, document, self.recorder, final)
+        return {"page": str(page.path), "seconds": round(page.seconds, 2),
+                "recorder_seconds": round(self.recorder.seconds, 2)}  # fmt: skip
+
+
+def _attach(stats: RunStats, source: SourceStats, *recorders: RegionLog | ReviewRecorder | None) -> None:
+    for recorder in recorders:
+        if recorder is not None:
+            recorder.attach(stats, source)
+
+
+def _callbacks(*callbacks: Callable[[FramePacket], None] | None) -> Callable[[FramePacket], None] | None:
+    """The runner's one frame callback, calling each given one in turn."""
+    chosen = [c for c in callbacks if c is not None]
+    if len(chosen) <= 1:
+        return chosen[0] if chosen else None
+
+    def each(packet: FramePacket) -> None:
+        for callback in chosen:
+            callback(packet)
+
+    return each
 
 
 def run_job(
@@ -349,6 +392,7 @@ def run_job(
     stages: list[Stage] | None = None,
     report: Path | None = None,
     on_start: Callable[[Runner], None] | None = None,
+    review: Review | None = None,
 ) -> JobResult:
     """Anonymize ``input_spec`` into ``output``. Raises AnonError subclasses on failure.
 
@@ -357,7 +401,9 @@ def run_job(
 
     ``report``: where to write the JSON run report, also when the run fails
     or is interrupted part-way. ``stages`` replaces the default stage list
-    (tests inject faults this way).
+    (tests inject faults this way). ``review``: the review page, written at the end
+    (also of a failed or interrupted run) and, for a live input, every
+    ``review.every_min`` minutes while it runs.
     """
     if config.source.realtime is None and output.lower().startswith(("rtsp://", "rtsps://")):
         # Published, a file plays at its own rate: read faster, the server would drop frames.
@@ -376,7 +422,11 @@ def run_job(
         if isinstance(exc, AnonError):
             _report_setup_failure(report, input_spec, output, config, exc)
         raise
-    runner = Runner(source, stages, sink, Obscurer(config.obscure), config.runner, on_frame=regions)
+    recorder = review.recorder if review is not None else None
+    runner = Runner(
+        source, stages, sink, Obscurer(config.obscure), config.runner, on_frame=_callbacks(regions, recorder)
+    )
+    _attach(runner.stats, source.stats, regions, recorder)
     if on_start is not None:
         on_start(runner)
     total = source.info.frames
@@ -385,16 +435,8 @@ def run_job(
         if progress is not None:
             progress(stats, total, source.live)
 
-    error: AnonError | None = None
-    try:
-        runner.run(on_progress)
-        if runner.stats.frames_out == 0:
-            raise SourceError(f"input {input_spec}: no video frame could be decoded")
-    except AnonError as exc:
-        error = exc
-        raise
-    finally:
-        result = JobResult(
+    def result_now(privacy: dict[str, Any] | None) -> JobResult:
+        return JobResult(
             input=display_url(input_spec),
             output=sink.description,
             stats=runner.stats,
@@ -405,12 +447,60 @@ def run_job(
             damage=source.damage(),
             reconnects=source.stats.reconnects,
             publish=asdict(sink.stats) if isinstance(sink, RtspSink) else None,
-            privacy=privacy_report(stages, config) if error is None else None,
+            privacy=privacy,
             synthesis=synthesis_report(stages),
+            regions=regions.path if regions is not None else None,
         )
+
+    rewriting = _LivePage.start(review, lambda: report_document(result_now(None), config), source.live)
+    error: AnonError | None = None
+    try:
+        runner.run(on_progress)
+        if runner.stats.frames_out == 0:
+            raise SourceError(f"input {input_spec}: no video frame could be decoded")
+    except AnonError as exc:
+        error = exc
+        raise
+    finally:
+        if rewriting is not None:
+            rewriting.stop()
+        result = result_now(privacy_report(stages, config) if error is None else None)
+        if review is not None:
+            result.review = review.write(report_document(result, config, error))
         if report is not None:
             write_report(report, result, config, error)
     return result
+
+
+class _LivePage:
+    """A live run's review page, rewritten every ``every_s`` seconds on a thread of its own
+    (a page takes a second or more: never on the writer's thread), until ``stop``."""
+
+    @classmethod
+    def start(
+        cls, review: Review | None, document: Callable[[], dict[str, Any]], live: bool
+    ) -> _LivePage | None:
+        """Rewriting for a live run with a review page; None otherwise."""
+        if review is None or not live:
+            return None
+        return cls(review, document, 60 * review.recorder.config.every_min)
+
+    def __init__(self, review: Review, document: Callable[[], dict[str, Any]], every_s: float) -> None:
+        self._review, self._document, self._every_s = review, document, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="review-page", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                self._review.write(self._document(), final=False)
+            except Exception as exc:  # the stream goes on; the final page is written at the end
+                log.warning("review page: rewriting failed (%s: %s)", type(exc).__name__, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _report_setup_failure(
@@ -424,8 +514,9 @@ def _report_setup_failure(
         write_report(report, result, config, error)
 
 
-def write_report(path: Path, result: JobResult, config: Config, error: AnonError | None = None) -> None:
-    """The JSON run report: config, input, counters, timing, input damage and any error."""
+def report_document(result: JobResult, config: Config, error: AnonError | None = None) -> dict[str, Any]:
+    """The run report: config, input, counters, timing, input damage and any error,
+    scrubbed as a whole (a password may hide in any field, an error text included)."""
     document = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
@@ -433,7 +524,14 @@ def write_report(path: Path, result: JobResult, config: Config, error: AnonError
         "input_info": result.info,
         "config": asdict(config),
         "privacy": result.privacy,
+        "regions": result.regions,
+        "review": result.review,
         "error": str(error) if error else None,
     }
-    # Scrubbed as a whole: a password may hide in any field, an error text included.
-    path.write_text(scrub(json.dumps(document, indent=2, default=str)) + "\n")
+    scrubbed: dict[str, Any] = json.loads(scrub(json.dumps(document, default=str)))
+    return scrubbed
+
+
+def write_report(path: Path, result: JobResult, config: Config, error: AnonError | None = None) -> None:
+    """The JSON run report (``report_document``)."""
+    path.write_text(json.dumps(report_document(result, config, error), indent=2) + "\n")

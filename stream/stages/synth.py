@@ -268,19 +268,19 @@ class SynthStage:
             inner = face_of(tracks.xyxy[row], self.track.margin, self.track.min_margin_px)
             height = inner[3] - inner[1]
             if height < self.SMALL * self.config.min_face:
-                self.counts.fell_back(Fallback.TOO_SMALL)
+                self._fall(packet, tid, Fallback.TOO_SMALL)
                 continue
             chosen = self._surrogate(tid, packet.index, det)
             surrogate = None if isinstance(chosen, Fallback) else chosen
             if isinstance(chosen, Fallback):
-                self.counts.fell_back(chosen)
+                self._fall(packet, tid, chosen)
                 if not (det >= 0 and self.pool.wants(tid) and height >= self.MESH_FACE):
                     continue  # nothing to draw, nothing to learn
             # Small faces are drawn on their five landmarks: no mesh run (crowds hold hundreds).
             crop = self._crop(packet, row, tid, det) if height >= self.MESH_FACE else None
             if crop is None and det < 0 and not self._carries_five(tid, packet.index):
                 if surrogate is not None:
-                    self.counts.fell_back(Fallback.COASTING)
+                    self._fall(packet, tid, Fallback.COASTING)
                 continue
             jobs.append(_Job(row, tid, det, surrogate, crop))
         return jobs
@@ -347,7 +347,7 @@ class SynthStage:
         if surrogate is None:
             return None
         if not big:
-            self.counts.fell_back(Fallback.TOO_SMALL)
+            self._fall(packet, tid, Fallback.TOO_SMALL)
             return None
         # The mesh must cover the face: against a fresh detection the box it was found
         # for; a followed face (no detection) the tracked box without its margin, so a
@@ -355,7 +355,7 @@ class SynthStage:
         box = detections.xyxy[det] if det >= 0 and detections is not None else None
         row_box = tracks.xyxy[job.row]
         if covered_share(points, self._face_box(packet, job)) < cfg.min_cover:
-            self.counts.fell_back(Fallback.NOT_COVERED)
+            self._fall(packet, tid, Fallback.NOT_COVERED)
             return None
         lab, lab_mask = sample_lab(packet.image, points)
         if isinstance(surrogate, list):
@@ -364,7 +364,7 @@ class SynthStage:
             face = (box, detections.landmarks[det], steady, row_box)
             checked = self._check(packet.image, tid, packet.index, surrogate, face, lab, lab_mask)
             if checked is None:
-                self.counts.fell_back(Fallback.RECOGNISABLE)
+                self._fall(packet, tid, Fallback.RECOGNISABLE)
                 return None
             surrogate = checked
         return _Draw(job.row, surrogate, steady, lab, lab_mask)
@@ -396,7 +396,7 @@ class SynthStage:
                 points = self._from_landmarks(packet, job)
                 if points is None:
                     if job.surrogate is not None:
-                        self.counts.fell_back(Fallback.MESH_NOT_FOUND)
+                        self._fall(packet, job.track_id, Fallback.MESH_NOT_FOUND)
                     continue
                 steady = followed.smoother(packet.index, points)
             ready = self._ready(
@@ -416,12 +416,18 @@ class SynthStage:
                 self.config.own_eyes,
             )
             if drawn is None:
-                self.counts.fell_back(Fallback.NOT_COVERED)
+                self._fall(packet, tid, Fallback.NOT_COVERED)
                 continue
             packet.replaced.add(tid)
             packet.drawn[tid] = drawn
             self.counts.replaced += 1
         return packet
+
+    def _fall(self, packet: FramePacket, track_id: int, reason: Fallback) -> None:
+        """Leaves the track's face in this frame to the obscuring stage: counted, and
+        named on the packet (the review page shows each track's fallbacks)."""
+        self.counts.fell_back(reason)
+        packet.fallback[track_id] = reason.value
 
     def reset(self) -> None:
         self.pool.reset()

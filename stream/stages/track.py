@@ -33,15 +33,12 @@ class TrackStage:
         thumb, self.previous = self.previous, packet.thumbnail
         # The first frame seen counts as a cut too: a live input may have
         # dropped frame 0, and the tracker has nothing yet to carry.
-        if (
-            self.detect is not None
-            and not packet.full_detection
-            and (
-                thumb is None
-                or packet.thumbnail is None
-                or float(np.abs(packet.thumbnail - thumb).mean()) > SCENE_CUT
-            )
-        ):
+        packet.cut = (
+            thumb is None
+            or packet.thumbnail is None
+            or float(np.abs(packet.thumbnail - thumb).mean()) > SCENE_CUT
+        )
+        if self.detect is not None and not packet.full_detection and packet.cut:
             packet = self.detect.detect(packet, full=True)
             self.cuts_redetected += 1
         packet.tracks = self.tracker.update(packet.detections, precise=packet.full_detection)
