@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The README's pictures, from the public-domain demo input only.
 
-    .venv/bin/python docs/make_pictures.py      # writes docs/modes.png
+    .venv/bin/python docs/make_pictures.py      # writes docs/modes.png and docs/review.png
 
 Runs the pipeline on the built-in demo clip (``skimage.data.astronaut()``,
-public domain) in each mode and puts one frame of each beside the input.
+public domain) in each mode and puts one frame of each beside the input; the
+synth run's review page (``--review``) is photographed in Debian's Chromium.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from stream.config import build_config  # noqa: E402
 from stream.io.demo import write_demo_clip  # noqa: E402
-from stream.run.job import run_job  # noqa: E402
+from stream.run.job import Review, run_job  # noqa: E402
 
 MODES = ["synth", "blur", "pixelate", "mask"]
 FRAME = 40  # the face still, in the middle of the clip
@@ -50,14 +51,39 @@ def panel(image: np.ndarray, label: str) -> np.ndarray:
     return out
 
 
+def review_picture(page: Path, target: Path) -> None:
+    """The review page as a reviewer first sees it, and its timeline and track card below."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])  # fmt: skip
+        page_view = browser.new_page(viewport={"width": 1300, "height": 900})
+        page_view.goto(page.as_uri())
+        page_view.wait_for_selector("body[data-ready='1']")
+        shot = Path(str(target) + ".full.png")
+        page_view.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    full = Image.open(shot).convert("RGB")
+    shot.unlink()
+    full.crop((0, 0, full.width, min(full.height, 2600))).quantize(256, dither=Image.Dither.NONE).save(
+        target, optimize=True
+    )
+    print(f"{target}: {full.width}x{min(full.height, 2600)}, {target.stat().st_size // 1024} KB")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_demo_clip(Path(tmp) / "astronaut.mp4")
         panels = [panel(frame_of(clip, FRAME), "input")]
         for mode in MODES:
             out = Path(tmp) / f"{mode}.mp4"
-            run_job(str(clip), str(out), build_config(None, {"obscure": {"mode": mode}}))
+            config = build_config(None, {"obscure": {"mode": mode}})
+            review = Review.for_config(Path(tmp) / "review", config) if mode == "synth" else None
+            run_job(str(clip), str(out), config, review=review)
             panels.append(panel(frame_of(out, FRAME), mode))
+        review_picture(Path(tmp) / "review" / "index.html", ROOT / "docs" / "review.png")
     picture = np.hstack(panels)
     target = ROOT / "docs" / "modes.png"
     from PIL import Image

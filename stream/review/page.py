@@ -31,6 +31,7 @@ from stream.review import plots
 from stream.review.record import ReviewRecorder, cut_box, jpeg, track_state
 
 MAX_ROWS = 250  # tracks drawn as timeline bars (the longest); every track still has its card
+MAX_FILMSTRIPS = 400  # track cards with pictures
 PACKAGES = (
     "anonymousnet",
     "numpy",
@@ -230,9 +231,18 @@ def _context(document: dict[str, Any], recorder: ReviewRecorder, final: bool) ->
     synthesis = summary.get("synthesis") or {}
     privacy = document.get("privacy") or {}
     released = {t["track"]: t for t in privacy.get("tracks", [])}
+    # Pictures for the tracks a reviewer most needs (fallbacks first, then the longest);
+    # the others' cards keep their words, so a crowd's page stays a page.
+    ranked = sorted(tracks.values(), key=lambda t: (-sum(t.fallbacks.values()), -t.frames))
+    pictured = {t.track for t in ranked[:MAX_FILMSTRIPS]}
     cards = [
         _card(
-            t, strips.get(t.track), released.get(t.track), synthesis, cut_originals, recorder.config.filmstrip
+            t,
+            strips.get(t.track) if t.track in pictured else None,
+            released.get(t.track),
+            synthesis,
+            cut_originals,
+            recorder.config.filmstrip,
         )
         for t in sorted(tracks.values(), key=lambda t: t.track)
     ]
@@ -371,6 +381,7 @@ def _card(
         "positives": positives,
         "class_size": (released or {}).get("class_size"),
         "estimates": (released or {}).get("estimates"),
+        "pictured": strip is not None,
         "shots": [
             {
                 "index": index,
@@ -412,10 +423,8 @@ def _privacy(privacy: dict[str, Any], final: bool) -> dict[str, Any] | None:
     )
     targets = None
     if figures:
-        names_k = ["k", "l", "t"]
-        achieved = [figures.get("k") or 0, figures.get("l") or 0, figures.get("t") or 0]
-        wanted = [policy.get("k") or 0, policy.get("l") or 0, policy.get("t") or 0]
-        targets = plots.bars(names_k, {"this run": achieved, "policy": wanted}, "value")
+        achieved = {n: float(figures.get(n) or 0) for n in ("k", "l", "t")}
+        targets = plots.targets(achieved, {n: float(policy.get(n) or 0) for n in ("k", "l", "t")})
     changes = (figures or {}).get("changes") or {}
     return {
         "policy": policy,

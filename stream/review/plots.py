@@ -201,6 +201,18 @@ def bars(
     return svg(figure)
 
 
+def targets(achieved: Mapping[str, float], wanted: Mapping[str, float]) -> str:
+    """Each privacy figure beside its policy value, one panel a figure (their scales differ)."""
+    figure = _figure(4.5, 2.6)
+    panels = figure.subplots(1, len(achieved))
+    for ax, name in zip(np.atleast_1d(panels), achieved, strict=True):
+        ax.bar([0, 1], [achieved[name], wanted.get(name, 0.0)], color=["#3478f6", "#aaaaaa"])
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels(["run", "policy"])
+        ax.set_title(name + (" (lower: closer)" if name == "t" else ""), fontsize=9)
+    return svg(figure)
+
+
 def histogram(
     values: Sequence[int], xlabel: str, ylabel: str, line: float | None = None, line_label: str = ""
 ) -> str:

@@ -93,8 +93,7 @@ def cut_box(
     step = max(1, (y2 - y1) // (2 * height))  # most of a large shrink by striding, the rest smoothed
     crop = image[y1:y2:step, x1:x2:step]
     width = max(2, round(crop.shape[1] * height / crop.shape[0]))
-    interpolation = cv2.INTER_AREA if crop.shape[0] > height else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(crop, (width, height), interpolation=interpolation))
+    return np.ascontiguousarray(cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
 # The colour of each kind of region on a marked thumbnail (RGB) and on the page.
@@ -112,7 +111,7 @@ def marked(image: NDArray[np.uint8], width: int, regions: list[tuple[list[float]
     scale = width / image.shape[1]
     step = max(1, image.shape[1] // (2 * width))
     small = cv2.resize(
-        image[::step, ::step], (width, max(2, round(image.shape[0] * scale))), interpolation=cv2.INTER_AREA
+        image[::step, ::step], (width, max(2, round(image.shape[0] * scale))), interpolation=cv2.INTER_LINEAR
     )
     for box, kind in regions:
         x1, y1, x2, y2 = (round(v * scale) for v in box)
@@ -292,7 +291,15 @@ class ReviewRecorder:
         gone = set(self._last) - set(record["track_ids"])
         for tid in gone:
             del self._last[tid]
+            self._ended(tid, index)
         return reasons
+
+    SHORT = 25  # frames: a track that ended younger keeps one shot (crowds start thousands)
+
+    def _ended(self, track_id: int, index: int) -> None:
+        strip = self.strips.get(track_id)
+        if strip is not None and index - strip.first < self.SHORT and len(strip.shots) > 1:
+            strip.shots = [strip.shots[len(strip.shots) // 2]]
 
     def _check(
         self,
