@@ -43,19 +43,31 @@ def main() -> None:
     detector = load_detector(config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        run_job(str(args.clip), str(folder / "warm.mp4"), config, detector=detector)  # first runs of the models
+        run_job(
+            str(args.clip), str(folder / "warm.mp4"), config, detector=detector
+        )  # first runs of the models
         plain = run_job(str(args.clip), str(folder / "plain.mp4"), config, detector=detector)
         regions = RegionLog()
         review = Review.for_config(folder / "review", config)
-        reviewed = run_job(str(args.clip), str(folder / "reviewed.mp4"), config, detector=detector,
-                           regions=regions, review=review)  # fmt: skip
+        reviewed = run_job(
+            str(args.clip),
+            str(folder / "reviewed.mp4"),
+            config,
+            detector=detector,
+            regions=regions,
+            review=review,
+        )
         page = reviewed.review or {}
         print(f"clip {args.clip.name}, {args.mode} mode, {plain.stats.frames_out} frames")
         print(f"  without a review page: {plain.stats.fps:6.1f} frames/s")
-        print(f"  with a review page:    {reviewed.stats.fps:6.1f} frames/s  "
-              f"(ratio {reviewed.stats.fps / plain.stats.fps:.2f})")  # fmt: skip
-        print(f"  pictures gathered in {page.get('recorder_seconds')} s of the {reviewed.stats.elapsed_s:.1f} s "
-              f"run; page written in {page.get('seconds')} s")  # fmt: skip
+        print(
+            f"  with a review page:    {reviewed.stats.fps:6.1f} frames/s  "
+            f"(ratio {reviewed.stats.fps / plain.stats.fps:.2f})"
+        )
+        print(
+            f"  pictures gathered in {page.get('recorder_seconds')} s of the {reviewed.stats.elapsed_s:.1f} s "
+            f"run; page written in {page.get('seconds')} s"
+        )
 
         source = open_source(str(folder / "reviewed.mp4"), SourceConfig(realtime=False))
         frames = [packet.image for packet in source.packets() if hasattr(packet, "image")]

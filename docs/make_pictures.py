@@ -57,8 +57,8 @@ def review_picture(page: Path, target: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])  # fmt: skip
+        flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=flags)
         page_view = browser.new_page(viewport={"width": 1300, "height": 900})
         page_view.goto(page.as_uri())
         page_view.wait_for_selector("body[data-ready='1']")
