@@ -385,3 +385,32 @@ def test_a_file_published_to_rtsp_is_paced_at_its_own_rate(tmp_path: Path, media
     assert summary["live"] and elapsed >= 100 / 30 - 0.5  # the clip's 4 s, not faster
     # Most frames reach the server (a loaded 2-core machine still drops some at the start).
     assert summary["publish"]["frames_published"] >= 60, summary["publish"]
+
+
+def test_a_live_run_rewrites_its_review_page_while_it_runs(tmp_path: Path, rtsp_server: Any) -> None:
+    from stream.config import build_config
+    from stream.run.job import Review, run_job
+
+    config = build_config(None, {"obscure": {"mode": "blur"}, "runner": {"max_frames": 270},
+                                 "review": {"every_min": 0.05}})  # fmt: skip
+    page = tmp_path / "review" / "index.html"
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:  # what a reviewer opening the page mid-run would see
+        while not done.wait(0.2):
+            if page.exists() and not seen:
+                seen.append(page.read_text())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = run_job(f"{rtsp_server}/live", str(tmp_path / "live.mkv"), config,
+                         review=Review.for_config(tmp_path / "review", config))  # fmt: skip
+    finally:
+        done.set()
+        watcher.join()
+    assert result.live and result.review is not None
+    assert seen and "The run is still going" in seen[0]
+    final = page.read_text()
+    assert "The run is still going" not in final and "frames in / out" in final

@@ -271,6 +271,7 @@ def _context(document: dict[str, Any], recorder: ReviewRecorder, final: bool) ->
     viewer = [
         {"index": records[p]["index"], "time": records[p]["time"], "src": data_uri(image)}
         for p, image in list(recorder.frames)
+        if p < len(records)  # a live run goes on writing while its page is made
     ]
     script = {
         "timeline": {
@@ -298,7 +299,7 @@ def _context(document: dict[str, Any], recorder: ReviewRecorder, final: bool) ->
         "viewer": viewer,
         "cards": cards,
         "checks": check_cards,
-        "check_counts": sorted(recorder.check_counts.items(), key=lambda kv: -kv[1]),
+        "check_counts": sorted(dict(recorder.check_counts).items(), key=lambda kv: -kv[1]),
         "checks_kept": recorder.config.checks,
         "privacy": _privacy(privacy, final),
         "show_originals": show_originals,

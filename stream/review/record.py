@@ -324,4 +324,4 @@ class ReviewRecorder:
 
     def ranked(self) -> list[Check]:
         """The frames to check with thumbnails, the highest ranked first."""
-        return sorted(self.checks, reverse=True)
+        return sorted(list(self.checks), reverse=True)  # a copy first: the writer may be adding
