@@ -200,6 +200,12 @@ def anonymize_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--streams", type=Path, help="TOML file of [[stream]] tables (name, input, output, report)"
     )
+    p.add_argument(
+        "--processes",
+        default="auto",
+        metavar="N|auto",
+        help="worker processes for several streams (auto: one per core, at most one per stream)",
+    )
     p.add_argument("--demo", action="store_true", help="anonymize the built-in demo clip")
     p.add_argument("--report", type=Path, help="write a JSON run report here")
     p.add_argument("--regions", type=Path, help="write per-frame obscured boxes here (JSON lines)")
@@ -289,7 +295,7 @@ def _metrics(port: int | None, host: str) -> Any:
 def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Several inputs at once in one process, models shared (``stream.run.multi``)."""
     from stream.io.redact import scrub
-    from stream.run.multi import StreamSpec, read_streams, run_streams
+    from stream.run.multi import StreamSpec, read_streams
 
     if args.demo or args.regions or args.review:
         p.error("--demo, --regions and --review take a single input")
@@ -319,26 +325,53 @@ def _anonymize_streams(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
             print(f"{name}: {s.frames_out} frames, {s.fps:.1f}/s, {s.frames_dropped} dropped, "
                   f"{s.faces} faces, p50 {p50} ms", file=sys.stderr)  # fmt: skip
 
-    outcomes = run_streams(
-        specs, config,
-        on_start=(lambda name, runner: collector.add(name, runner)) if collector else None,
-        progress=status,
-    )  # fmt: skip
+    processes = _processes(p, args.processes, len(specs))
+    on_start = (lambda name, runner: collector.add(name, runner)) if collector else None
+    results = _stream_results(specs, config, processes, on_start, status)
     summaries = {}
-    for outcome in outcomes:
-        name = outcome.spec.name
-        summary = outcome.result.summary() if outcome.result else None
-        summaries[name] = {"summary": summary, "error": str(outcome.error) if outcome.error else None}
+    for name, summary, error, _ in results:
+        summaries[name] = {"summary": summary, "error": error}
         if not args.quiet:
             print(f"--- {name}", file=sys.stderr)
             if summary:
                 _print_summary(summary)
-            if outcome.error:
-                print(scrub(f"error: {outcome.error}"), file=sys.stderr)
+            if error:
+                print(scrub(f"error: {error}"), file=sys.stderr)
     if args.report:
-        args.report.write_text(scrub(json.dumps({"streams": summaries}, indent=2, default=str)) + "\n")
-    failed = [o for o in outcomes if o.error is not None]
-    return max((o.error.exit_code for o in failed), default=0)  # type: ignore[union-attr]
+        args.report.write_text(
+            scrub(json.dumps({"processes": processes, "streams": summaries}, indent=2, default=str)) + "\n"
+        )
+    return max((code for *_, code in results), default=0)
+
+
+def _stream_results(specs: Any, config: Any, processes: int, on_start: Any, status: Any) -> list[Any]:
+    """Each stream's (name, summary, error, exit code): in this process, or over workers."""
+    from stream.run.multi import run_streams
+
+    if processes > 1:
+        from stream.run.processes import run_in_processes
+
+        reports = run_in_processes(specs, config, processes, on_start=on_start, progress=status)
+        return [(r.name, r.summary, r.error, r.exit_code) for r in reports]
+    results = []
+    for outcome in run_streams(specs, config, on_start=on_start, progress=status):
+        error = outcome.error
+        summary = outcome.result.summary() if outcome.result else None
+        results.append(
+            (outcome.spec.name, summary, str(error) if error else None, error.exit_code if error else 0)
+        )
+    return results
+
+
+def _processes(p: argparse.ArgumentParser, value: str, streams: int) -> int:
+    """``--processes``: a count, or ``auto`` (one per core, at most one per stream)."""
+    from stream.run.processes import auto_processes
+
+    if value == "auto":
+        return auto_processes(streams)
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        p.error(f"--processes {value}: expected auto or a count from 1 to 256")
+    return min(int(value), streams)
 
 
 def _print_review(review: dict[str, Any], run_s: float) -> None:

@@ -19,6 +19,7 @@ from conftest import HAMILTON, ROOT, audio_packets, digest, free_port, video_pts
 
 from stream.config import ConfigError, SourceConfig, build_config
 from stream.frames import FramePacket
+from stream.run.multi import StreamSpec
 
 
 def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(detector: Any) -> None:
@@ -68,7 +69,7 @@ def test_two_files_in_one_process_keep_every_frame_and_their_audio(tmp_path: Pat
     report = tmp_path / "r.json"
     done = subprocess.run(
         [sys.executable, "run_stream.py", str(HAMILTON), str(HAMILTON), "-o", str(outs[0]), "-o", str(outs[1]),
-         "--report", str(report), "-q"],
+         "--report", str(report), "-q", "--processes", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -214,32 +215,97 @@ def test_a_stream_failing_with_a_bug_makes_the_run_fail(
     monkeypatch.setattr(stream.run.job, "run_job", run_job)
     good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
     code = run_stream.main([str(demo_clip), str(demo_clip), "-o", str(good), "-o", str(bad), "-q",
-                            "--mode", "blur", "--max-frames", "20"])  # fmt: skip
+                            "--processes", "1", "--mode", "blur", "--max-frames", "20"])  # fmt: skip
     assert code == 70
     assert len(video_pts(good)) == 20 and not bad.exists()
 
 
-@pytest.mark.parametrize("sig, code", [(2, 130), (15, 143)])
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _running(pid: int) -> bool:
+    """Whether a process is still there and not a zombie (which only waits to be reaped)."""
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "sig, code, processes", [(2, 130, "1"), (15, 143, "1"), (15, 143, "2"), (2, 130, "2")]
+)
 def test_stopping_many_streams_finalizes_each_and_exits_with_the_signal(
-    tmp_path: Path, sig: Any, code: Any
+    tmp_path: Path, sig: Any, code: Any, processes: str
 ) -> None:
+    """A stop of the parent finalizes every output, in one process or over workers,
+    and leaves no worker behind."""
     from conftest import noise_frames, write_clip
 
     clip = write_clip(tmp_path / "cam.mp4", noise_frames(300, 160, 96))
     outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     run = subprocess.Popen(
         [sys.executable, "run_stream.py", str(clip), str(clip), "-o", str(outs[0]), "-o", str(outs[1]),
-         "--realtime", "--mode", "blur", "-q"],
+         "--realtime", "--mode", "blur", "-q", "--processes", processes],
         cwd=ROOT, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
+    workers: set[int] = set()
     while time.monotonic() < deadline and not all(o.exists() and o.stat().st_size > 5000 for o in outs):
+        workers |= _children(run.pid)
         time.sleep(0.1)
+    assert len(workers) >= (2 if processes == "2" else 0)
     run.send_signal(sig)
-    _, stderr = run.communicate(timeout=60)
+    _, stderr = run.communicate(timeout=90)
     assert run.returncode == code, stderr
     assert "Traceback" not in stderr
     assert all(0 < len(video_pts(o)) < 300 for o in outs)
+    assert not [pid for pid in workers if _running(pid)], "a worker outlived its parent"
+
+
+def test_streams_over_processes_one_failing_source_ends_only_its_stream(
+    tmp_path: Path, demo_clip: Path
+) -> None:
+    outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    streams = tmp_path / "streams.toml"
+    streams.write_text(
+        f'[[stream]]\nname = "one"\ninput = "{demo_clip}"\noutput = "{outs[0]}"\n'
+        f'[[stream]]\nname = "gone"\ninput = "{tmp_path / "missing.mp4"}"\noutput = "null"\n'
+        f'[[stream]]\nname = "two"\ninput = "{demo_clip}"\noutput = "{outs[1]}"\n'
+    )
+    report = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "run_stream.py", "--streams", str(streams), "--processes", "2", "--mode", "blur",
+         "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    document = json.loads(report.read_text())
+    entries = document["streams"]
+    assert document["processes"] == 2
+    for name, out in (("one", outs[0]), ("two", outs[1])):
+        assert entries[name]["error"] is None and entries[name]["summary"]["frames_out"] == 100
+        assert len(video_pts(out)) == 100 and len(audio_packets(out)[0]) > 100
+    assert "missing.mp4: no such file" in entries["gone"]["error"]
+
+
+def test_a_dead_worker_ends_only_its_own_streams() -> None:
+    from stream.run.processes import StreamReport, _lost, share, worker_config
+
+    specs = [StreamSpec(f"s{i}", "in", "out") for i in range(5)]
+    groups = share(specs, 2)
+    assert [[s.name for s in g] for g in groups] == [["s0", "s2", "s4"], ["s1", "s3"]]
+    reports = {s.name: StreamReport(s.name) for s in specs}
+    reports["s1"].done = True
+    _lost(reports, groups[1], -9)
+    assert reports["s3"].exit_code == 70 and "signal 9" in (reports["s3"].error or "")
+    assert reports["s1"].error is None and reports["s0"].error is None
+    assert worker_config(build_config(), 2, cores=16).runner.workers == 4
+    assert worker_config(build_config(), 2, cores=2).runner.workers == 1
+    assert worker_config(build_config(None, {"runner": {"workers": 3}}), 2, cores=2).runner.workers == 3
 
 
 def test_the_metrics_endpoint_listens_on_loopback_unless_told() -> None:

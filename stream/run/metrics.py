@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from stream.io.redact import display_url
 from stream.io.sinks import Publishing
@@ -17,14 +17,24 @@ from stream.run.runner import LATENCY_BUCKETS, Runner
 from stream.stages import SynthStage, TrackStage
 
 
+class Observed(Protocol):
+    """What the collector reads of a stream: a ``Runner``, or a worker process's stream
+    as its parent sees it (``processes.RemoteRunner``)."""
+
+    stats: Any
+    source: Any
+    sink: Any
+    stages: Any
+
+
 class StreamsCollector:
     """A Prometheus collector over the runners of named streams (added as they start)."""
 
     def __init__(self) -> None:
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, Observed | Runner] = {}
         self._lock = threading.Lock()
 
-    def add(self, name: str, runner: Runner) -> None:
+    def add(self, name: str, runner: Observed | Runner) -> None:
         with self._lock:
             self._runners[display_url(name)] = runner  # a label is public: no secret in it
 
