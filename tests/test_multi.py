@@ -149,11 +149,14 @@ def test_loop_keeps_time_stamps_and_audio_going_up(media: Any) -> None:
 
 
 def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path: Path, media: Any) -> None:
-    """Four paced copies of a 30 fps clip on this machine's cores: it cannot keep
-    up, so frames are dropped; the output is still complete in its own right."""
+    """A 30 fps clip read at its own pace: where the machine falls behind, frames are
+    dropped at capture, so latency stays bounded; the output is still complete in its own
+    right. Blur mode: the runner's drop policy is under test here. (Synth mode live on
+    this clip falls far behind on 2 cores: docs/live.md.)"""
     from stream.run.job import run_job
 
-    config = build_config(None, {"source": {"realtime": True}, "runner": {"max_frames": 120}})
+    config = build_config(None, {"source": {"realtime": True}, "runner": {"max_frames": 120},
+                                 "obscure": {"mode": "blur"}})  # fmt: skip
     out = tmp_path / "live.mp4"
     result = run_job(str(HAMILTON), str(out), config)
     s = result.stats

@@ -44,7 +44,9 @@ def frame_record(
     tracks, detections = packet.tracks, packet.detections
     now = time.monotonic()
     scores = [
-        round(float(detections.confidence[d]), 3) if d >= 0 and detections is not None else None
+        round(float(detections.confidence[d]), 3)
+        if detections is not None and 0 <= d < len(detections)
+        else None
         for d in tracks.detection.tolist()
     ]
     return {
