@@ -20,5 +20,10 @@ clip=${LIVE_CLIP:-../shared/media/face_recognition/examples/short_hamilton_clip.
 if [ -f "$clip" ] && "$py" -c "import av" 2>/dev/null; then
   "$py" bench/bench_live.py --backend torch-cuda --clip "$clip" --streams 1 4 8 > "$out/live.txt" 2>&1 || status=1
 fi
-tail -n 3 "$out/gpu-tests.log"; cat "$out/latency.txt"; cat "$out/live.txt" 2>/dev/null
+# The stream count (issue 19): 1080p cameras held in blur and synth modes, one process and over processes.
+if [ -f "$clip" ] && "$py" -c "import av" 2>/dev/null; then
+  "$py" bench/bench_streams.py --backend torch-cuda --clips 1080p --modes blur synth --max ${STREAMS_MAX:-24} \
+    --seconds ${STREAMS_SECONDS:-10} > "$out/streams.txt" 2>&1 || status=1
+fi
+tail -n 3 "$out/gpu-tests.log"; cat "$out/latency.txt"; cat "$out/live.txt" 2>/dev/null; cat "$out/streams.txt" 2>/dev/null
 exit $status

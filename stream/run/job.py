@@ -37,7 +37,6 @@ from stream.io.publisher import RtspSink
 from stream.io.redact import display_url, scrub
 from stream.io.sinks import open_sink
 from stream.io.sources import SourceStats, open_source
-from stream.review.page import write_page
 from stream.review.record import ReviewRecorder, frame_record
 from stream.run.runner import Runner, RunStats
 from stream.stages import (
@@ -358,6 +357,8 @@ class Review:
 
     def write(self, document: dict[str, Any], final: bool = True) -> dict[str, Any]:
         """The page for ``document`` (the run report); what the report says of it."""
+        from stream.review.page import write_page  # Jinja2 and Matplotlib: only for a page
+
         page = write_page(self.directory, document, self.recorder, final)
         return {"page": str(page.path), "seconds": round(page.seconds, 2),
                 "recorder_seconds": round(self.recorder.seconds, 2)}  # fmt: skip
