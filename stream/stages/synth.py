@@ -107,7 +107,7 @@ class SynthStage:
 
     name = "synth"
     parallel = False
-    RETRY_FRAMES = 25  # a track with no surrogate yet asks again after this many frames processed
+    RETRY_FRAMES = 25  # a track with no surrogate yet asks again after this many frames
     CANDIDATES = 3  # surrogates checked per track, best attribute match first
     SMALL = 0.75  # tracks whose face box is under this share of ``synth.min_face`` are not drawn
     MESH_FACE = 32  # px: smaller face boxes are drawn on their five landmarks, no mesh run
@@ -132,9 +132,6 @@ class SynthStage:
         # Surrogates chosen for these tracks before a segment border (``stream.run.segments``).
         self.pinned: dict[int, Pick] = {}
         self.counts = SynthCounts()
-        # Frames this stage has processed: retries are counted in them, not in the source's
-        # frames, so a live input that drops most frames does not retry on every one it keeps.
-        self.seen = 0
 
     def _record(self, track_id: int) -> TrackSynthesis:
         return self.tracks.setdefault(track_id, TrackSynthesis())
@@ -273,7 +270,7 @@ class SynthStage:
             if height < self.SMALL * self.config.min_face:
                 self._fall(packet, tid, Fallback.TOO_SMALL)
                 continue
-            chosen = self._surrogate(tid, self.seen, det)
+            chosen = self._surrogate(tid, packet.index, det)
             surrogate = None if isinstance(chosen, Fallback) else chosen
             if isinstance(chosen, Fallback):
                 self._fall(packet, tid, chosen)
@@ -365,7 +362,7 @@ class SynthStage:
             if box is None or detections is None:  # candidates come with a detection
                 raise InternalError(f"track {tid}: candidates without a detection")
             face = (box, detections.landmarks[det], steady, row_box)
-            checked = self._check(packet.image, tid, self.seen, surrogate, face, lab, lab_mask)
+            checked = self._check(packet.image, tid, packet.index, surrogate, face, lab, lab_mask)
             if checked is None:
                 self._fall(packet, tid, Fallback.RECOGNISABLE)
                 return None
@@ -374,7 +371,6 @@ class SynthStage:
 
     def process(self, packet: FramePacket) -> FramePacket:
         tracks = packet.tracks
-        self.seen += 1
         self.pool.seen_together(tracks.track_id[tracks.detection >= 0].tolist())
         self._forget(set(tracks.track_id.tolist()))
         jobs = self._jobs(packet)
@@ -438,9 +434,6 @@ class SynthStage:
         self.tracks.clear()
         self.ended.clear()
         self.counts = SynthCounts()
-        # Frames this stage has processed: retries are counted in them, not in the source's
-        # frames, so a live input that drops most frames does not retry on every one it keeps.
-        self.seen = 0
 
 
 @dataclass(frozen=True)
