@@ -8,9 +8,10 @@ of frames dropped and p95 latency under 200 ms, in one process against worker pr
 A camera is a clip read at its own pace and looped (hamilton, 640x360 at 29.97 fps;
 the facenet street clip, 1920x1080 at 25 fps), each written to its own H.264 file.
 For each mode, clip and layout, N grows from 1 until a run fails the targets (or
-reaches --max); every run is printed with the per-stream frames per second, the
-share dropped, p95 latency, and the machine's CPU (from /proc/stat) and GPU
-(nvidia-smi, where there is one) utilisation over the run. All in one run, so the
+reaches --max; with --all every N up to --max runs, so the rows past the first
+failure show how far each layout falls short); every run is printed with the
+per-stream frames per second, the share dropped, p95 latency, and the machine's
+CPU (from /proc/stat) and GPU (nvidia-smi, where there is one) utilisation over the run. All in one run, so the
 one-process line is the baseline of the processes line.
 """
 
@@ -72,22 +73,29 @@ class GpuSampler:
 
 
 def trial(
-    n: int, mode: str, clip: Path, layout: str, seconds: float, backend: str, folder: Path
+    n: int,
+    mode: str,
+    clip: Path,
+    layout: str,
+    seconds: float,
+    backend: str,
+    folder: Path,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     from stream.config import build_config
     from stream.run.multi import StreamSpec, run_streams
     from stream.run.processes import auto_processes, run_in_processes
 
     rate = 30
-    config = build_config(
-        None,
-        {
-            "source": {"realtime": True, "loop": True},
-            "obscure": {"mode": mode},
-            "detect": {"backend": backend},
-            "runner": {"max_frames": round(seconds * rate)},
-        },
-    )
+    tree: dict[str, dict[str, Any]] = {
+        "source": {"realtime": True, "loop": True},
+        "obscure": {"mode": mode},
+        "detect": {"backend": backend},
+        "runner": {"max_frames": round(seconds * rate)},
+    }
+    for section, values in (overrides or {}).items():
+        tree.setdefault(section, {}).update(values)
+    config = build_config(None, tree)
     specs = [StreamSpec(f"s{i}", str(clip), str(folder / f"{layout}_{n}_{i}.mp4")) for i in range(n)]
     busy0, total0 = _cpu_ticks()
     gpu = GpuSampler()
@@ -126,7 +134,16 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--max", type=int, default=16, help="largest N tried")
     p.add_argument("--backend", default="cpu")
+    p.add_argument(
+        "--all", action="store_true", help="run every N up to --max, not only until one fails the targets"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=INT", help="a config value")
     args = p.parse_args()
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        overrides.setdefault(section, {})[name] = int(value)
     print(
         f"{os.cpu_count()} cores; {args.backend}; {args.seconds:g} s per run; held: drops <= 1%, p95 < 200 ms"
     )
@@ -141,7 +158,9 @@ def main() -> int:
                 for layout in args.layouts:
                     held = 0
                     for n in range(1, args.max + 1):
-                        row = trial(n, mode, CLIPS[clip], layout, args.seconds, args.backend, Path(tmp))
+                        row = trial(
+                            n, mode, CLIPS[clip], layout, args.seconds, args.backend, Path(tmp), overrides
+                        )
                         gpu = f"{row['gpu']:.0f}%" if row["gpu"] is not None else "-"
                         print(
                             f"{mode:>5} {clip:>5} {layout:>9} {n:>3} {row['processes']:>5} {row['fps']:>7.1f} "
@@ -151,9 +170,10 @@ def main() -> int:
                         )
                         for path in Path(tmp).glob("*.mp4"):
                             path.unlink()
-                        if not row["held"]:
+                        if row["held"] and held == n - 1:
+                            held = n
+                        elif not args.all:
                             break
-                        held = n
                     results[(mode, clip, layout)] = held
         print("largest N held:")
         for (mode, clip, layout), held in results.items():
