@@ -11,8 +11,9 @@ For each mode, clip and layout, N grows from 1 until a run fails the targets (or
 reaches --max; with --all every N up to --max runs, so the rows past the first
 failure show how far each layout falls short); every run is printed with the
 per-stream frames per second, the share dropped, p95 latency, and the machine's
-CPU (from /proc/stat) and GPU (nvidia-smi, where there is one) utilisation over the run. All in one run, so the
-one-process line is the baseline of the processes line.
+CPU (from /proc/stat) and GPU (nvidia-smi, where there is one) utilisation over
+the run. All in one run, so the one-process line is the baseline of the processes
+line.
 """
 
 from __future__ import annotations
@@ -137,13 +138,13 @@ def main() -> int:
     p.add_argument(
         "--all", action="store_true", help="run every N up to --max, not only until one fails the targets"
     )
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=INT", help="a config value")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="a setting")
     args = p.parse_args()
+    from stream.config import parse_option
+
     overrides: dict[str, dict[str, Any]] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        overrides.setdefault(section, {})[name] = int(value)
+    for section, name, value in map(parse_option, args.set):
+        overrides.setdefault(section, {})[name] = value
     print(
         f"{os.cpu_count()} cores; {args.backend}; {args.seconds:g} s per run; held: drops <= 1%, p95 < 200 ms"
     )
