@@ -116,12 +116,27 @@ def _make_torch_cuda(model: Path, options: BackendOptions) -> Backend:
     return TorchCudaBackend(model)
 
 
+def _torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _make_torch_cpu(model: Path, options: BackendOptions) -> Backend:
+    from .torch_backend import TorchCudaBackend
+
+    return TorchCudaBackend(model, device="cpu", fp16=False)
+
+
 # name -> (is it available here, how to make it); best first for "auto".
 _BACKENDS: dict[str, tuple[Callable[[], bool], BackendFactory]] = {
     "tensorrt": (_tensorrt_available, _make_tensorrt),
     "cuda": (lambda: _ort_has("CUDAExecutionProvider"), _make_ort("CUDAExecutionProvider")),
     "torch-cuda": (_torch_cuda_available, _make_torch_cuda),
     "cpu": (lambda: _ort_has("CPUExecutionProvider"), _make_ort("CPUExecutionProvider")),
+    # The torch-cuda code (and the device frame path) in FP32 on the CPU: slower than "cpu",
+    # there to check that path on a machine without a GPU; last, so "auto" never picks it.
+    "torch-cpu": (_torch_available, _make_torch_cpu),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -125,23 +126,94 @@ def decode(
     """Faces of batch item ``index`` in model-input pixels (before un-scaling)."""
     heatmap, size, offset, landmarks = outputs
     ys, xs = np.nonzero(heatmap[index, 0] > threshold)
+    return _faces(
+        ys,
+        xs,
+        heatmap[index, 0, ys, xs],
+        size[index][:, ys, xs].T,
+        offset[index][:, ys, xs].T,
+        landmarks[index][:, ys, xs].T,
+        nms_iou,
+    )
+
+
+def _faces(
+    ys: NDArray[np.intp],
+    xs: NDArray[np.intp],
+    scores: NDArray[np.float32],
+    size: NDArray[np.float32],
+    offset: NDArray[np.float32],
+    landmarks: NDArray[np.float32],
+    nms_iou: float,
+) -> FaceArrays:
+    """Faces from the heatmap cells over the threshold at ``(ys, xs)``, with each cell's
+    score, log size ``(K, 2)``, offset ``(K, 2)`` and landmarks ``(K, 10)``."""
     if ys.size == 0:
         return FaceArrays(
             np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
         )
-    scores = heatmap[index, 0, ys, xs]
-    bh = np.exp(size[index, 0, ys, xs]) * STRIDE
-    bw = np.exp(size[index, 1, ys, xs]) * STRIDE
-    cy = (ys + offset[index, 0, ys, xs] + 0.5) * STRIDE
-    cx = (xs + offset[index, 1, ys, xs] + 0.5) * STRIDE
+    bh = np.exp(size[:, 0]) * STRIDE
+    bw = np.exp(size[:, 1]) * STRIDE
+    cy = (ys + offset[:, 0] + 0.5) * STRIDE
+    cx = (xs + offset[:, 1] + 0.5) * STRIDE
     x1, y1 = cx - bw / 2, cy - bh / 2
     boxes = np.stack([x1, y1, x1 + bw, y1 + bh], axis=1).astype(np.float32)
-    lm = landmarks[index][:, ys, xs].T.reshape(-1, 5, 2)  # (N, 5, [y, x])
+    lm = landmarks.reshape(-1, 5, 2)  # (N, 5, [y, x])
     points = np.stack(
         [lm[:, :, 1] * bw[:, None] + x1[:, None], lm[:, :, 0] * bh[:, None] + y1[:, None]], axis=2
     )
     keep = nms(boxes, scores, nms_iou)
     return FaceArrays(boxes[keep], scores[keep].astype(np.float32), points[keep].astype(np.float32))
+
+
+def preprocess_tensor(images: Sequence[Any], scale: float) -> Any:
+    """``preprocess`` for frames already on the model's device: torch ``(H, W, 3)`` uint8 RGB
+    -> ``(B, 3, H', W')`` float32, resized (area when shrinking, bilinear when enlarging, as
+    ``preprocess``) and zero-padded there, so a frame crosses to the device once."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = images[0].shape[:2]
+    w, h, pw, ph = input_size(width, height, scale)
+    for image in images:
+        if tuple(image.shape[:2]) != (height, width):
+            raise ValueError(f"expected frames of {width}x{height}, got {image.shape[1]}x{image.shape[0]}")
+    batch = torch.stack(list(images)).permute(0, 3, 1, 2).float()
+    if (w, h) != (width, height):
+        if scale < 1:
+            batch = F.interpolate(batch, size=(h, w), mode="area")
+        else:
+            batch = F.interpolate(batch, size=(h, w), mode="bilinear", align_corners=False)
+    return F.pad(batch, (0, pw - w, 0, ph - h))
+
+
+def decode_tensors(outputs: Sequence[Any], threshold: float, nms_iou: float) -> list[FaceArrays]:
+    """``decode`` of every batch item from maps left on the device: the threshold is applied
+    there and only the cells over it come back (a few hundred numbers, not the maps)."""
+    import torch
+
+    heatmap, size, offset, landmarks = outputs
+    cells = torch.nonzero(heatmap[:, 0] > threshold)  # (K, 3): item, y, x
+    item, ys, xs = cells.unbind(1)
+    gathered = torch.cat(
+        [
+            heatmap[item, 0, ys, xs][:, None],
+            size[item, :, ys, xs],
+            offset[item, :, ys, xs],
+            landmarks[item, :, ys, xs],
+        ],
+        dim=1,
+    )
+    where = cells.cpu().numpy()
+    values = gathered.float().cpu().numpy()
+    result = []
+    for i in range(heatmap.shape[0]):
+        rows = where[:, 0] == i
+        v = values[rows]
+        result.append(
+            _faces(where[rows, 1], where[rows, 2], v[:, 0], v[:, 1:3], v[:, 3:5], v[:, 5:15], nms_iou)
+        )
+    return result
 
 
 class CenterFace:
@@ -154,25 +226,34 @@ class CenterFace:
 
     def detect(
         self,
-        images: Sequence[NDArray[np.uint8]],
+        images: Sequence[Any],
         scale: float = 1.0,
         threshold: float = 0.5,
         nms_iou: float = 0.3,
     ) -> list[FaceArrays]:
         """Faces in each of ``images`` (same size, RGB uint8), in frame pixels.
 
-        Boxes are clipped to the frame.
+        ``images`` are numpy arrays, or torch tensors on the device of a torch backend
+        (``device``): then resizing, padding and thresholding run there. Boxes are clipped
+        to the frame.
         """
         if not images:
             return []
         height, width = images[0].shape[:2]
         w, h, _, _ = input_size(width, height, scale)
-        outputs = self.backend.infer(preprocess(images, scale))
-        outputs = [outputs[i] for i in self._order]
+        if isinstance(images[0], np.ndarray):
+            outputs = self.backend.infer(preprocess(images, scale))
+            outputs = [outputs[i] for i in self._order]
+            found = [decode(outputs, i, threshold, nms_iou) for i in range(len(images))]
+        else:
+            infer_tensors = getattr(self.backend, "infer_tensors", None)
+            if infer_tensors is None:
+                raise TypeError(f"{self.backend.name} takes numpy frames, not device tensors")
+            maps = infer_tensors(preprocess_tensor(images, scale))
+            found = decode_tensors([maps[i] for i in self._order], threshold, nms_iou)
         sx, sy = width / w, height / h
         result = []
-        for i in range(len(images)):
-            faces = decode(outputs, i, threshold, nms_iou)
+        for faces in found:
             boxes = faces.boxes * np.array([sx, sy, sx, sy], np.float32)
             np.clip(boxes, 0, [width, height, width, height], out=boxes)
             landmarks = faces.landmarks * np.array([sx, sy], np.float32)

@@ -313,14 +313,27 @@ class TorchCudaBackend:
     def output_spec(self) -> Sequence[TensorSpec]:
         return self._outputs
 
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` the model runs on: frames kept there skip the host round trip
+        (``infer_tensors``)."""
+        return self._device
+
     def infer(self, *inputs: NDArray[np.float32]) -> list[NDArray[np.float32]]:
         torch = self._torch
         with torch.inference_mode():
-            tensors = [
-                torch.from_numpy(np.ascontiguousarray(x)).to(self._device, self._dtype) for x in inputs
-            ]
+            tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(self._device) for x in inputs]
+            return [o.float().cpu().numpy() for o in self.infer_tensors(*tensors)]
+
+    def infer_tensors(self, *inputs: Any) -> list[Any]:
+        """``infer`` on torch tensors already on ``device`` (any float type), outputs left
+        there in the compute precision: the GPU frame path (``CenterFace.detect`` on device
+        frames) uploads a frame once and downloads only what it decoded."""
+        torch = self._torch
+        with torch.inference_mode():
+            tensors = [x.to(self._device, self._dtype) for x in inputs]
             if not self._cuda_graphs:
-                return [o.float().cpu().numpy() for o in self._module(*tensors)]
+                return list(self._module(*tensors))
             # A graph's buffers are shared: the pipeline's detection workers
             # (and several streams) call in from many threads.
             with self._replay:
@@ -341,7 +354,8 @@ class TorchCudaBackend:
                 for dst, src in zip(static_in, tensors, strict=True):
                     dst.copy_(src)
                 graph.replay()
-                return [o.float().cpu().numpy() for o in static_out]
+                # The next replay overwrites the static outputs: the caller gets its own.
+                return [o.clone() for o in static_out]
 
     def close(self) -> None:
         self._graphs.clear()

@@ -72,9 +72,10 @@ ObscureMode = Literal["blur", "pixelate", "mask", "synth"]
 FallbackMode = Literal["blur", "pixelate", "mask"]
 MaskShape = Literal["ellipse", "box"]
 FailPolicy = Literal["mask", "stop"]
-BackendName = Literal["auto", "cpu", "cuda", "tensorrt", "torch-cuda"]
+BackendName = Literal["auto", "cpu", "cuda", "tensorrt", "torch-cuda", "torch-cpu"]
 RtspTransport = Literal["tcp", "udp"]
 Precision = Literal["fp16", "fp32", "int8"]
+DeviceFrames = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,19 @@ class DetectConfig:
     12-16 px between 0.1 and 0.3 at native resolution; 0.08 finds 97% of those
     the reference finds upscaled, at the price of blurring some shirts and
     patterns too (a face left is worse than a pattern blurred).
+    device_frames: the GPU frame path. Each frame is uploaded once to the
+    detector's device; resizing, detection's thresholding and the obscuring
+    of every region run there, the synthesized faces' windows are copied in,
+    and the frame comes back once for encoding. ``auto``: on when the backend
+    is torch on CUDA (``torch-cuda``); ``on`` needs a torch backend
+    (``torch-cpu`` runs the same path on the CPU, for checking it).
     """
 
     backend: str = flagged(
         "cpu",
         flag(
             "--backend",
-            help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, triton://HOST:PORT, "
+            help="inference backend: auto, cpu, cuda, tensorrt, torch-cuda, torch-cpu, triton://HOST:PORT, "
             "tritons://HOST:PORT (TLS)",
             group=DETECTION,
         ),
@@ -206,6 +213,14 @@ class DetectConfig:
     nms_iou: float = bounded(0.3, 0.05, 0.95)
     every: int = bounded(2, 1, 60)
     inter_scale: float = bounded(0.5, 0.0, 1.0)
+    device_frames: DeviceFrames = flagged(
+        "auto",
+        flag(
+            "--device-frames",
+            help="keep frames on the detector's GPU (auto: with torch-cuda)",
+            group=DETECTION,
+        ),
+    )
 
     def validate(self) -> None:
         check_ranges(self, "detect")

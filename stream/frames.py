@@ -108,6 +108,9 @@ class FramePacket:
     (``facewarp.Rendered``: Stage IV draws its perturbation through the same map);
     ``fallback`` why a track's face was left to the obscuring stage instead (the
     reason's name), for the review page. ``cut``: the frame opens a new scene.
+    ``device_image``: on the GPU frame path (``detect.device_frames``), the
+    same frame as a torch ``(H, W, 3)`` uint8 tensor on the detector's device,
+    from the detect stage until the obscure stage brings it back into ``image``.
     ``anonymized`` turns True only when the last stage has obscured every
     face, or the fail policy masked the whole frame; sinks refuse anything
     else, so a raw frame cannot be written.
@@ -130,6 +133,7 @@ class FramePacket:
     drawn: dict[int, Any] = field(default_factory=dict)
     fallback: dict[int, str] = field(default_factory=dict)
     cut: bool = False
+    device_image: Any = None
     anonymized: bool = False
     masked_whole: bool = False
     failure: str | None = None

@@ -330,6 +330,7 @@ class Runner:
             raise StageError(packet.failure)
         if len(self.stats.failures) < 100:
             self.stats.failures.append(packet.failure)
+        packet.device_image = None  # a failed frame is masked on the host, whatever the device held
         self.obscurer.mask_whole(packet.image)
         packet.masked_whole = True
         packet.anonymized = True

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from engines.centerface import CenterFace
 from stream.config import DetectConfig
+from stream.errors import ConfigError
 from stream.frames import Detections, FramePacket
 
 
@@ -28,6 +32,7 @@ class DetectStage:
     def __init__(self, detector: CenterFace, config: DetectConfig) -> None:
         self.detector = detector
         self.config = config
+        self.device = frames_device(detector, config)
 
     def process(self, packet: FramePacket) -> FramePacket:
         """Full-resolution detection every ``detect.every`` frames; in between a
@@ -35,6 +40,8 @@ class DetectStage:
         while the tracker carries the small ones (a scene cut gets a full pass
         from the tracking stage, which sees frames in order)."""
         packet.thumbnail = thumbnail(packet.image)
+        if self.device is not None:
+            packet.device_image = upload(packet.image, self.device)
         # By frames processed, not the source's index: a live input that drops every
         # other frame would otherwise never get a full pass, and small faces no track.
         return self.detect(packet, full=packet.processed % self.config.every == 0)
@@ -49,7 +56,8 @@ class DetectStage:
                 packet.detections = None
                 return packet
             scale *= cfg.inter_scale
-        (faces,) = self.detector.detect([packet.image], scale, cfg.threshold, cfg.nms_iou)
+        image = packet.image if packet.device_image is None else packet.device_image
+        (faces,) = self.detector.detect([image], scale, cfg.threshold, cfg.nms_iou)
         detections = Detections(faces.boxes, faces.scores, faces.landmarks)
         if not packet.full_detection:
             # Below the model's reliable size a face's box is too rough to follow.
@@ -60,6 +68,30 @@ class DetectStage:
 
     def reset(self) -> None:
         return None
+
+
+def frames_device(detector: CenterFace, config: DetectConfig) -> Any:
+    """The torch device frames are kept on (``detect.device_frames``), or None for numpy frames."""
+    device = getattr(detector.backend, "device", None)
+    if config.device_frames == "on" and device is None:
+        raise ConfigError(
+            f"detect.device_frames: 'on' needs a torch backend (torch-cuda, torch-cpu), "
+            f"not {detector.backend.name}; use 'auto' or 'off'"
+        )
+    on_gpu = getattr(device, "type", "") == "cuda"
+    if config.device_frames == "on" or (config.device_frames == "auto" and on_gpu):
+        return device
+    return None
+
+
+def upload(image: NDArray[np.uint8], device: Any) -> Any:
+    """``image`` as a torch tensor on ``device``: the frame's one upload."""
+    import torch
+
+    with warnings.catch_warnings():  # a read-only decoded frame: only read from, never written
+        warnings.simplefilter("ignore", UserWarning)
+        frame = torch.from_numpy(image)
+    return frame.to(device, copy=True)  # a copy on the CPU too: the obscure stage writes into it
 
 
 # Mean grey-level change between consecutive thumbnails above which a frame
