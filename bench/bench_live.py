@@ -32,8 +32,7 @@ def run(
 ) -> tuple[list[dict[str, float]], float]:
     """Per-stream figures, and the mean number of frames per detector call."""
     from stream.config import build_config
-    from stream.run.job import load_detector
-    from stream.run.multi import BatchedDetector, StreamSpec, run_streams
+    from stream.run.multi import StreamSpec, run_streams, shared_detector
 
     frames = round(seconds * 30)
     config = build_config(
@@ -47,7 +46,7 @@ def run(
     )
     specs = [StreamSpec(f"s{i}", str(clip), str(folder / f"s{n}_{i}.mp4")) for i in range(n)]
     rows = []
-    detector = BatchedDetector(load_detector(config), max_batch=max(8, 2 * n))
+    detector = shared_detector(config, n)
     outcomes = run_streams(specs, config, detector=detector)
     detector.close()
     for outcome in outcomes:

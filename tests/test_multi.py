@@ -49,6 +49,42 @@ def test_batched_detector_gathers_concurrent_calls_and_answers_each_its_own(dete
         assert np.allclose(got[i].boxes, faces.boxes, atol=1e-2)  # type: ignore[attr-defined]
 
 
+def test_on_the_cpu_the_shared_detector_runs_a_call_per_core_at_once(detector: Any) -> None:
+    """A batch of two costs two frames on a CPU: the streams' calls run side by side on a
+    server per core instead of queueing for one batching thread."""
+    from stream.run.multi import BatchedDetector, shared_detector
+
+    shared = shared_detector(build_config(None, {"runner": {"workers": 2}}), streams=2)
+    assert len(shared._threads) == 2 and shared.max_batch == 1
+    shared.close()
+
+    class Slow:
+        backend = detector.backend
+        running = peak = 0
+        lock = threading.Lock()
+
+        def detect(self, images: Any, *args: Any) -> list[Any]:
+            with self.lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            time.sleep(0.2)
+            with self.lock:
+                self.running -= 1
+            return [None] * len(images)
+
+    slow = Slow()
+    pool = BatchedDetector(slow, max_batch=1, wait_s=0.0, servers=2)  # type: ignore[arg-type]
+    threads = [
+        threading.Thread(target=pool.detect, args=([np.zeros((8, 8, 3), np.uint8)],)) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pool.close()
+    assert slow.peak == 2 and pool.batches == 4
+
+
 def test_a_failing_batch_raises_in_every_caller() -> None:
     from stream.run.multi import BatchedDetector
 
