@@ -74,6 +74,7 @@ MaskShape = Literal["ellipse", "box"]
 FailPolicy = Literal["mask", "stop"]
 BackendName = Literal["auto", "cpu", "cuda", "tensorrt", "torch-cuda", "torch-cpu"]
 RtspTransport = Literal["tcp", "udp"]
+HwDecode = Literal["auto", "off", "cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"]
 Precision = Literal["fp16", "fp32", "int8"]
 DeviceFrames = Literal["auto", "on", "off"]
 
@@ -94,6 +95,11 @@ class SourceConfig:
     only when the output is ``rtsp://``, which a viewer watches at the
     stream's own rate (faster, the server drops frames). loop: start a file again at
     its end, time stamps continuing (a simulated camera, with ``realtime``).
+    hw_decode: decode video on a hardware device through FFmpeg (PyAV's
+    ``HWAccel``; frames come back to host memory). ``auto``: CUDA where the
+    loaded FFmpeg has it and an NVIDIA device is present; a device that
+    cannot open the input is reported once and the input decoded on the CPU,
+    so it is never required.
     """
 
     live: bool | None = flagged(
@@ -144,6 +150,10 @@ class SourceConfig:
             group=IO,
             show_default=False,
         ),
+    )
+
+    hw_decode: HwDecode = flagged(
+        "auto", flag("--hw-decode", help="hardware video decoding (auto: CUDA where present)", group=IO)
     )
 
     def validate(self) -> None:

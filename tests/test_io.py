@@ -3,7 +3,7 @@
 import itertools
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -14,7 +14,7 @@ from stream.config import SinkConfig, SourceConfig, build_config
 from stream.errors import SinkError, SourceError
 from stream.frames import FramePacket, PassthroughPacket
 from stream.io.sinks import open_sink
-from stream.io.sources import open_source
+from stream.io.sources import MediaSource, open_source
 from stream.run.job import run_job
 
 
@@ -181,3 +181,31 @@ def test_http_input_is_read_like_a_file(tmp_path: Path, detector: Any) -> None:
 def test_missing_camera_is_a_clear_error() -> None:
     with pytest.raises(SourceError, match="camera 9: cannot open"):
         open_source("9", SourceConfig())
+
+
+def test_hardware_decoding_is_never_required(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hardware decoder that cannot open the input (here: CUDA in FFmpeg, no NVIDIA device;
+    on a GPU machine: it decodes) leaves the input decoded on the CPU, said once; every frame
+    arrives either way."""
+    import os
+
+    frames = noise_frames(6)
+    path = write_clip(tmp_path / "clip.mp4", frames)
+    expected = [p.image for p in read_all(path)[0]]
+    for choice in ("cuda", "vaapi", "auto"):
+        caplog.clear()
+        source = cast(MediaSource, open_source(str(path), SourceConfig(hw_decode=choice)))
+        try:
+            got = [p.image for p in source.packets() if isinstance(p, FramePacket)]
+        finally:
+            source.close()
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert np.abs(a.astype(int) - b).mean() < 2.0  # a hardware decoder may round differently
+        warned = [r for r in caplog.records if "decoding on the CPU" in r.getMessage()]
+        if source.hw_device is None:  # on the CPU: said once, unless nothing was asked for
+            assert len(warned) == (0 if choice == "auto" else 1), [r.getMessage() for r in warned]
+        else:
+            assert not warned
+        if choice == "auto" and not os.path.exists("/dev/nvidiactl"):
+            assert source.hw_device is None and not warned

@@ -127,6 +127,8 @@ class MediaSource:
         if self._scheme is None and os.path.isdir(spec):
             raise SourceError(f"input {spec}: is a folder, expected a video file")
         self._closing = threading.Event()
+        self._hw_failed = False  # a hardware decoder that failed once is not tried again
+        self.hw_device: str | None = None  # the device type decoding runs on, if any
         self._size: tuple[int, ...] | None = None  # of the first frame, upright; kept across reconnections
         self._container = self._open()
         self._video = self._container.streams.video[0]
@@ -169,6 +171,20 @@ class MediaSource:
             "or raise source.timeout_s"
         )
         started = time.monotonic()
+        hardware = self._hardware()
+        if hardware is not None:
+            try:
+                container = av.open(target, format=fmt, options=options, metadata_errors="replace",
+                                    hwaccel=hardware, **kwargs)  # fmt: skip
+                log.info("input %s: decoding on %s", spec, self.hw_device)
+                return self._checked(container)
+            except (av.error.FFmpegError, OSError) as exc:
+                # Reported once; the input is opened again, decoded on the CPU from now on.
+                self._hw_failed = True
+                log.warning("input %s: hardware decoding (%s) unavailable (%s); decoding on the CPU",
+                            spec, self.hw_device, _reason(exc))  # fmt: skip
+                self.hw_device = None
+                started = time.monotonic()
         try:
             # A damaged tag is no reason to refuse the video: tags are decoded leniently.
             container = av.open(target, format=fmt, options=options, metadata_errors="replace", **kwargs)
@@ -184,6 +200,30 @@ class MediaSource:
                 raise silent from None
             what = "cannot connect" if self._network else "not a readable video"
             raise SourceError(f"input {spec}: {what} ({_reason(exc)})") from None
+        return self._checked(container)
+
+    def _hardware(self) -> Any:
+        """The ``HWAccel`` to decode with (``source.hw_decode``), or None for the CPU."""
+        choice = self.config.hw_decode
+        if choice == "off" or self._hw_failed or self._lavfi:
+            return None
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+
+        if choice == "auto":
+            if "cuda" not in hwdevices_available() or not os.path.exists("/dev/nvidiactl"):
+                return None
+            choice = "cuda"
+        elif choice not in hwdevices_available():
+            self._hw_failed = True
+            log.warning("input %s: this FFmpeg has no %s decoding (it has: %s); decoding on the CPU",
+                        self.description, choice, ", ".join(hwdevices_available()) or "none")  # fmt: skip
+            return None
+        self.hw_device = choice
+        return HWAccel(choice, allow_software_fallback=True)
+
+    def _checked(self, container: Any) -> Any:
+        """``container`` if it holds a decodable video stream, else closed and SourceError."""
+        spec = self.description
         if not container.streams.video:
             container.close()
             raise SourceError(f"input {spec}: holds no video stream")
