@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,32 @@ def trial(
     }
 
 
+def grow(run: Callable[[int], bool], most: int, every: bool) -> int:
+    """The largest N held, trying 1, 2, ... up to ``most``; past the first failure only if ``every``."""
+    held = 0
+    for n in range(1, most + 1):
+        if run(n) and held == n - 1:
+            held = n
+        elif not every:
+            break
+    return held
+
+
+def search(run: Callable[[int], bool], most: int) -> int:
+    """The largest N held, by doubling N until a run fails (or ``most``), then bisecting."""
+    held, n = 0, 1
+    while n <= most and run(n):
+        held, n = n, 2 * n
+    failed = min(n, most + 1)
+    while failed - held > 1:
+        middle = (held + failed) // 2
+        if run(middle):
+            held = middle
+        else:
+            failed = middle
+    return held
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", nargs="+", default=["blur", "synth"])
@@ -137,6 +164,11 @@ def main() -> int:
     p.add_argument("--backend", default="cpu")
     p.add_argument(
         "--all", action="store_true", help="run every N up to --max, not only until one fails the targets"
+    )
+    p.add_argument(
+        "--search",
+        action="store_true",
+        help="N doubles until a run fails the targets, then bisects (log2(max) runs, for large --max)",
     )
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="a setting")
     args = p.parse_args()
@@ -157,8 +189,8 @@ def main() -> int:
         for mode in args.modes:
             for clip in args.clips:
                 for layout in args.layouts:
-                    held = 0
-                    for n in range(1, args.max + 1):
+
+                    def run(n: int, mode: str = mode, clip: str = clip, layout: str = layout) -> bool:
                         row = trial(
                             n, mode, CLIPS[clip], layout, args.seconds, args.backend, Path(tmp), overrides
                         )
@@ -171,11 +203,11 @@ def main() -> int:
                         )
                         for path in Path(tmp).glob("*.mp4"):
                             path.unlink()
-                        if row["held"] and held == n - 1:
-                            held = n
-                        elif not args.all:
-                            break
-                    results[(mode, clip, layout)] = held
+                        return bool(row["held"])
+
+                    results[(mode, clip, layout)] = (
+                        search(run, args.max) if args.search else grow(run, args.max, args.all)
+                    )
         print("largest N held:")
         for (mode, clip, layout), held in results.items():
             print(f"  {mode} {clip} {layout}: {held}")

@@ -32,25 +32,38 @@ def frames() -> list[np.ndarray]:
     return decode_frames(HAMILTON)[::40][:4]
 
 
-@pytest.fixture(scope="module")
-def torch_detector() -> Any:
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")],
+)
+DEVICES = ["cpu", CUDA]  # on a GPU machine (bench/gpu_check.sh) the same checks run on CUDA in FP16
+
+
+def torch_centerface(device: str) -> Any:
     from engines import zoo
     from engines.base import create_backend
     from engines.centerface import CenterFace
 
-    return CenterFace(create_backend("torch-cpu", zoo.ensure("centerface")))
+    return CenterFace(create_backend(f"torch-{device}", zoo.ensure("centerface")))
 
 
+@pytest.fixture(scope="module")
+def torch_detector() -> Any:
+    return torch_centerface("cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scale", [1.0, 0.5, 1.6])
 def test_detection_on_device_frames_matches_numpy_frames(
-    frames: list[np.ndarray], detector: Any, torch_detector: Any, scale: float
+    frames: list[np.ndarray], detector: Any, torch_detector: Any, scale: float, device: str
 ) -> None:
     """Resizing, padding and thresholding on the device find the faces the OpenCV path finds:
     every face scored 0.3 or more by one has a match (IoU >= 0.85, score within 0.05) in the
     other. (Fainter cells differ: area resizing rounds differently.)"""
+    on_device = torch_detector if device == "cpu" else torch_centerface(device)
     for image in frames:
         (numpy_faces,) = detector.detect([image], scale, 0.08, 0.3)
-        (device_faces,) = torch_detector.detect([torch.from_numpy(image)], scale, 0.08, 0.3)
+        (device_faces,) = on_device.detect([torch.from_numpy(image).to(device)], scale, 0.08, 0.3)
         for ours, theirs in ((numpy_faces, device_faces), (device_faces, numpy_faces)):
             for box, score in zip(ours.boxes, ours.scores, strict=True):
                 if score < 0.3:
@@ -105,11 +118,12 @@ def random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
     return boxes
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["blur", "pixelate", "mask"])
 @pytest.mark.parametrize("shape", ["ellipse", "box"])
 @pytest.mark.parametrize("count", [3, 12])  # 12: blur's all-at-once path for crowds
 def test_device_obscuring_matches_the_cpu_obscurer(
-    frames: list[np.ndarray], mode: str, shape: str, count: int
+    frames: list[np.ndarray], mode: str, shape: str, count: int, device: str
 ) -> None:
     from stream.algorithms.obscure import Obscurer
     from stream.algorithms.obscure_device import DeviceObscurer
@@ -120,9 +134,9 @@ def test_device_obscuring_matches_the_cpu_obscurer(
     image = frames[1]
     cpu = image.copy()
     Obscurer(config).apply(cpu, boxes)
-    device = torch.from_numpy(image.copy())
-    DeviceObscurer(config).apply(device, boxes)
-    gpu = device.numpy()
+    on_device = torch.from_numpy(image.copy()).to(device)
+    DeviceObscurer(config).apply(on_device, boxes)
+    gpu = on_device.cpu().numpy()
     changed = np.abs(cpu.astype(int) - image).sum(axis=2) > 0
     assert changed.mean() > 0.01
     difference = np.abs(cpu.astype(int) - gpu.astype(int))
@@ -199,19 +213,24 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600)  # fmt: skip
 
 
-def test_a_blur_job_on_device_frames_writes_what_the_cpu_path_writes(media: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_blur_job_on_device_frames_writes_what_the_cpu_path_writes(
+    media: Path, tmp_path: Path, device: str
+) -> None:
     """The whole job (capture, detect on the device, track, obscure on the device, one download,
-    encode) against the numpy path: every frame, every face hidden alike."""
+    encode) against the numpy path: every frame, every face hidden alike. (torch-cuda takes
+    the device path by itself: ``auto``.)"""
     outputs = {}
-    for backend, device_frames in (("cpu", "off"), ("torch-cpu", "on")):
+    on = "on" if device == "cpu" else "auto"
+    for backend, device_frames in (("cpu", "off"), (f"torch-{device}", on)):
         out = tmp_path / f"{backend}.mp4"
         result = run(str(HAMILTON), "-o", str(out), "--mode", "blur", "--backend", backend,
                      "--device-frames", device_frames, "--max-frames", "12", "-q")  # fmt: skip
         assert result.returncode == 0, result.stderr
         outputs[backend] = decode_frames(out)
     raw = decode_frames(HAMILTON)[:12]
-    assert len(outputs["cpu"]) == len(outputs["torch-cpu"]) == 12
-    for cpu, gpu, source in zip(outputs["cpu"], outputs["torch-cpu"], raw, strict=True):
+    assert len(outputs["cpu"]) == len(outputs[f"torch-{device}"]) == 12
+    for cpu, gpu, source in zip(outputs["cpu"], outputs[f"torch-{device}"], raw, strict=True):
         blurred = np.abs(cpu.astype(int) - source).max(axis=2) > 24
         assert blurred.mean() > 0.005  # faces were hidden
         assert np.abs(gpu.astype(int) - cpu)[blurred].mean() < 6.0, (
