@@ -1,6 +1,8 @@
 """Sources and sinks: formats, stream time, rotation, audio copy, partial outputs."""
 
 import itertools
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
@@ -8,7 +10,7 @@ from typing import Any, cast
 import av
 import numpy as np
 import pytest
-from conftest import audio_packets, decode_frames, digest, noise_frames, video_pts, write_clip
+from conftest import ROOT, audio_packets, decode_frames, digest, noise_frames, video_pts, write_clip
 
 from stream.config import SinkConfig, SourceConfig, build_config
 from stream.errors import SinkError, SourceError
@@ -209,3 +211,38 @@ def test_hardware_decoding_is_never_required(tmp_path: Path, caplog: pytest.LogC
             assert not warned
         if choice == "auto" and not os.path.exists("/dev/nvidiactl"):
             assert source.hw_device is None and not warned
+
+
+def test_a_sink_opened_after_the_source_looped_copies_its_audio(tmp_path: Path) -> None:
+    """The sink's audio templates are the first session's streams: a sink opened after the
+    source looped (or reconnected), as a writer far behind or a new segment does, once
+    crashed the process (PyAV read the closed container). Run in a child: a crash fails
+    this test alone."""
+    clip = write_clip(tmp_path / "clip.mp4", noise_frames(10), audio_streams=1)
+    out = tmp_path / "out.mp4"
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from stream.config import SinkConfig, SourceConfig
+from stream.frames import FramePacket
+from stream.io.sinks import open_sink
+from stream.io.sources import open_source
+source = open_source({str(clip)!r}, SourceConfig(loop=True))
+frames = []
+for item in source.packets():
+    if isinstance(item, FramePacket):
+        frames.append(item)
+        if len(frames) == 15:  # into the second session: the first container is done with
+            break
+sink = open_sink({str(out)!r}, SinkConfig(), source.info.rate, source.audio_templates)
+for frame in frames:
+    frame.anonymized = True
+    sink.write_frame(frame)
+sink.close()
+source.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(decode_frames(out)) == 15
+    with av.open(str(out)) as container:
+        assert len(container.streams.audio) == 1

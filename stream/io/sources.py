@@ -131,6 +131,10 @@ class MediaSource:
         self.hw_device: str | None = None  # the device type decoding runs on, if any
         self._size: tuple[int, ...] | None = None  # of the first frame, upright; kept across reconnections
         self._container = self._open()
+        # Its audio streams are the sinks' templates (``audio_templates``), which PyAV reads
+        # through the container's own memory: it stays open until ``close`` (a sink opened
+        # after a loop or reconnection crashed the process in add_stream_from_template).
+        self._first = self._container
         self._video = self._container.streams.video[0]
         if self._scheme is None and not self._lavfi:
             give_headers(spec, list(self._container.streams.audio))  # ADTS AAC from MPEG-TS
@@ -267,7 +271,7 @@ class MediaSource:
             if self._closing.is_set():
                 return
             if self.config.loop and not self._network:
-                self._container.close()
+                self._retire(self._container)
                 self._container = self._open()
             elif self.reconnects:
                 self._reconnect()
@@ -334,8 +338,7 @@ class MediaSource:
     def _reconnect(self) -> None:
         """Open the input again with exponential backoff, or raise SourceError after the limit."""
         config = self.config
-        with contextlib.suppress(Exception):
-            self._container.close()
+        self._retire(self._container)
         delay = config.reconnect_backoff_s
         last = self.stats.error or "the stream ended"
         for attempt in range(1, config.reconnect_attempts + 1):
@@ -374,10 +377,17 @@ class MediaSource:
         """Stop reading at the next packet; a reconnect or pacing wait ends at once (any thread)."""
         self._closing.set()
 
+    def _retire(self, container: Any) -> None:
+        """Close a session's container, unless it holds the audio templates (see ``_first``)."""
+        if container is not self._first:
+            with contextlib.suppress(Exception):
+                container.close()
+
     def close(self) -> None:
         self._closing.set()
-        with contextlib.suppress(Exception):
-            self._container.close()
+        for container in {id(c): c for c in (self._container, self._first)}.values():
+            with contextlib.suppress(Exception):
+                container.close()
 
 
 class _Timeline:

@@ -63,26 +63,18 @@ def drawn_windows(packet: FramePacket) -> list[tuple[int, int, int, int]]:
     changed: per replaced track, the surrogate's window (the perturbation is drawn through the
     same map) and the track's box (its head is softened around the face)."""
     height, width = packet.image.shape[:2]
-    windows = []
     rows = {int(t): i for i, t in enumerate(packet.tracks.track_id)}
+    windows = []
     for tid in sorted(packet.replaced):
-        parts = []
         drawn = packet.drawn.get(tid)
-        if drawn is not None:
-            h, w = drawn.coverage.shape
-            parts.append((drawn.x1, drawn.y1, drawn.x1 + w, drawn.y1 + h))
-        if tid in rows and (box := clip_box(packet.tracks.xyxy[rows[tid]], width, height)) is not None:
-            parts.append(box)
-        if tid not in rows or drawn is None:  # not known where it drew: the whole frame comes in
+        if drawn is None or tid not in rows:  # not known where it drew: the whole frame comes in
             return [(0, 0, width, height)]
-        windows.append(
-            (
-                max(0, min(p[0] for p in parts)),
-                max(0, min(p[1] for p in parts)),
-                min(width, max(p[2] for p in parts)),
-                min(height, max(p[3] for p in parts)),
-            )
-        )
+        h, w = drawn.coverage.shape
+        x1, y1, x2, y2 = drawn.x1, drawn.y1, drawn.x1 + w, drawn.y1 + h
+        box = clip_box(packet.tracks.xyxy[rows[tid]], width, height)
+        if box is not None:
+            x1, y1, x2, y2 = min(x1, box[0]), min(y1, box[1]), max(x2, box[2]), max(y2, box[3])
+        windows.append((max(0, x1), max(0, y1), min(width, x2), min(height, y2)))
     return windows
 
 
