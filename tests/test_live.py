@@ -383,8 +383,13 @@ def test_a_file_published_to_rtsp_is_paced_at_its_own_rate(tmp_path: Path, media
     assert done.returncode == 0, done.stderr
     recorder.wait(30)
     assert summary["live"] and elapsed >= 100 / 30 - 0.5  # the clip's 4 s, not faster
-    # Most frames reach the server (a loaded 2-core machine still drops some at the start).
-    assert summary["publish"]["frames_published"] >= 60, summary["publish"]
+    # Every frame written is accounted for: handed to the server, or dropped by the publisher
+    # while it connects (about half a second); none lost on the way. (How many the run writes
+    # depends on the machine: a 2-core one at 27 frames/s drops a third at capture.)
+    publish = summary["publish"]
+    assert publish["frames_published"] == publish["frames_handed"] > 0, publish
+    assert publish["frames_handed"] + publish["frames_dropped"] == summary["frames_out"], (publish, summary)
+    assert publish["frames_dropped"] <= 20, publish
 
 
 def test_a_live_run_rewrites_its_review_page_while_it_runs(tmp_path: Path, rtsp_server: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -202,6 +203,13 @@ def test_live_input_drops_frames_but_keeps_latency_bounded_and_audio(tmp_path: P
     assert sorted(s.latencies)[len(s.latencies) // 2] < 1.0
 
 
+def _counted(metrics: str) -> bool:
+    """Whether a scrape shows frames written and their latency counted."""
+    out = re.search(r'anonymousnet_frames_total\{kind="out",stream="main"\} (\S+)', metrics)
+    latency = re.search(r'anonymousnet_latency_seconds_count\{stream="main"\} (\S+)', metrics)
+    return bool(out and latency and float(out.group(1)) > 0 and float(latency.group(1)) > 0)
+
+
 def test_prometheus_endpoint_counts_frames_and_latency(tmp_path: Path, media: Any) -> None:
     port = free_port()
     run = subprocess.Popen(
@@ -212,14 +220,14 @@ def test_prometheus_endpoint_counts_frames_and_latency(tmp_path: Path, media: An
     try:
         text = ""
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and 'kind="out"' not in text:
-            time.sleep(0.5)
+        # Until frames have come out and the latency is counted (start-up takes longer on a slow
+        # machine than any fixed wait), while the run still serves.
+        while time.monotonic() < deadline and run.poll() is None and not _counted(text):
+            time.sleep(0.3)
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
             except OSError:
                 continue
-        time.sleep(1.5)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     finally:
         _, stderr = run.communicate(timeout=60)
     assert run.returncode == 0, stderr
