@@ -106,7 +106,7 @@ def test_the_batched_detector_takes_device_frames_from_many_threads(
         np.testing.assert_allclose(results[i].boxes, alone.boxes, atol=0.05)
 
 
-def test_numpy_frames_need_no_torch_backend(frames: list[np.ndarray], detector: Any) -> None:
+def test_a_backend_without_a_device_refuses_device_frames(frames: list[np.ndarray], detector: Any) -> None:
     with pytest.raises(TypeError, match="numpy frames"):
         detector.detect([torch.from_numpy(frames[0])], 1.0)
 

@@ -86,6 +86,30 @@ def _pixelated(roi: NDArray[np.uint8], block: float) -> NDArray[np.uint8]:
     return cast(NDArray[np.uint8], cv2.resize(soft, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
+Window = tuple[int, int, int, int]
+
+
+def strength_groups(
+    boxes: NDArray[np.float32], width: int, height: int, config: ObscureConfig, strength: float
+) -> list[tuple[float, list[tuple[NDArray[np.float32], Window]], Window]]:
+    """Blur regions grouped by strength for ``_all_at_once`` (here and on the device): per
+    sigma (rounded up to a power of ``STEP``), its regions with their clipped windows, and
+    the window they span together."""
+    boxes = np.asarray(boxes, np.float32)
+    amounts = np.maximum(config.min_px, strength * (boxes[:, 2] - boxes[:, 0]))
+    steps = np.ceil(np.log(np.maximum(amounts, 1e-3)) / np.log(STEP)).astype(int)
+    result = []
+    for step in np.unique(steps):
+        group = [(b, c) for b in boxes[steps == step] if (c := clip_box(b, width, height)) is not None]
+        if not group:
+            continue
+        windows = np.array([c for _, c in group])
+        ux1, uy1 = (int(v) for v in windows[:, :2].min(axis=0))
+        ux2, uy2 = (int(v) for v in windows[:, 2:].max(axis=0))
+        result.append((float(STEP**step), group, (ux1, uy1, ux2, uy2)))
+    return result
+
+
 class Obscurer:
     """Applies one obscuring mode to regions of a frame."""
 
@@ -136,21 +160,14 @@ class Obscurer:
         regions span, copied through one mask, not one per region. Strengths are rounded up
         to powers of ``STEP``; every region is blurred from the input."""
         height, width = image.shape[:2]
-        cfg = self.config
-        amounts = np.maximum(cfg.min_px, self.strength * (boxes[:, 2] - boxes[:, 0]))
-        steps = np.ceil(np.log(np.maximum(amounts, 1e-3)) / np.log(STEP)).astype(int)
         source = image.copy()
-        for step in np.unique(steps):
-            group = [(b, c) for b in boxes[steps == step] if (c := clip_box(b, width, height)) is not None]
-            if not group:
-                continue
-            windows = np.array([c for _, c in group])
-            ux1, uy1 = (int(v) for v in windows[:, :2].min(axis=0))
-            ux2, uy2 = (int(v) for v in windows[:, 2:].max(axis=0))
+        for sigma, group, (ux1, uy1, ux2, uy2) in strength_groups(
+            boxes, width, height, self.config, self.strength
+        ):
             mask = np.zeros((uy2 - uy1, ux2 - ux1), np.uint8)
             for box, (x1, y1, x2, y2) in group:  # each drawn within its own window, as one alone is
-                _draw(mask[y1 - uy1 : y2 - uy1, x1 - ux1 : x2 - ux1], box, x1, y1, cfg.shape)
-            filled = _blurred(source[uy1:uy2, ux1:ux2], float(STEP**step))
+                _draw(mask[y1 - uy1 : y2 - uy1, x1 - ux1 : x2 - ux1], box, x1, y1, self.config.shape)
+            filled = _blurred(source[uy1:uy2, ux1:ux2], sigma)
             cv2.copyTo(filled, mask, image[uy1:uy2, ux1:ux2])
 
     def mask_whole(self, image: NDArray[np.uint8]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from stream.algorithms.obscure import BLOCK_EDGE, MANY, STEP, clip_box
+from stream.algorithms.obscure import BLOCK_EDGE, MANY, clip_box, strength_groups
 from stream.config import ObscureConfig
 
 
@@ -121,21 +121,14 @@ class DeviceObscurer:
         """As ``Obscurer._all_at_once``: one blur per strength over the area its regions span."""
         torch = self._torch
         height, width = image.shape[:2]
-        cfg = self.config
-        amounts = np.maximum(cfg.min_px, self.strength * (boxes[:, 2] - boxes[:, 0]))
-        steps = np.ceil(np.log(np.maximum(amounts, 1e-3)) / np.log(STEP)).astype(int)
         source = image.clone()
-        for step in np.unique(steps):
-            group = [(b, c) for b in boxes[steps == step] if (c := clip_box(b, width, height)) is not None]
-            if not group:
-                continue
-            windows = np.array([c for _, c in group])
-            ux1, uy1 = (int(v) for v in windows[:, :2].min(axis=0))
-            ux2, uy2 = (int(v) for v in windows[:, 2:].max(axis=0))
+        for sigma, group, (ux1, uy1, ux2, uy2) in strength_groups(
+            boxes, width, height, self.config, self.strength
+        ):
             mask = torch.zeros((uy2 - uy1, ux2 - ux1), dtype=torch.bool, device=image.device)
             for box, window in group:
                 x1, y1, x2, y2 = window
                 mask[y1 - uy1 : y2 - uy1, x1 - ux1 : x2 - ux1] |= self._mask(box, window, image.device)
-            filled = self._blurred(source[uy1:uy2, ux1:ux2], float(STEP**step))
-            window = image[uy1:uy2, ux1:ux2]
-            window.copy_(torch.where(mask[..., None], filled, window))
+            filled = self._blurred(source[uy1:uy2, ux1:ux2], sigma)
+            region = image[uy1:uy2, ux1:ux2]
+            region.copy_(torch.where(mask[..., None], filled, region))
